@@ -1,0 +1,149 @@
+"""Typed errors. Each carries the reason code used on the wire, in the CLI and in the audit log."""
+
+from __future__ import annotations
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from typing import ClassVar, Optional
+
+# The reason codes, one meaning each.
+INVALID_NAME = "invalid_name"
+USER_NOT_FOUND = "user_not_found"
+NAME_MISMATCH = "name_mismatch"
+ROOT_REFUSED = "root_refused"
+SHELL_DISABLED = "shell_disabled"
+DENIED_BY_POLICY = "denied_by_policy"
+DIRECTORY_USER_REFUSED = "directory_user_refused"
+RUN_AS_USER_MISSING = "run_as_user_missing"
+LOOKUP_FAILED = "lookup_failed"
+UNAUTHORIZED = "unauthorized"
+BAD_REQUEST = "bad_request"
+LIMIT_REACHED = "limit_reached"
+INTERNAL_ERROR = "internal_error"
+CONFIG_ERROR = "config_error"
+COMMAND_FAILED = "command_failed"
+
+REASONS = frozenset(
+    {
+        INVALID_NAME,
+        USER_NOT_FOUND,
+        NAME_MISMATCH,
+        ROOT_REFUSED,
+        SHELL_DISABLED,
+        DENIED_BY_POLICY,
+        DIRECTORY_USER_REFUSED,
+        RUN_AS_USER_MISSING,
+        LOOKUP_FAILED,
+        UNAUTHORIZED,
+        BAD_REQUEST,
+        LIMIT_REACHED,
+        INTERNAL_ERROR,
+        CONFIG_ERROR,
+        COMMAND_FAILED,
+    }
+)
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+    reason: ClassVar[str] = INTERNAL_ERROR
+
+    def __init__(self, message: str, *, hint: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message} ({self.hint})"
+        return self.message
+
+
+class InvalidName(AgentError):
+    reason = INVALID_NAME
+
+
+class UserNotFound(AgentError):
+    reason = USER_NOT_FOUND
+
+
+class NameMismatch(AgentError):
+    reason = NAME_MISMATCH
+
+
+class RootRefused(AgentError):
+    reason = ROOT_REFUSED
+
+
+class ShellDisabled(AgentError):
+    reason = SHELL_DISABLED
+
+
+class DeniedByPolicy(AgentError):
+    reason = DENIED_BY_POLICY
+
+
+class DirectoryUserRefused(AgentError):
+    reason = DIRECTORY_USER_REFUSED
+
+
+class RunAsUserMissing(AgentError):
+    reason = RUN_AS_USER_MISSING
+
+
+class LookupFailed(AgentError):
+    reason = LOOKUP_FAILED
+
+
+class Unauthorized(AgentError):
+    reason = UNAUTHORIZED
+
+
+class BadRequest(AgentError):
+    reason = BAD_REQUEST
+
+
+class LimitReached(AgentError):
+    reason = LIMIT_REACHED
+
+
+class InternalError(AgentError):
+    reason = INTERNAL_ERROR
+
+
+class ConfigError(AgentError):
+    reason = CONFIG_ERROR
+
+
+class CommandFailed(AgentError):
+    """An external command could not run, timed out, or exited non-zero."""
+
+    reason = COMMAND_FAILED
+
+
+_BY_REASON = {
+    cls.reason: cls
+    for cls in (
+        InvalidName,
+        UserNotFound,
+        NameMismatch,
+        RootRefused,
+        ShellDisabled,
+        DeniedByPolicy,
+        DirectoryUserRefused,
+        RunAsUserMissing,
+        LookupFailed,
+        Unauthorized,
+        BadRequest,
+        LimitReached,
+        InternalError,
+        ConfigError,
+        CommandFailed,
+    )
+}
+
+
+def error_for(reason: str, message: str) -> AgentError:
+    """Rebuild a typed error from a reason code (e.g. one received on the wire)."""
+    return _BY_REASON.get(reason, InternalError)(message)

@@ -1,0 +1,34 @@
+"""The platform seam: what differs between Linux and macOS lives behind this one interface."""
+
+from __future__ import annotations
+
+import sys
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from typing import Optional, Protocol
+
+    from agent.runner import Runner
+
+    class Platform(Protocol):
+        @property
+        def name(self) -> str: ...
+
+        def account_source(self, name: str) -> str:
+            """'local' when the account is in the node's own user database, else 'directory'."""
+            ...
+
+
+def current(runner: Optional[Runner] = None, sys_platform: str = sys.platform) -> Platform:
+    """The platform of this host (imports only the module it needs)."""
+    if sys_platform == "darwin":
+        from agent.platform.darwin import Darwin
+
+        if runner is None:
+            from agent.runner import run
+
+            return Darwin(run)
+        return Darwin(runner)
+    from agent.platform.linux import Linux
+
+    return Linux()

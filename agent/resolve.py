@@ -1,0 +1,76 @@
+"""Who does a session run as: the Run As decision followed by account validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent import accounts, policy
+from agent.errors import USER_NOT_FOUND, AgentError, error_for
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Optional
+
+    from agent.accounts import Account, Report
+    from agent.config import Config
+    from agent.platform import Platform
+
+
+@dataclass(frozen=True)
+class Resolution:
+    allowed: bool
+    user: Optional[str]
+    source: Optional[str]
+    reason: Optional[str]
+    message: Optional[str]
+    steps: tuple[str, ...]
+    account: Optional[Account]  # None when denied, or when ssm-user is still to be created
+    report: Optional[Report]
+
+    @property
+    def needs_ssm_user(self) -> bool:
+        return self.allowed and self.account is None
+
+    def error(self) -> AgentError:
+        return error_for(self.reason or "internal_error", self.message or "denied")
+
+
+def resolve(
+    cfg: Config,
+    platform: Platform,
+    *,
+    run_as_enabled: bool,
+    tags: Mapping[str, str],
+    default_user: Optional[str],
+) -> Resolution:
+    decision = policy.decide(
+        run_as_enabled, tags, default_user, allow_ssm_user=cfg.run_as.allow_ssm_user
+    )
+    steps = list(decision.steps)
+    outcome = decision.outcome
+    if isinstance(outcome, policy.Denial):
+        steps.append(f"DENY {outcome.reason}")
+        return Resolution(
+            False, None, None, outcome.reason, outcome.message, tuple(steps), None, None
+        )
+
+    report = accounts.inspect(outcome.user, cfg.policy, platform)
+    if outcome.source == policy.SOURCE_SSM_USER and report.reason == USER_NOT_FOUND:
+        steps.append("ssm-user does not exist yet: it is created on the first session")
+        steps.append("ALLOW ssm-user")
+        return Resolution(
+            True, outcome.user, outcome.source, None, None, tuple(steps), None, report
+        )
+    for check in report.checks:
+        steps.append(f"{'ok' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    if report.account is None:
+        steps.append(f"DENY {report.reason} (no fallback to another account)")
+        return Resolution(
+            False, outcome.user, outcome.source, report.reason, report.message,
+            tuple(steps), None, report,
+        )
+    steps.append(f"ALLOW {outcome.user} (uid {report.account.uid})")
+    return Resolution(
+        True, outcome.user, outcome.source, None, None, tuple(steps), report.account, report
+    )

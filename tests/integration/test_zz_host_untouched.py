@@ -1,0 +1,26 @@
+"""The privileged tests leave the host's /etc, /home and /var exactly as they were.
+
+Named to run after the other privileged tests; it also checks the namespace really did change,
+so the comparison cannot pass by looking at the wrong tree.
+"""
+
+import pwd
+
+import pytest
+
+from tests.conftest import Isolated, Users, sh
+
+pytestmark = pytest.mark.privileged
+
+
+def test_host_untouched(isolated: Isolated, users: Users) -> None:
+    sh("useradd", "-m", "--", "zz-probe")
+    assert pwd.getpwnam("zz-probe").pw_dir == "/home/zz-probe"
+    after = isolated.iso.host_fingerprint()
+    changed = sorted(p for p in set(after) | set(isolated.baseline)
+                     if after.get(p) != isolated.baseline.get(p))
+    assert changed == []
+    assert "/home/zz-probe" not in after
+    assert "/home/alice" not in after
+    with open("/etc/passwd") as fh:
+        assert "zz-probe:" in fh.read()

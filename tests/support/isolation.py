@@ -1,0 +1,102 @@
+"""Run the privileged tests inside a private mount namespace with tmpfs-backed overlays.
+
+The pytest process itself unshares its mount namespace (ctypes, single-threaded at that point),
+then mounts overlays on /etc, /home, /var and /run. Users created, files written and daemons'
+sockets all land in the overlays; the host's directories are untouched, which a test proves by
+checksumming them from the original namespace (kept open as a file descriptor).
+"""
+
+import ctypes
+import ctypes.util
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+
+CLONE_NEWNS = 0x00020000
+OVERLAID = ("/etc", "/home", "/var", "/run")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Parts of /var that the host itself churns (package caches), and this checkout (pytest writes
+# its cache there), left out of the fingerprint.
+_FINGERPRINT_SKIP = ("/var/cache", "/var/tmp", REPO)
+FINGERPRINT_ROOTS = ("/etc", "/home", "/var")
+
+
+def fingerprint(roots: tuple[str, ...] = FINGERPRINT_ROOTS) -> dict[str, str]:
+    """path -> digest of type, mode, owner and content, for every entry under ROOTS."""
+    out: dict[str, str] = {}
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [
+                d for d in dirnames if os.path.join(dirpath, d) not in _FINGERPRINT_SKIP
+            ]
+            for name in filenames + dirnames:
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                h = hashlib.sha256(f"{st.st_mode}:{st.st_uid}:{st.st_gid}".encode())
+                if os.path.islink(path):
+                    h.update(os.readlink(path).encode())
+                elif os.path.isfile(path):
+                    try:
+                        with open(path, "rb") as fh:
+                            h.update(fh.read())
+                    except OSError:
+                        h.update(b"<unreadable>")
+                out[path] = h.hexdigest()
+    return out
+
+
+@dataclass(frozen=True)
+class Isolation:
+    host_ns_fd: int
+    scratch: str
+
+    def host_fingerprint(self) -> dict[str, str]:
+        """Fingerprint /etc, /home and /var as the host sees them (from the original namespace)."""
+        code = (
+            "import json,sys; sys.path.insert(0, sys.argv[1]);"
+            "from tests.support.isolation import fingerprint;"
+            "print(json.dumps(fingerprint()))"
+        )
+        proc = subprocess.run(
+            ["nsenter", f"--mount=/proc/{os.getpid()}/fd/{self.host_ns_fd}", "--",
+             sys.executable, "-c", code, REPO],
+            capture_output=True, check=True, text=True,
+        )
+        import json
+
+        return dict(json.loads(proc.stdout))
+
+
+def _unshare_mount_ns() -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True)
+
+
+def enter() -> Isolation:
+    """Move this process into a private mount namespace with overlays on the host's state."""
+    host_ns_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    os.set_inheritable(host_ns_fd, False)
+    _unshare_mount_ns()
+    _mount("--make-rprivate", "/")
+    scratch = tempfile.mkdtemp(prefix="runas-agent-test-")
+    _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", scratch)
+    for d in OVERLAID:
+        name = d.strip("/").replace("/", "_")
+        up, work = f"{scratch}/{name}.up", f"{scratch}/{name}.work"
+        os.makedirs(up)
+        os.makedirs(work)
+        _mount("-t", "overlay", "overlay", "-o",
+               f"lowerdir={d},upperdir={up},workdir={work}", d)
+    return Isolation(host_ns_fd, scratch)
