@@ -22,6 +22,12 @@ LIMIT_REACHED = "limit_reached"
 INTERNAL_ERROR = "internal_error"
 CONFIG_ERROR = "config_error"
 COMMAND_FAILED = "command_failed"
+SPAWN_FAILED = "spawn_failed"
+SESSION_EXISTS = "session_exists"
+SESSION_NOT_FOUND = "session_not_found"
+ACCOUNT_REFUSED = "account_refused"
+SSM_USER_FAILED = "ssm_user_failed"
+AUDIT_FAILED = "audit_failed"
 
 REASONS = frozenset(
     {
@@ -40,6 +46,12 @@ REASONS = frozenset(
         INTERNAL_ERROR,
         CONFIG_ERROR,
         COMMAND_FAILED,
+        SPAWN_FAILED,
+        SESSION_EXISTS,
+        SESSION_NOT_FOUND,
+        ACCOUNT_REFUSED,
+        SSM_USER_FAILED,
+        AUDIT_FAILED,
     }
 )
 
@@ -122,6 +134,38 @@ class CommandFailed(AgentError):
     reason = COMMAND_FAILED
 
 
+class SpawnFailed(AgentError):
+    """The session's process could not be started (fork, privilege drop, chdir or exec)."""
+
+    reason = SPAWN_FAILED
+
+
+class SessionExists(AgentError):
+    reason = SESSION_EXISTS
+
+
+class SessionNotFound(AgentError):
+    reason = SESSION_NOT_FOUND
+
+
+class AccountRefused(AgentError):
+    """PAM's account stage refused the account (expired, locked, nologin...)."""
+
+    reason = ACCOUNT_REFUSED
+
+
+class SsmUserFailed(AgentError):
+    """ssm-user or its sudoers drop-in could not be created or changed."""
+
+    reason = SSM_USER_FAILED
+
+
+class AuditFailed(AgentError):
+    """An audit record could not be made durable; the session is refused."""
+
+    reason = AUDIT_FAILED
+
+
 _BY_REASON = {
     cls.reason: cls
     for cls in (
@@ -140,6 +184,12 @@ _BY_REASON = {
         InternalError,
         ConfigError,
         CommandFailed,
+        SpawnFailed,
+        SessionExists,
+        SessionNotFound,
+        AccountRefused,
+        SsmUserFailed,
+        AuditFailed,
     )
 }
 
