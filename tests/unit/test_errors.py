@@ -2,8 +2,9 @@ from agent import errors
 
 
 def test_every_reason_has_exactly_one_error_class() -> None:
+    root = errors.AgentError
     classes = [c for c in vars(errors).values()
-               if isinstance(c, type) and issubclass(c, errors.AgentError) and c is not errors.AgentError]
+               if isinstance(c, type) and issubclass(c, root) and c is not root]
     reasons = [c.reason for c in classes]
     assert len(reasons) == len(set(reasons)), "a reason code is used by two classes"
     assert set(reasons) == errors.REASONS
