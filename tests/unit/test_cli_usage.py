@@ -1,4 +1,5 @@
 import pytest
+
 from agent.cli import main
 
 

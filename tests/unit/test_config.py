@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+
 from agent.config import Config, load_config, parse
 from agent.errors import ConfigError
 

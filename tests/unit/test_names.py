@@ -2,10 +2,11 @@ import contextlib
 import string
 
 import pytest
-from agent.accounts import NAME_MAX_BYTES, validate_name
-from agent.errors import InvalidName
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from agent.accounts import NAME_MAX_BYTES, validate_name
+from agent.errors import InvalidName
 
 GOOD = [
     "alice", "a", "bob.smith", "svc_backup", "web-01", "_apt", "HOST$", "alice@corp.example.com",

@@ -3,6 +3,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
+
 from agent.errors import CommandFailed, LookupFailed
 from agent.platform import current
 from agent.platform.darwin import Darwin

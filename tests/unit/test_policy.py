@@ -2,6 +2,7 @@ import itertools
 from typing import Optional
 
 import pytest
+
 from agent.errors import DENIED_BY_POLICY, RUN_AS_USER_MISSING
 from agent.policy import SSM_USER, TAG_KEY, Denial, Target, decide
 

@@ -1,0 +1,62 @@
+"""Durable audit records: JSON lines, one write() per record on an O_APPEND file, fsync'd.
+
+The daemon and every per-session supervisor append to the same file; a single write() to an
+O_APPEND file is not interleaved with another, and fsync makes the record survive a crash before
+the caller acts on it (a session is never started, or reported started, without its record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from agent.errors import AuditFailed
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+FIELDS = (
+    "ts", "event", "session_id", "principal", "user", "uid", "source", "reason",
+    "exit_status", "peer_uid",
+)
+
+
+@dataclass(frozen=True)
+class AuditLog:
+    path: str
+
+    def record(self, event: str, **fields: Any) -> None:
+        """Append one record and make it durable, or raise AuditFailed."""
+        rec: dict[str, Any] = {"ts": _now(), "event": event}
+        rec.update(fields)
+        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        try:
+            fd = self._open()
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(28, "short write")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise AuditFailed(
+                f"cannot write audit record to {self.path}: {exc.strerror or exc}",
+                hint="free space or fix permissions on the audit log's filesystem",
+            ) from exc
+
+    def _open(self) -> int:
+        directory = os.path.dirname(self.path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            os.chmod(directory, 0o700)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+        return os.open(self.path, flags, 0o600)
+
+
+def _now() -> str:
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1e6):06d}Z"
