@@ -28,6 +28,7 @@ SESSION_NOT_FOUND = "session_not_found"
 ACCOUNT_REFUSED = "account_refused"
 SSM_USER_FAILED = "ssm_user_failed"
 AUDIT_FAILED = "audit_failed"
+ACTIVATION_FAILED = "activation_failed"
 
 REASONS = frozenset(
     {
@@ -52,6 +53,7 @@ REASONS = frozenset(
         ACCOUNT_REFUSED,
         SSM_USER_FAILED,
         AUDIT_FAILED,
+        ACTIVATION_FAILED,
     }
 )
 
@@ -166,6 +168,12 @@ class AuditFailed(AgentError):
     reason = AUDIT_FAILED
 
 
+class ActivationFailed(AgentError):
+    """The service manager's socket or notification channel is unusable (systemd, launchd)."""
+
+    reason = ACTIVATION_FAILED
+
+
 _BY_REASON = {
     cls.reason: cls
     for cls in (
@@ -190,6 +198,7 @@ _BY_REASON = {
         AccountRefused,
         SsmUserFailed,
         AuditFailed,
+        ActivationFailed,
     )
 }
 
