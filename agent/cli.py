@@ -89,6 +89,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="file to check (default /etc/runas-agent/config.yaml)")
     c.set_defaults(func=cmd_config_check)
 
+    sock_help = "the daemon's socket (default: socket.path from the config)"
+    p = sub.add_parser("serve", help="run the daemon in the foreground",
+                       description="Run the daemon in the foreground (systemd or launchd "
+                       "supervises it). Accepts a socket-activated listener; otherwise binds "
+                       "the socket itself. SIGTERM stops accepting and leaves live sessions "
+                       "running; SIGHUP reloads the config.")
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    p.add_argument("--socket", metavar="PATH", help="listen here instead of socket.path")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("session", help="start a session through the daemon",
+                       description="Start a session through the daemon. Without COMMAND: an "
+                       "interactive login shell on a PTY attached to this terminal. With "
+                       "COMMAND: run it through the target account's shell (the words are "
+                       "quoted so they reach the program exactly), stdout and stderr relayed "
+                       "separately, no PTY unless -t. Exit status: the command's (128+N if "
+                       "killed by signal N); 255 when the session is denied or the agent fails, "
+                       "with the reason code on stderr.")
+    p.add_argument("--socket", metavar="PATH", help=sock_help)
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    _add_prefs(p)
+    p.add_argument("--principal", metavar="ARN", help="principal recorded in the audit log "
+                   "(default: local:USER of the caller)")
+    p.add_argument("--session-id", metavar="ID", help="session id (default: a random one)")
+    p.add_argument("-t", dest="tty", action="store_true",
+                   help="force a PTY, even when this stdin is not a terminal (like ssh -tt)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARG]...")
+    p.set_defaults(func=cmd_session)
+
+    p = sub.add_parser("sessions", help="list live sessions",
+                       description="List the node's live sessions.")
+    p.add_argument("--socket", metavar="PATH", help=sock_help)
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("terminate", help="end a live session",
+                       description="End a live session: SIGHUP to its processes, SIGKILL "
+                       "after the grace period. Exit 0 when the daemon accepted the request.")
+    p.add_argument("session_id", metavar="SESSION_ID")
+    p.add_argument("--socket", metavar="PATH", help=sock_help)
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    p.set_defaults(func=cmd_terminate)
+
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)
     return parser
@@ -198,6 +242,152 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return EXIT_OK
     load_config(args.path or DEFAULT_PATH)
     sys.stdout.write(f"{args.path or DEFAULT_PATH}: ok\n")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from agent import logsetup, platform
+    from agent.audit import AuditLog
+    from agent.config import load_config
+    from agent.registry import Registry
+    from agent.server import Daemon, bind_socket
+
+    cfg = _load(args.config)
+    logsetup.configure(cfg.logging.format, cfg.logging.level)
+    import structlog
+
+    log = structlog.get_logger()
+    if os.geteuid() != 0:
+        return _usage("serve must run as root (it starts sessions as other accounts)")
+    listener = None
+    on_ready, on_stopping = (lambda: None), (lambda: None)
+    try:
+        from agent import activation
+    except ImportError:  # pragma: no cover - activation ships with the agent
+        activation = None  # type: ignore[assignment]
+    if activation is not None:
+        listener = activation.inherited_listener(os.environ)
+        env = dict(os.environ)
+
+        def on_ready() -> None:
+            activation.notify("READY=1", env)
+
+        def on_stopping() -> None:
+            activation.notify("STOPPING=1", env)
+
+    path = args.socket or cfg.socket.path
+    if listener is None:
+        listener = bind_socket(path, cfg.socket.mode, cfg.socket.group)
+        log.info("socket.bound", path=path, mode=oct(cfg.socket.mode), group=cfg.socket.group)
+    else:
+        log.info("socket.inherited", fd=listener.fileno())
+    daemon = Daemon(
+        cfg=cfg, listener=listener, platform=platform.current(), audit=AuditLog(cfg.audit.path),
+        registry=Registry(cfg.session.state_dir), log=log,
+        reload=lambda: load_config(args.config), on_ready=on_ready, on_stopping=on_stopping,
+    )
+    try:
+        return daemon.run()
+    finally:
+        listener.close()
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from agent.client import Client
+
+    path = args.socket
+    if path is None:
+        path = _load(args.config).socket.path
+    return Client(path)
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    import os
+    import pwd
+    import shlex
+
+    from agent import attach
+    from agent.errors import AgentError
+
+    words = list(args.command)
+    if words and words[0] == "--":
+        words = words[1:]
+    command = shlex.join(words) if words else None
+    tags: dict[str, str] = {}
+    for key, value in args.tag:
+        if key in tags:
+            return _usage(f"--tag {key} given twice")
+        tags[key] = value
+    want_pty = command is None or args.tty
+    terminal = None
+    if want_pty:
+        term = os.environ.get("TERM") or "xterm-256color"
+        try:
+            size = os.get_terminal_size(0)
+            terminal = (term, size.lines, size.columns)
+        except OSError:
+            terminal = (term, 24, 80)
+    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
+    try:
+        me = pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        me = str(os.getuid())
+    session_id = args.session_id or "cli-" + os.urandom(8).hex()
+    try:
+        sess = _client(args).start(
+            session_id=session_id, principal_arn=args.principal or f"local:{me}", tags=tags,
+            run_as_enabled=args.run_as, default_user=args.default_user, command=command,
+            terminal=terminal, env=env,
+        )
+    except AgentError as exc:
+        sys.stderr.write(f"runas-agent: {exc.reason}: {exc}\n")
+        return 255
+    try:
+        status = attach.relay_pty(sess) if terminal else attach.relay_pipes(sess)
+    finally:
+        sess.close()
+    if status.get("reason") == "lost":
+        sys.stderr.write("runas-agent: connection to the agent lost\n")
+        return 255
+    return attach.exit_code(status)
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    from agent.errors import AgentError
+
+    try:
+        rows = _client(args).sessions()
+    except AgentError as exc:
+        sys.stderr.write(f"runas-agent: {exc.reason}: {exc}\n")
+        return 255
+    if args.json:
+        _dump(rows)
+        return EXIT_OK
+    if not rows:
+        sys.stdout.write("no live sessions\n")
+        return EXIT_OK
+    head = ("ID", "USER", "UID", "SOURCE", "PID", "STARTED", "PRINCIPAL")
+    table = [head] + [
+        (str(r["id"]), str(r["user"]), str(r["uid"]), str(r["source"]), str(r["pid"]),
+         str(r["started_at"]), str(r["principal"])) for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(head))]
+    for row in table:
+        sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
+    return EXIT_OK
+
+
+def cmd_terminate(args: argparse.Namespace) -> int:
+    from agent.errors import AgentError
+
+    try:
+        _client(args).terminate(args.session_id)
+    except AgentError as exc:
+        sys.stderr.write(f"runas-agent: {exc.reason}: {exc}\n")
+        return EXIT_REFUSED if exc.reason == "session_not_found" else 255
+    sys.stdout.write(f"terminating {args.session_id}\n")
     return EXIT_OK
 
 

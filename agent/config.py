@@ -65,6 +65,7 @@ class SessionConfig:
     grace_period: float = 5.0
     end_mode: str = "process_group"  # or "all"
     pam: bool = True
+    state_dir: str = "/run/runas-agent/sessions"  # one record per live session
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,9 @@ _POSITIVE = (
     "limits.max_connections",
     "limits.read_timeout",
 )
-_ABSOLUTE_PATHS = ("socket.path", "audit.path", "ssm_user.shell", "ssm_user.home")
+_ABSOLUTE_PATHS = (
+    "socket.path", "audit.path", "session.state_dir", "ssm_user.shell", "ssm_user.home",
+)
 
 
 def _type_name(tp: Any) -> str:

@@ -27,7 +27,9 @@ SESSION_EXISTS = "session_exists"
 SESSION_NOT_FOUND = "session_not_found"
 ACCOUNT_REFUSED = "account_refused"
 SSM_USER_FAILED = "ssm_user_failed"
+INSTALL_FAILED = "install_failed"
 AUDIT_FAILED = "audit_failed"
+UNREACHABLE = "unreachable"
 ACTIVATION_FAILED = "activation_failed"
 
 REASONS = frozenset(
@@ -52,7 +54,9 @@ REASONS = frozenset(
         SESSION_NOT_FOUND,
         ACCOUNT_REFUSED,
         SSM_USER_FAILED,
+        INSTALL_FAILED,
         AUDIT_FAILED,
+        UNREACHABLE,
         ACTIVATION_FAILED,
     }
 )
@@ -162,10 +166,22 @@ class SsmUserFailed(AgentError):
     reason = SSM_USER_FAILED
 
 
+class InstallFailed(AgentError):
+    """A file could not be installed or removed atomically; the previous file (or none) remains."""
+
+    reason = INSTALL_FAILED
+
+
 class AuditFailed(AgentError):
     """An audit record could not be made durable; the session is refused."""
 
     reason = AUDIT_FAILED
+
+
+class Unreachable(AgentError):
+    """A client could not reach the daemon's socket."""
+
+    reason = UNREACHABLE
 
 
 class ActivationFailed(AgentError):
@@ -197,7 +213,9 @@ _BY_REASON = {
         SessionNotFound,
         AccountRefused,
         SsmUserFailed,
+        InstallFailed,
         AuditFailed,
+        Unreachable,
         ActivationFailed,
     )
 }

@@ -1,0 +1,182 @@
+"""Client side of the protocol: a small library a Python session transport can import.
+
+Standard library only. docs/protocol.md specifies what it speaks.
+
+    from agent.client import Client
+    sess = Client().start(session_id="s-1", principal_arn="arn:...", tags={...},
+                          run_as_enabled=True, command="id -un")
+    # command session: sess.stdin / sess.stdout / sess.stderr are file descriptors
+    # PTY session: sess.master is the PTY master
+    status = sess.wait()          # {"code": 0, "signal": None, "reason": "exited"}
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from agent import protocol
+from agent.errors import InternalError, Unreachable, error_for
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any, Optional
+
+DEFAULT_SOCKET = "/run/runas-agent/runas-agent.sock"
+MAX_REPLY = 16 * 1024 * 1024
+
+
+def _connect(path: str, timeout: Optional[float]) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        raise Unreachable(f"cannot reach the agent at {path}: {exc.strerror or exc}",
+                          hint="is `runas-agent serve` running, and may you use its socket?"
+                          ) from None
+    return sock
+
+
+class _Reader:
+    """Reads frames from a connection, collecting any file descriptors sent with them."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.decoder = protocol.FrameDecoder(MAX_REPLY)
+        self.queue: list[dict[str, Any]] = []
+        self.fds: list[int] = []
+
+    def read(self) -> Optional[dict[str, Any]]:
+        """The next message, or None at end of stream."""
+        while not self.queue:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
+            for fd in fds:
+                os.set_inheritable(fd, False)
+            self.fds.extend(fds)
+            if not data:
+                return None
+            self.queue.extend(self.decoder.feed(data))
+        return self.queue.pop(0)
+
+
+def _raise_if_error(msg: Optional[dict[str, Any]]) -> dict[str, Any]:
+    if msg is None:
+        raise InternalError("the agent closed the connection without an answer")
+    if msg.get("type") == "error":
+        raise error_for(str(msg.get("reason")), str(msg.get("message", "")))
+    return msg
+
+
+@dataclass
+class Session:
+    """A started session. Close it (or let the process exit) to hang up."""
+
+    sock: socket.socket
+    info: dict[str, Any]
+    master: Optional[int]
+    stdin: Optional[int]
+    stdout: Optional[int]
+    stderr: Optional[int]
+    _reader: _Reader
+    exit: Optional[dict[str, Any]] = None
+
+    @property
+    def control_fd(self) -> int:
+        """Readable when the exit message (or end of stream) arrives."""
+        return self.sock.fileno()
+
+    def resize(self, rows: int, cols: int) -> None:
+        self.sock.sendall(protocol.encode({"v": protocol.VERSION, "type": "resize",
+                                           "rows": rows, "cols": cols}))
+
+    def terminate(self) -> None:
+        self.sock.sendall(protocol.encode({"v": protocol.VERSION, "type": "terminate"}))
+
+    def wait(self) -> dict[str, Any]:
+        """Block until the session ends; returns {code, signal, reason}."""
+        while self.exit is None:
+            msg = self._reader.read()
+            if msg is None:
+                self.exit = {"code": None, "signal": None, "reason": "lost"}
+            elif msg.get("type") == "exit":
+                self.exit = {k: msg.get(k) for k in ("code", "signal", "reason")}
+        return self.exit
+
+    def close(self) -> None:
+        for fd in (self.master, self.stdin, self.stdout, self.stderr):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.sock.close()
+
+
+@dataclass(frozen=True)
+class Client:
+    path: str = DEFAULT_SOCKET
+    timeout: Optional[float] = 30.0
+
+    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        sock = _connect(self.path, self.timeout)
+        try:
+            sock.sendall(protocol.encode(msg))
+            return _raise_if_error(_Reader(sock).read())
+        finally:
+            sock.close()
+
+    def ping(self) -> dict[str, Any]:
+        return self._call({"v": protocol.VERSION, "type": "ping"})
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return list(self._call({"v": protocol.VERSION, "type": "list"})["sessions"])
+
+    def terminate(self, session_id: str) -> None:
+        self._call({"v": protocol.VERSION, "type": "terminate", "session_id": session_id})
+
+    def start(self, *, session_id: str, principal_arn: str, tags: Mapping[str, str] = {},
+              run_as_enabled: Optional[bool] = None, default_user: Optional[str] = None,
+              shell_profile: Optional[str] = None, command: Optional[str] = None,
+              terminal: Optional[tuple[str, int, int]] = None,
+              env: Mapping[str, str] = {}) -> Session:
+        """Start a session. terminal=(TERM, rows, cols) asks for a PTY."""
+        prefs: dict[str, Any] = {}
+        if run_as_enabled is not None:
+            prefs["run_as_enabled"] = run_as_enabled
+        if default_user is not None:
+            prefs["run_as_default_user"] = default_user
+        if shell_profile is not None:
+            prefs["shell_profile"] = shell_profile
+        msg: dict[str, Any] = {
+            "v": protocol.VERSION, "type": "start", "session_id": session_id,
+            "principal": {"arn": principal_arn, "tags": dict(tags)},
+            "preferences": prefs, "command": command, "env": dict(env),
+            "terminal": None if terminal is None else
+            {"term": terminal[0], "rows": terminal[1], "cols": terminal[2]},
+        }
+        sock = _connect(self.path, self.timeout)
+        reader = _Reader(sock)
+        try:
+            sock.sendall(protocol.encode(msg))
+            reply = _raise_if_error(reader.read())
+        except BaseException:
+            for fd in reader.fds:
+                os.close(fd)
+            sock.close()
+            raise
+        sock.settimeout(None)
+        fds = reader.fds
+        reader.fds = []
+        if terminal is not None and len(fds) == 1:
+            return Session(sock, reply, fds[0], None, None, None, reader)
+        if terminal is None and len(fds) == 3:
+            return Session(sock, reply, None, fds[0], fds[1], fds[2], reader)
+        for fd in fds:
+            os.close(fd)
+        sock.close()
+        raise InternalError(f"the agent sent {len(fds)} descriptors; expected "
+                            f"{1 if terminal is not None else 3}")

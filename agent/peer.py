@@ -1,0 +1,70 @@
+"""Who is on the other end of a Unix socket, and may they talk to the daemon."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from collections.abc import Iterable
+
+SO_PEERCRED = 17  # Linux
+SO_PEERGROUPS = 59  # Linux >= 4.13
+SOL_LOCAL = 0  # macOS
+LOCAL_PEERCRED = 1  # macOS
+XUCRED_NGROUPS = 16
+_UCRED = struct.Struct("3i")
+_XUCRED = struct.Struct(f"IIh{XUCRED_NGROUPS}I")
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int  # -1 when the platform does not say
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def linux_peer(sock: socket.socket) -> Peer:
+    import socket as _socket
+
+    raw = sock.getsockopt(_socket.SOL_SOCKET, SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    try:
+        graw = sock.getsockopt(_socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        groups = tuple(struct.unpack(f"{len(graw) // 4}I", graw[: len(graw) // 4 * 4]))
+    except OSError:
+        groups = ()
+    return Peer(pid, uid, gid, groups)
+
+
+def parse_xucred(raw: bytes) -> Peer:
+    """Decode macOS's struct xucred (LOCAL_PEERCRED)."""
+    version, uid, ngroups, *groups = _XUCRED.unpack(raw[: _XUCRED.size])
+    if version != 0 or not 0 < ngroups <= XUCRED_NGROUPS:
+        from agent.errors import Unauthorized
+
+        raise Unauthorized("unexpected peer credential format")
+    gids = tuple(groups[:ngroups])
+    return Peer(-1, uid, gids[0], gids)
+
+
+def darwin_peer(sock: socket.socket) -> Peer:
+    return parse_xucred(sock.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, _XUCRED.size))
+
+
+def authorized(peer: Peer, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> bool:
+    """Root, an allowed uid, or a member (primary or supplementary) of an allowed group."""
+    if peer.uid == 0 or peer.uid in set(allowed_uids):
+        return True
+    gids = set(allowed_gids)
+    return peer.gid in gids or bool(gids.intersection(peer.groups))
+
+
+def read_peer(sock: socket.socket, sys_platform: str) -> Peer:
+    """The peer's credentials, read from the kernel (never from anything the peer sent)."""
+    if sys_platform == "darwin":
+        return darwin_peer(sock)
+    return linux_peer(sock)

@@ -1,0 +1,126 @@
+"""Live sessions on this node: one small JSON file per session, written by its supervisor.
+
+The files outlive a daemon restart, so a new daemon can list, count and terminate sessions it
+did not start. A file whose process is gone (or whose pid was reused) is stale and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from agent.errors import SessionExists, SessionNotFound
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+
+def process_start_time(pid: int) -> Optional[float]:
+    """The process's start time (identifies it across pid reuse), or None if it is gone."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return None
+
+
+@dataclass(frozen=True)
+class Registry:
+    directory: str
+
+    def _path(self, session_id: str) -> str:
+        return os.path.join(self.directory, session_id + ".json")
+
+    def _ensure_dir(self) -> None:
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    def claim(self, session_id: str, pid: int) -> None:
+        """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it."""
+        self._ensure_dir()
+        record = {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
+                  "state": "starting"}
+        for _ in range(2):
+            try:
+                fd = os.open(self._path(session_id),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                             0o600)
+            except FileExistsError:
+                if self._load_live(session_id) is not None:
+                    raise SessionExists(f"session id {session_id!r} is already in use") from None
+                self.remove(session_id)  # stale: its supervisor is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(record, fh)
+            return
+        raise SessionExists(f"session id {session_id!r} is already in use")
+
+    def publish(self, record: dict[str, Any]) -> None:
+        """Replace the session's record (atomically) once it has started."""
+        path = self._path(str(record["id"]))
+        tmp = f"{path}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, path)
+
+    def remove(self, session_id: str) -> None:
+        try:
+            os.unlink(self._path(session_id))
+        except FileNotFoundError:
+            pass
+
+    def _load_live(self, session_id: str) -> Optional[dict[str, Any]]:
+        try:
+            with open(self._path(session_id)) as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(rec, dict) or not isinstance(rec.get("pid"), int):
+            return None
+        start = process_start_time(rec["pid"])
+        if start is None or rec.get("pid_start") != start:
+            return None
+        return rec
+
+    def get(self, session_id: str) -> dict[str, Any]:
+        rec = self._load_live(session_id)
+        if rec is None:
+            raise SessionNotFound(f"no live session {session_id!r} on this node")
+        return rec
+
+    def live(self, *, include_starting: bool = False) -> list[dict[str, Any]]:
+        """Every live session, oldest first; stale files are removed."""
+        try:
+            names = os.listdir(self.directory)
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            sid = name[: -len(".json")]
+            rec = self._load_live(sid)
+            if rec is None:
+                self._remove_if_stale(sid)
+                continue
+            if rec.get("state") == "started" or include_starting:
+                out.append(rec)
+        out.sort(key=lambda r: (str(r.get("started_at", "")), str(r["id"])))
+        return out
+
+    def _remove_if_stale(self, session_id: str) -> None:
+        # Re-check right before removing: a record may have been written meanwhile.
+        path = self._path(session_id)
+        try:
+            with open(path) as fh:
+                rec = json.load(fh)
+            pid = rec.get("pid") if isinstance(rec, dict) else None
+        except (OSError, ValueError):
+            return
+        if isinstance(pid, int) and process_start_time(pid) == rec.get("pid_start"):
+            return
+        self.remove(session_id)

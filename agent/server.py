@@ -1,0 +1,391 @@
+"""The daemon: one single-threaded event loop on the Unix socket.
+
+For every connection: read the peer's credentials from the kernel and check them before reading
+anything; enforce the connection limit and a read deadline; parse exactly one request frame; then
+either answer it (ping, list, terminate) or fork the session's supervisor (start), which takes the
+connection over. The daemon itself never drops privileges and never waits on a session.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import socket
+import stat
+import sys
+import time
+from dataclasses import dataclass, field
+
+from agent import protocol
+from agent.errors import (
+    AgentError,
+    BadRequest,
+    ConfigError,
+    InternalError,
+    LimitReached,
+    Unauthorized,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
+
+    from agent.audit import AuditLog
+    from agent.config import Config
+    from agent.peer import Peer
+    from agent.platform import Platform
+    from agent.registry import Registry
+
+
+@dataclass
+class _Conn:
+    sock: socket.socket
+    peer: Peer
+    deadline: float
+    decoder: protocol.FrameDecoder
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    listener: socket.socket
+    platform: Platform
+    audit: AuditLog
+    registry: Registry
+    log: Any
+    reload: Callable[[], Config]
+    on_ready: Callable[[], None] = lambda: None
+    on_stopping: Callable[[], None] = lambda: None
+    sys_platform: str = sys.platform
+    _conns: dict[int, _Conn] = field(default_factory=dict)
+    _children: set[int] = field(default_factory=set)
+    _allowed_gids: frozenset[int] = frozenset()
+    _stop: bool = False
+    _hup: bool = False
+
+    def run(self) -> int:
+        wake_r, wake_w = os.pipe()
+        for fd in (wake_r, wake_w):
+            os.set_blocking(fd, False)
+        old_wakeup = signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self._allowed_gids = _group_ids(self.cfg.peers.allowed_groups, self.log)
+        self.listener.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(self.listener, selectors.EVENT_READ, "listen")
+        sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self.log.info("daemon.ready", pid=os.getpid(), sessions=len(self.registry.live()))
+        self.on_ready()
+        try:
+            while not self._stop:
+                timeout = self._next_deadline()
+                for key, _ in sel.select(timeout):
+                    if key.data == "listen":
+                        self._accept(sel)
+                    elif key.data == "wake":
+                        _drain(wake_r)
+                    else:
+                        self._readable(sel, key.data)
+                self._reap()
+                self._expire(sel)
+                if self._hup:
+                    self._hup = False
+                    self._reload()
+        finally:
+            self.on_stopping()
+            self.log.info("daemon.stopping", live_sessions=len(self._children))
+            for c in list(self._conns.values()):
+                self._close(sel, c)
+            sel.close()
+            signal.set_wakeup_fd(old_wakeup)
+            os.close(wake_r)
+            os.close(wake_w)
+        return 0
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def _on_term(self, *_: object) -> None:
+        self._stop = True
+
+    def _on_hup(self, *_: object) -> None:
+        self._hup = True
+
+    def _reload(self) -> None:
+        try:
+            cfg = self.reload()
+        except ConfigError as exc:
+            self.log.error("config.reload_failed", error=str(exc))
+            return
+        if cfg.socket != self.cfg.socket:
+            self.log.warning("config.socket_changed", detail="restart the daemon to apply")
+        self.cfg = cfg
+        self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
+        self.log.info("config.reloaded")
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        from agent.peer import authorized, read_peer
+
+        for _ in range(64):
+            try:
+                sock, _addr = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.log.error("connection.accept_failed", error=exc.strerror)
+                    return
+                raise
+            try:
+                peer = read_peer(sock, self.sys_platform)
+            except OSError as exc:
+                self.log.warning("connection.peer_unknown", error=str(exc))
+                sock.close()
+                continue
+            if not authorized(peer, self.cfg.peers.allowed_uids, self._allowed_gids):
+                self.log.warning("connection.unauthorized", peer_uid=peer.uid, peer_pid=peer.pid)
+                self._refuse(sock, Unauthorized(f"uid {peer.uid} may not use this agent"))
+                continue
+            if len(self._conns) >= self.cfg.limits.max_connections:
+                self.log.warning("connection.limit_reached", peer_uid=peer.uid)
+                self._refuse(sock, LimitReached("too many connections; try again"))
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, peer, time.monotonic() + self.cfg.limits.read_timeout,
+                         protocol.FrameDecoder(self.cfg.limits.max_frame))
+            self._conns[sock.fileno()] = conn
+            sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, sock: socket.socket, exc: AgentError) -> None:
+        try:
+            sock.setblocking(False)
+            sock.send(protocol.encode(protocol.error_reply(exc.reason, str(exc))))
+        except OSError:
+            pass
+        sock.close()
+
+    def _close(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        self._conns.pop(conn.sock.fileno(), None)
+        try:
+            sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+    def _next_deadline(self) -> Optional[float]:
+        if not self._conns:
+            return None
+        soonest = min(c.deadline for c in self._conns.values())
+        return max(0.0, soonest - time.monotonic())
+
+    def _expire(self, sel: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            self.log.info("connection.timed_out", peer_uid=conn.peer.uid)
+            self._conns.pop(conn.sock.fileno(), None)
+            sel.unregister(conn.sock)
+            self._refuse(conn.sock, BadRequest("no complete request within the read timeout"))
+
+    def _readable(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(sel, conn)
+            return
+        if not data:
+            self._close(sel, conn)
+            return
+        try:
+            msgs = conn.decoder.feed(data)
+            if not msgs:
+                return
+            if len(msgs) > 1 or conn.decoder.pending:
+                raise BadRequest("one request per connection")
+            req = protocol.parse_request(msgs[0])
+        except AgentError as exc:
+            self.log.info("request.rejected", peer_uid=conn.peer.uid, reason=exc.reason,
+                          error=str(exc))
+            self._conns.pop(conn.sock.fileno(), None)
+            sel.unregister(conn.sock)
+            self._refuse(conn.sock, exc)
+            return
+        self._conns.pop(conn.sock.fileno(), None)
+        sel.unregister(conn.sock)
+        try:
+            self._dispatch(sel, conn, req)
+        except AgentError as exc:
+            self._refuse(conn.sock, exc)
+        except Exception as exc:  # never let one request take the daemon down
+            self.log.exception("request.failed", error=str(exc))
+            self._refuse(conn.sock, InternalError("internal error; see the agent's log"))
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _dispatch(self, sel: selectors.BaseSelector, conn: _Conn, req: Any) -> None:
+        from agent import __version__
+
+        if isinstance(req, protocol.StartRequest):
+            self._start(sel, conn, req)
+            return
+        if isinstance(req, protocol.PingRequest):
+            msg = protocol.reply("pong", version=__version__, pid=os.getpid())
+        elif isinstance(req, protocol.ListRequest):
+            msg = protocol.reply("sessions", sessions=[_public(r) for r in self.registry.live()])
+        elif isinstance(req, protocol.TerminateRequest):
+            self._terminate(req.session_id, conn.peer)
+            msg = protocol.reply("ok", session_id=req.session_id)
+        else:  # pragma: no cover - parse_request returns only the types above
+            raise BadRequest("unsupported request")
+        conn.sock.setblocking(True)
+        conn.sock.settimeout(self.cfg.limits.read_timeout)
+        try:
+            conn.sock.sendall(protocol.encode(msg))
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _terminate(self, session_id: str, peer: Peer) -> None:
+        rec = self.registry.get(session_id)
+        try:
+            os.kill(int(rec["pid"]), signal.SIGTERM)
+        except ProcessLookupError:
+            from agent.errors import SessionNotFound
+
+            raise SessionNotFound(f"session {session_id!r} has already ended") from None
+        self.log.info("session.terminate_requested", session_id=session_id, peer_uid=peer.uid)
+
+    def _live_sessions(self) -> int:
+        started_elsewhere = [r for r in self.registry.live(include_starting=True)
+                             if int(r["pid"]) not in self._children]
+        return len(self._children) + len(started_elsewhere)
+
+    def _start(self, sel: selectors.BaseSelector, conn: _Conn, req: protocol.StartRequest) -> None:
+        limit = self.cfg.session.max_sessions
+        if len(self._children) >= limit or self._live_sessions() >= limit:
+            exc = LimitReached(f"the node's limit of {limit} live sessions is reached")
+            try:
+                self.audit.record("session.denied", session_id=req.session_id,
+                                  principal=req.principal.arn, peer_uid=conn.peer.uid,
+                                  reason=exc.reason)
+            except AgentError:
+                pass
+            raise exc
+        pid = os.fork()
+        if pid == 0:  # the supervisor
+            code = 1
+            try:
+                code = self._become_supervisor(sel, conn, req)
+            except BaseException as exc:
+                try:
+                    self.log.exception("session.supervisor_failed", session_id=req.session_id,
+                                       error=str(exc))
+                finally:
+                    os._exit(1)
+            finally:
+                os._exit(code)
+        self._children.add(pid)
+        conn.sock.close()
+
+    def _become_supervisor(self, sel: selectors.BaseSelector, conn: _Conn,
+                           req: protocol.StartRequest) -> int:
+        from agent import session
+
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(s, signal.SIG_DFL)
+        os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
+        sel.close()
+        self.listener.close()
+        for other in self._conns.values():
+            other.sock.close()
+        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
+                              self.sys_platform)
+        return session.run(conn.sock, req, ctx)
+
+    def _reap(self) -> None:
+        while self._children:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self._children.clear()
+                return
+            if pid == 0:
+                return
+            self._children.discard(pid)
+
+
+def _public(rec: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "user", "uid", "source", "pid", "shell_pid", "started_at", "principal", "tty",
+            "command", "peer_uid")
+    return {k: rec.get(k) for k in keys}
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _group_ids(names: tuple[str, ...], log: Any) -> frozenset[int]:
+    import grp
+
+    out = set()
+    for name in names:
+        try:
+            out.add(grp.getgrnam(name).gr_gid)
+        except KeyError:
+            log.warning("config.unknown_group", group=name, key="peers.allowed_groups")
+    return frozenset(out)
+
+
+# -- the listening socket -------------------------------------------------------------------
+
+
+def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
+    """Bind the daemon's socket in a root-owned directory, refusing to steal a live one."""
+    import grp
+
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
+        raise ConfigError(f"{directory}: must be a directory owned by root and not writable by "
+                          "group or others")
+    gid = -1
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigError(f"socket.group: no group named {group!r}") from None
+    if os.path.lexists(path):
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            raise ConfigError(f"{path} exists and is not a socket; remove it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale socket of a daemon that is gone
+        else:
+            raise ConfigError(f"another daemon is already listening on {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chown(path, 0, gid)
+    os.chmod(path, mode)
+    sock.listen(128)
+    return sock
