@@ -63,6 +63,14 @@ class _Reader:
         return self.queue.pop(0)
 
 
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    """Send a request; if the daemon already refused and closed, its answer is still read."""
+    try:
+        sock.sendall(protocol.encode(msg))
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
 def _raise_if_error(msg: Optional[dict[str, Any]]) -> dict[str, Any]:
     if msg is None:
         raise InternalError("the agent closed the connection without an answer")
@@ -124,7 +132,7 @@ class Client:
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
         sock = _connect(self.path, self.timeout)
         try:
-            sock.sendall(protocol.encode(msg))
+            _send(sock, msg)
             return _raise_if_error(_Reader(sock).read())
         finally:
             sock.close()
@@ -161,7 +169,7 @@ class Client:
         sock = _connect(self.path, self.timeout)
         reader = _Reader(sock)
         try:
-            sock.sendall(protocol.encode(msg))
+            _send(sock, msg)
             reply = _raise_if_error(reader.read())
         except BaseException:
             for fd in reader.fds:

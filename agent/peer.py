@@ -33,7 +33,9 @@ def linux_peer(sock: socket.socket) -> Peer:
     raw = sock.getsockopt(_socket.SOL_SOCKET, SO_PEERCRED, _UCRED.size)
     pid, uid, gid = _UCRED.unpack(raw)
     try:
-        graw = sock.getsockopt(_socket.SOL_SOCKET, SO_PEERGROUPS, 4 * 1024)
+        # Python caps the buffer at 1024 bytes (256 groups); a peer in more groups gets ERANGE
+        # and is then judged by uid and primary gid only (fail closed).
+        graw = sock.getsockopt(_socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
         groups = tuple(struct.unpack(f"{len(graw) // 4}I", graw[: len(graw) // 4 * 4]))
     except OSError:
         groups = ()

@@ -149,7 +149,8 @@ class Daemon:
                 sock.close()
                 continue
             if not authorized(peer, self.cfg.peers.allowed_uids, self._allowed_gids):
-                self.log.warning("connection.unauthorized", peer_uid=peer.uid, peer_pid=peer.pid)
+                self.log.warning("connection.unauthorized", peer_uid=peer.uid, peer_pid=peer.pid,
+                                 peer_gid=peer.gid, peer_groups=list(peer.groups))
                 self._refuse(sock, Unauthorized(f"uid {peer.uid} may not use this agent"))
                 continue
             if len(self._conns) >= self.cfg.limits.max_connections:
