@@ -133,6 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH", help=cfg_help)
     p.set_defaults(func=cmd_terminate)
 
+    p = sub.add_parser("ssm-user", help="the ssm-user account and its sudoers drop-in",
+                       description="The account sessions run as when Run As is off, and its "
+                       "sudoers drop-in (/etc/sudoers.d/ssm-agent-users).")
+    usub = p.add_subparsers(dest="ssm_user_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    usub.required = True
+    for name, func, text, desc in (
+        ("status", cmd_ssm_user_status, "show the account, the drop-in and what sudo grants",
+         "Show whether ssm-user exists (uid, shell, home), whether the agent created it, the "
+         "drop-in (present, mode, owner, valid for visudo, expected content), whether sudo "
+         "grants it root, and whether /etc/sudoers includes /etc/sudoers.d. Read-only. Exit 0 "
+         "when all is well, 1 when there is a problem (listed; a missing account is one), 2 on "
+         "a usage or configuration error."),
+        ("ensure", cmd_ssm_user_ensure, "create ssm-user now if it does not exist",
+         "Create ssm-user if it does not exist, as the first session with Run As off would: "
+         "once, under a lock, with the drop-in when ssm_user.sudoers is on. An existing account "
+         "is never modified and gets no drop-in. Exit 0 when the account exists afterwards, 1 "
+         "when it could not be created or is not usable, 2 on a usage or configuration error."),
+        ("revoke-sudo", cmd_ssm_user_revoke_sudo, "remove the drop-in, keep the account",
+         "Remove the sudoers drop-in atomically; the account stays. Exit 0 when no drop-in is "
+         "left (removed, or there was none), 1 when it could not be removed, 2 on a usage or "
+         "configuration error."),
+    ):
+        u = usub.add_parser(name, help=text, description=desc)
+        u.add_argument("--config", metavar="PATH", help=cfg_help)
+        u.add_argument("--json", action="store_true", help="print one JSON object")
+        u.set_defaults(func=func)
+
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)
     return parser
@@ -389,6 +416,68 @@ def cmd_terminate(args: argparse.Namespace) -> int:
         return EXIT_REFUSED if exc.reason == "session_not_found" else 255
     sys.stdout.write(f"terminating {args.session_id}\n")
     return EXIT_OK
+
+
+def cmd_ssm_user_status(args: argparse.Namespace) -> int:
+    from agent import platform, ssm_user
+
+    cfg = _load(args.config)
+    out = ssm_user.status(cfg, platform.current())
+    if args.json:
+        _dump(out)
+    else:
+        sys.stdout.write(ssm_user.format_status(out))
+    return EXIT_OK if not out["problems"] else EXIT_REFUSED
+
+
+def cmd_ssm_user_ensure(args: argparse.Namespace) -> int:
+    from agent import platform, ssm_user
+    from agent.audit import AuditLog
+    from agent.errors import AgentError
+
+    cfg = _load(args.config)
+    try:
+        res = ssm_user.ensure(cfg, platform.current(), audit=AuditLog(cfg.audit.path))
+    except AgentError as exc:
+        return _ssm_user_failed(args, exc)
+    acct = res.account
+    if args.json:
+        _dump({"ok": True, "user": acct.name, "created": res.created, "uid": acct.uid,
+               "gid": acct.gid, "home": acct.home, "shell": acct.shell,
+               "sudoers_written": res.sudoers_written})
+    else:
+        what = "created" if res.created else "already exists"
+        line = f"{acct.name}: {what} (uid {acct.uid}, home {acct.home}, shell {acct.shell})"
+        if res.sudoers_written:
+            line += "; sudoers drop-in written"
+        sys.stdout.write(line + "\n")
+    return EXIT_OK
+
+
+def cmd_ssm_user_revoke_sudo(args: argparse.Namespace) -> int:
+    from agent import platform, ssm_user
+    from agent.audit import AuditLog
+    from agent.errors import AgentError
+
+    cfg = _load(args.config)
+    plat = platform.current()
+    try:
+        removed = ssm_user.revoke_sudo(cfg, plat, audit=AuditLog(cfg.audit.path))
+    except AgentError as exc:
+        return _ssm_user_failed(args, exc)
+    path = ssm_user.Paths.for_platform(plat.name).drop_in
+    if args.json:
+        _dump({"ok": True, "removed": removed, "path": path})
+    else:
+        sys.stdout.write(f"{path}: {'removed' if removed else 'not present'}\n")
+    return EXIT_OK
+
+
+def _ssm_user_failed(args: argparse.Namespace, exc: Any) -> int:
+    sys.stderr.write(f"runas-agent: {exc.reason}: {exc}\n")
+    if args.json:
+        _dump({"ok": False, "reason": exc.reason, "message": exc.message, "hint": exc.hint})
+    return EXIT_REFUSED
 
 
 def cmd_version(args: argparse.Namespace) -> int:

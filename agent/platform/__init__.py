@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -17,6 +18,25 @@ if TYPE_CHECKING:
         def account_source(self, name: str) -> str:
             """'local' when the account is in the node's own user database, else 'directory'."""
             ...
+
+        def create_user(self, spec: NewUser, runner: Runner) -> bool:
+            """Create a local account; False (nothing changed) when the name is already taken.
+
+            Raises SsmUserFailed when the account could not be created.
+            """
+            ...
+
+
+@dataclass(frozen=True)
+class NewUser:
+    """A local account to create. None means the platform's default (next free uid, /home/NAME
+    or /Users/NAME)."""
+
+    name: str
+    shell: str
+    uid: Optional[int] = None
+    system: bool = False
+    home: Optional[str] = None
 
 
 def current(runner: Optional[Runner] = None, sys_platform: str = sys.platform) -> Platform:

@@ -1,14 +1,27 @@
 """Linux specifics."""
 
+from __future__ import annotations
+
+import pwd
 from dataclasses import dataclass
 
-from agent.errors import LookupFailed
+from agent.errors import CommandFailed, LookupFailed, SsmUserFailed
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from agent.platform import NewUser
+    from agent.runner import Completed, Runner
+
+USERADD = "/usr/sbin/useradd"
+_USERADD_UID_IN_USE = 4
+_USERADD_NAME_IN_USE = 9
 
 
 @dataclass(frozen=True)
 class Linux:
     passwd_path: str = "/etc/passwd"  # noqa: S105 - a path, not a password
     name: str = "linux"
+    useradd: str = USERADD
 
     def account_source(self, name: str) -> str:
         """'local' when NAME is in /etc/passwd (the files backend), else 'directory'."""
@@ -21,3 +34,52 @@ class Linux:
         except OSError as exc:
             raise LookupFailed(f"cannot read {self.passwd_path}: {exc.strerror}") from exc
         return "directory"
+
+    def create_user(self, spec: NewUser, runner: Runner) -> bool:
+        """`useradd` a local account with its own group and a home it owns (-m).
+
+        False (nothing changed) when an account of that name already exists.
+        """
+        argv = [self.useradd, "--create-home", "--user-group", "--shell", spec.shell]
+        if spec.system:
+            argv.append("--system")
+        if spec.uid is not None:
+            argv += ["--uid", str(spec.uid)]
+        if spec.home is not None:
+            argv += ["--home-dir", spec.home]
+        argv += ["--", spec.name]
+        try:
+            done = runner(argv, check=False, timeout=60.0)
+        except CommandFailed as exc:
+            raise SsmUserFailed(f"cannot create {spec.name}: {exc.message}", hint=exc.hint) from exc
+        if done.returncode == 0:
+            return True
+        exists = _exists(spec.name)
+        if done.returncode == _USERADD_NAME_IN_USE and exists:
+            return False
+        why = _last_line(done)
+        if exists:
+            raise SsmUserFailed(
+                f"useradd added {spec.name} but then failed (exit {done.returncode}): {why}",
+                hint=f"fix the account or remove it (userdel -r -- {spec.name}), then run "
+                "`runas-agent ssm-user ensure` again",
+            )
+        if done.returncode == _USERADD_UID_IN_USE:
+            raise SsmUserFailed(
+                f"cannot create {spec.name}: uid {spec.uid} is already in use ({why})",
+                hint="choose another ssm_user.uid in the config, or leave it unset",
+            )
+        raise SsmUserFailed(f"cannot create {spec.name}: useradd exited {done.returncode}: {why}")
+
+
+def _exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _last_line(done: Completed) -> str:
+    lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+    return lines[-1] if lines else "no message"
