@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 
 from agent.errors import ConfigError
@@ -64,7 +65,8 @@ class SessionConfig:
     idle_timeout: float = 0.0  # seconds, 0 = unlimited
     grace_period: float = 5.0
     end_mode: str = "process_group"  # or "all"
-    pam: bool = True
+    pam: bool = True  # Linux: used when /etc/pam.d/<pam_service> exists; false turns PAM off
+    pam_service: str = "runas-agent"
     state_dir: str = "/run/runas-agent/sessions"  # one record per live session
 
 
@@ -125,6 +127,7 @@ _POSITIVE = (
     "limits.max_connections",
     "limits.read_timeout",
 )
+_PAM_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ABSOLUTE_PATHS = (
     "socket.path", "audit.path", "session.state_dir", "ssm_user.shell", "ssm_user.home",
 )
@@ -219,6 +222,11 @@ def _check_values(cfg: Config) -> None:
         value = _get(cfg, path)
         if value is not None and not os.path.isabs(value):
             raise ConfigError(f"{path}: expected an absolute path, got {value!r}")
+    if not _PAM_SERVICE_RE.fullmatch(cfg.session.pam_service):
+        raise ConfigError(
+            f"session.pam_service: {cfg.session.pam_service!r} is not a PAM service name",
+            hint="a file name in /etc/pam.d: letters, digits, '.', '_' and '-'",
+        )
     if not 0 <= cfg.socket.mode <= 0o777:
         raise ConfigError("socket.mode: expected a permission mode such as 0o660")
     if cfg.socket.mode & 0o007:

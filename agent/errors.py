@@ -26,6 +26,8 @@ SPAWN_FAILED = "spawn_failed"
 SESSION_EXISTS = "session_exists"
 SESSION_NOT_FOUND = "session_not_found"
 ACCOUNT_REFUSED = "account_refused"
+PAM_FAILED = "pam_failed"
+LOGIN_RECORD_FAILED = "login_record_failed"
 SSM_USER_FAILED = "ssm_user_failed"
 INSTALL_FAILED = "install_failed"
 AUDIT_FAILED = "audit_failed"
@@ -53,6 +55,8 @@ REASONS = frozenset(
         SESSION_EXISTS,
         SESSION_NOT_FOUND,
         ACCOUNT_REFUSED,
+        PAM_FAILED,
+        LOGIN_RECORD_FAILED,
         SSM_USER_FAILED,
         INSTALL_FAILED,
         AUDIT_FAILED,
@@ -160,6 +164,18 @@ class AccountRefused(AgentError):
     reason = ACCOUNT_REFUSED
 
 
+class PamFailed(AgentError):
+    """PAM itself failed: libpam missing, or a start, credential or session stage error."""
+
+    reason = PAM_FAILED
+
+
+class LoginRecordFailed(AgentError):
+    """utmp, wtmp or lastlog could not be written (the session goes on; this is logged)."""
+
+    reason = LOGIN_RECORD_FAILED
+
+
 class SsmUserFailed(AgentError):
     """ssm-user or its sudoers drop-in could not be created or changed."""
 
@@ -212,6 +228,8 @@ _BY_REASON = {
         SessionExists,
         SessionNotFound,
         AccountRefused,
+        PamFailed,
+        LoginRecordFailed,
         SsmUserFailed,
         InstallFailed,
         AuditFailed,

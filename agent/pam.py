@@ -1,0 +1,515 @@
+"""PAM account and session stages through libpam (ctypes), one handle for a session's whole life.
+
+No authentication stage: the session transport has already authenticated the principal. The
+handle is created, used and ended in the per-session supervisor (a root process that exists for
+this one session), never in the long-lived daemon: modules change the calling process (loginuid,
+resource limits, cgroup, keyring) and the shell child inherits those changes across fork.
+
+Call order, following OpenSSH (sshd.c and session.c), implemented by `login()`:
+
+  1. pam_start(service, user) with a conversation that answers no prompt; PAM_TTY, PAM_RUSER,
+     PAM_RHOST set when given.
+  2. pam_acct_mgmt: the account stage (expired account, password change forced, /etc/nologin,
+     access rules). Any refusal raises AccountRefused and nothing is spawned.
+  3. initgroups semantics in the supervisor: setgroups(getgrouplist(user, gid)).
+  4. pam_setcred(PAM_ESTABLISH_CRED). Credentials may take the form of supplementary groups
+     (pam_group adds them to the calling process), so they are established after step 3, which
+     would otherwise wipe them; sshd re-establishes them after initgroups for the same reason.
+     The child's group set is then read back with getgroups().
+  5. pam_open_session: pam_loginuid writes this process's /proc/self/loginuid, pam_limits sets its
+     rlimits, pam_systemd moves it into a login session scope, pam_keyinit gives it a fresh
+     session keyring. Credentials come before the session, as pam_setcred(3) requires.
+  6. pam_getenvlist: the PAM environment, for the caller to merge into the session's.
+  7. (caller) fork the child: setgroups(groups from step 4), setresgid, setresuid, exec. The child
+     never calls into PAM and never ends the handle.
+  8. at the end, close(): pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
+     established), pam_end, in that order, as sshd's cleanup does.
+
+The library is loaded on first use: importing this module does no work.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from agent.errors import AccountRefused, PamFailed
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, Callable, Optional
+
+DEFAULT_SERVICE = "runas-agent"
+PAM_DIR = "/etc/pam.d"
+_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_MAX_MESSAGES = 32  # PAM_MAX_NUM_MSG
+
+
+@dataclass(frozen=True)
+class Constants:
+    """The numbers of one PAM implementation (Linux-PAM and OpenPAM differ)."""
+
+    success: int
+    conv_err: int
+    buf_err: int
+    perm_denied: int
+    auth_err: int
+    user_unknown: int
+    new_authtok_reqd: int
+    acct_expired: int
+    authtok_expired: int
+    tty: int
+    rhost: int
+    ruser: int
+    establish_cred: int
+    delete_cred: int
+    prompt_echo_off: int = 1
+    prompt_echo_on: int = 2
+    error_msg: int = 3
+    text_info: int = 4
+
+    def refusals(self) -> frozenset[int]:
+        """Account-stage results that mean "this account may not log in now"."""
+        return frozenset({self.perm_denied, self.auth_err, self.user_unknown,
+                          self.new_authtok_reqd, self.acct_expired, self.authtok_expired})
+
+
+# security/_pam_types.h of Linux-PAM (checked against pam_strerror of libpam0g 1.5.2).
+LINUX_PAM = Constants(
+    success=0, conv_err=19, buf_err=5, perm_denied=6, auth_err=7, user_unknown=10,
+    new_authtok_reqd=12, acct_expired=13, authtok_expired=27,
+    tty=3, rhost=4, ruser=8, establish_cred=0x2, delete_cred=0x4,
+)
+# security/pam_constants.h of OpenPAM (macOS, FreeBSD).
+OPENPAM = Constants(
+    success=0, conv_err=6, buf_err=5, perm_denied=7, auth_err=9, user_unknown=13,
+    new_authtok_reqd=10, acct_expired=17, authtok_expired=18,
+    tty=3, rhost=4, ruser=8, establish_cred=0x1, delete_cred=0x2,
+)
+
+
+@dataclass(frozen=True)
+class Message:
+    """An informational or error message a module sent through the conversation."""
+
+    style: str  # "error", "info" or "prompt" (a prompt is refused, its text kept for diagnosis)
+    text: str
+
+
+@dataclass(frozen=True)
+class Libpam:
+    """libpam with its prototypes set, the C allocator it frees with, and its constants."""
+
+    pam: Any
+    libc: Any
+    consts: Constants
+    conv_type: Any  # the CFUNCTYPE of the conversation function
+    conv_struct: Any  # struct pam_conv
+    message_struct: Any  # struct pam_message
+    response_struct: Any  # struct pam_response
+    path: str
+
+
+def library_candidates(sys_platform: str = sys.platform) -> tuple[str, ...]:
+    """Where libpam is looked for, in order (the soname first; no search unless it fails)."""
+    if sys_platform == "darwin":
+        return ("/usr/lib/libpam.dylib", "/usr/lib/libpam.2.dylib")
+    return ("libpam.so.0",)
+
+
+def load(sys_platform: str = sys.platform, candidates: Optional[Sequence[str]] = None) -> Libpam:
+    """Load libpam and declare the functions used here. Raises PamFailed when it is absent.
+
+    CANDIDATES replaces the default list (and its ld.so cache fallback).
+    """
+    import ctypes
+
+    tried: list[str] = []
+    names = list(library_candidates(sys_platform) if candidates is None else candidates)
+    lib, path = _open_first(names, tried)
+    if lib is None and candidates is None and sys_platform != "darwin":
+        import ctypes.util
+
+        found = ctypes.util.find_library("pam")  # the ld.so cache, for an unusual soname
+        if found is not None and found not in names:
+            lib, path = _open_first([found], tried)
+    if lib is None:
+        raise PamFailed(
+            "libpam cannot be loaded: " + "; ".join(tried),
+            hint="install libpam0g (Debian/Ubuntu) or pam (RHEL/Amazon Linux), "
+            "or set session.pam: false",
+        )
+    libc = ctypes.CDLL(None)  # the process's C library: libpam frees with its free()
+
+    class PamMessage(ctypes.Structure):
+        _fields_ = [("msg_style", ctypes.c_int), ("msg", ctypes.c_char_p)]
+
+    class PamResponse(ctypes.Structure):
+        _fields_ = [("resp", ctypes.c_void_p), ("resp_retcode", ctypes.c_int)]
+
+    conv_type = ctypes.CFUNCTYPE(
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.POINTER(ctypes.POINTER(PamMessage)),
+        ctypes.POINTER(ctypes.POINTER(PamResponse)),
+        ctypes.c_void_p,
+    )
+
+    class PamConv(ctypes.Structure):
+        _fields_ = [("conv", conv_type), ("appdata_ptr", ctypes.c_void_p)]
+
+    handle_fns = ("pam_acct_mgmt", "pam_setcred", "pam_open_session", "pam_close_session",
+                  "pam_end")
+    try:
+        lib.pam_start.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(PamConv),
+                                  ctypes.POINTER(ctypes.c_void_p)]
+        lib.pam_start.restype = ctypes.c_int
+        for fn in handle_fns:
+            getattr(lib, fn).argtypes = [ctypes.c_void_p, ctypes.c_int]
+            getattr(lib, fn).restype = ctypes.c_int
+        lib.pam_set_item.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p]
+        lib.pam_set_item.restype = ctypes.c_int
+        lib.pam_strerror.argtypes = [ctypes.c_void_p, ctypes.c_int]
+        lib.pam_strerror.restype = ctypes.c_char_p
+        lib.pam_getenvlist.argtypes = [ctypes.c_void_p]
+        lib.pam_getenvlist.restype = ctypes.POINTER(ctypes.c_void_p)
+        libc.calloc.argtypes = [ctypes.c_size_t, ctypes.c_size_t]
+        libc.calloc.restype = ctypes.c_void_p
+        libc.free.argtypes = [ctypes.c_void_p]
+        libc.free.restype = None
+    except AttributeError as exc:
+        raise PamFailed(f"{path} is not a usable libpam: {exc}") from exc
+    consts = OPENPAM if sys_platform == "darwin" else LINUX_PAM
+    return Libpam(lib, libc, consts, conv_type, PamConv, PamMessage, PamResponse, path)
+
+
+def _open_first(names: Sequence[str], tried: list[str]) -> tuple[Any, str]:
+    import ctypes
+
+    for name in names:
+        try:
+            return ctypes.CDLL(name, use_errno=True), name
+        except OSError as exc:
+            tried.append(f"{name}: {exc}")
+    return None, ""
+
+
+def service_installed(service: str, pam_dir: str = PAM_DIR) -> bool:
+    """True when PAM_DIR/SERVICE is a regular file.
+
+    Without it Linux-PAM would fall back to the `other` service, which is not what an admin
+    configured for this agent; so PAM is used only when the agent's own file is installed.
+    """
+    check_service(service)
+    return os.path.isfile(os.path.join(pam_dir, service))
+
+
+def wanted(enabled: bool, service: str, *, sys_platform: str = sys.platform,
+           pam_dir: str = PAM_DIR) -> bool:
+    """Whether sessions go through PAM: on Linux, when enabled and the service file exists.
+
+    macOS: no PAM (its stacks, pam_opendirectory and pam_launchd, are not what this agent's
+    service file describes); the session still gets utmpx records.
+    """
+    if not enabled or sys_platform == "darwin":
+        return False
+    return service_installed(service, pam_dir)
+
+
+def check_service(service: str) -> str:
+    """A PAM service name is a plain file name in /etc/pam.d."""
+    if not _SERVICE_RE.fullmatch(service):
+        raise PamFailed(f"invalid PAM service name {service!r}",
+                        hint="letters, digits, '.', '_' and '-', at most 64 characters")
+    return service
+
+
+def _c_string(what: str, value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    if b"\0" in raw or not raw:
+        raise PamFailed(f"PAM {what} must be a non-empty string without NUL")
+    return raw
+
+
+class PamSession:
+    """One PAM handle, from pam_start to pam_end, owned by the process that started it."""
+
+    __slots__ = ("_conv", "_conv_fn", "_cred", "_handle", "_last", "_lib", "_messages",
+                 "_opened", "_owner", "_passed_account", "service", "user")
+
+    def __init__(self, lib: Libpam, handle: Any, *, conv: Any, conv_fn: Any,
+                 messages: list[Message], service: str, user: str) -> None:
+        self._lib = lib
+        self._handle = handle
+        self._conv = conv  # struct pam_conv and the callback it points to must outlive the handle
+        self._conv_fn = conv_fn
+        self._messages = messages
+        self._owner = os.getpid()
+        self._last = lib.consts.success
+        self._passed_account = False
+        self._cred = False
+        self._opened = False
+        self.service = service
+        self.user = user
+
+    # -- start ---------------------------------------------------------------------------
+
+    @classmethod
+    def start(cls, service: str, user: str, *, tty: Optional[str] = None,
+              ruser: Optional[str] = None, rhost: Optional[str] = None,
+              lib: Optional[Libpam] = None) -> PamSession:
+        """pam_start for USER under SERVICE, then set PAM_TTY, PAM_RUSER and PAM_RHOST if given.
+
+        TTY is the terminal's path (/dev/pts/N) for PTY sessions; None leaves it unset.
+        """
+        import ctypes
+
+        check_service(service)
+        c_service = _c_string("service", service)
+        c_user = _c_string("user", user)
+        items = [(what, _c_string(what, value)) for what, value in
+                 (("tty", tty), ("ruser", ruser), ("rhost", rhost)) if value is not None]
+        if lib is None:
+            lib = load()
+        messages: list[Message] = []
+        conv_fn = lib.conv_type(conversation(lib, messages))
+        conv = lib.conv_struct(conv_fn, None)
+        handle = ctypes.c_void_p()
+        rc = lib.pam.pam_start(c_service, c_user, ctypes.byref(conv), ctypes.byref(handle))
+        if rc != lib.consts.success:
+            if handle.value:
+                lib.pam.pam_end(handle, rc)
+            raise PamFailed(f"pam_start({service}, {user}) failed: {_strerror(lib, None, rc)}")
+        session = cls(lib, handle, conv=conv, conv_fn=conv_fn, messages=messages,
+                      service=service, user=user)
+        codes = {"tty": lib.consts.tty, "ruser": lib.consts.ruser, "rhost": lib.consts.rhost}
+        for what, value in items:
+            rc = lib.pam.pam_set_item(handle, codes[what], value)
+            if rc != lib.consts.success:
+                session._last = rc
+                text = session._strerror(rc)
+                session.close()
+                raise PamFailed(f"pam_set_item({what}) failed: {text}")
+        return session
+
+    # -- the stages ----------------------------------------------------------------------
+
+    def acct_mgmt(self) -> None:
+        """The account stage. A refusal (expired, locked, nologin, ...) raises AccountRefused."""
+        handle = self._live("pam_acct_mgmt")
+        rc = self._lib.pam.pam_acct_mgmt(handle, 0)
+        self._last = rc
+        if rc == self._lib.consts.success:
+            self._passed_account = True
+            return
+        text = self._strerror(rc)
+        said = "; ".join(m.text for m in self._messages if m.style != "prompt" and m.text)
+        if rc in self._lib.consts.refusals():
+            raise AccountRefused(f"{self.user}: refused by PAM ({self.service}): {text}",
+                                 hint=said or None)
+        raise PamFailed(f"pam_acct_mgmt for {self.user} failed: {text}", hint=said or None)
+
+    def establish_credentials(self) -> None:
+        """pam_setcred(PAM_ESTABLISH_CRED). Call after the user's groups are set (see above)."""
+        handle = self._live("pam_setcred")
+        if not self._passed_account:
+            raise PamFailed("pam_setcred before the account stage passed")
+        rc = self._lib.pam.pam_setcred(handle, self._lib.consts.establish_cred)
+        self._last = rc
+        if rc != self._lib.consts.success:
+            raise PamFailed(f"pam_setcred(ESTABLISH) for {self.user} failed: "
+                            f"{self._strerror(rc)}")
+        self._cred = True
+
+    def open_session(self) -> None:
+        """pam_open_session (loginuid, limits, environment, logind session...)."""
+        handle = self._live("pam_open_session")
+        if not self._cred:
+            raise PamFailed("pam_open_session before credentials were established")
+        if self._opened:
+            raise PamFailed("pam_open_session called twice on one handle")
+        rc = self._lib.pam.pam_open_session(handle, 0)
+        self._last = rc
+        if rc != self._lib.consts.success:
+            raise PamFailed(f"pam_open_session for {self.user} failed: {self._strerror(rc)}")
+        self._opened = True
+
+    def environment(self) -> dict[str, str]:
+        """The PAM environment (pam_env, pam_systemd...), NAME -> value.
+
+        Values are decoded with surrogateescape so that they encode back to the exact bytes.
+        """
+        import ctypes
+
+        handle = self._live("pam_getenvlist")
+        array = self._lib.pam.pam_getenvlist(handle)
+        if not array:
+            raise PamFailed("pam_getenvlist failed (out of memory)")
+        env: dict[str, str] = {}
+        try:
+            i = 0
+            while array[i] is not None:
+                name, sep, value = ctypes.string_at(array[i]).partition(b"=")
+                if sep and name:
+                    env[name.decode("utf-8", "surrogateescape")] = value.decode(
+                        "utf-8", "surrogateescape")
+                i += 1
+        finally:
+            # pam_getenvlist hands over a malloc'd copy: every string, then the array itself.
+            i = 0
+            while array[i] is not None:
+                self._lib.libc.free(array[i])
+                i += 1
+            self._lib.libc.free(ctypes.cast(array, ctypes.c_void_p))
+        return env
+
+    @property
+    def messages(self) -> tuple[Message, ...]:
+        """What modules said through the conversation so far."""
+        return tuple(self._messages)
+
+    @property
+    def session_open(self) -> bool:
+        return self._opened
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    # -- the end -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if established), pam_end.
+
+        Idempotent. In a forked copy of the owner (a child that has not exec'd yet) it does
+        nothing: only the process that started the handle ends it. Every step runs even if an
+        earlier one fails; failures are raised together at the end, after pam_end.
+        """
+        if self._handle is None or os.getpid() != self._owner:
+            return
+        handle, lib, problems = self._handle, self._lib, []
+        status = self._last
+        if self._opened:
+            self._opened = False
+            rc = lib.pam.pam_close_session(handle, 0)
+            if rc != lib.consts.success:
+                status = rc
+                problems.append(f"pam_close_session: {self._strerror(rc)}")
+        if self._cred:
+            self._cred = False
+            rc = lib.pam.pam_setcred(handle, lib.consts.delete_cred)
+            if rc != lib.consts.success:
+                status = rc
+                problems.append(f"pam_setcred(DELETE): {self._strerror(rc)}")
+        self._handle = None
+        rc = lib.pam.pam_end(handle, status)
+        if rc != lib.consts.success:
+            problems.append(f"pam_end: {_strerror(lib, None, rc)}")
+        if problems:
+            raise PamFailed(f"closing the PAM session of {self.user}: " + "; ".join(problems))
+
+    def __enter__(self) -> PamSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _live(self, what: str) -> Any:
+        if self._handle is None:
+            raise PamFailed(f"{what}: the PAM handle is already closed")
+        if os.getpid() != self._owner:
+            raise PamFailed(f"{what}: the PAM handle belongs to process {self._owner}")
+        return self._handle
+
+    def _strerror(self, rc: int) -> str:
+        return _strerror(self._lib, self._handle, rc)
+
+
+def _strerror(lib: Libpam, handle: Any, rc: int) -> str:
+    text = lib.pam.pam_strerror(handle, rc)
+    return text.decode("utf-8", "replace") if text else f"PAM error {rc}"
+
+
+def conversation(lib: Libpam, messages: list[Message]) -> Callable[..., int]:
+    """A conversation that shows nothing and answers nothing.
+
+    Prompts (echo on/off, and Linux-PAM's radio and binary prompts) get PAM_CONV_ERR: there is
+    nobody to answer them and no authentication stage. Error and info messages are kept and
+    acknowledged with an array of empty responses, allocated with the C allocator because
+    libpam frees it.
+    """
+    import ctypes
+
+    c = lib.consts
+    kinds = {c.error_msg: "error", c.text_info: "info"}
+
+    def conv(count: int, msgs: Any, resp: Any, _appdata: Any) -> int:
+        try:
+            resp[0] = ctypes.POINTER(lib.response_struct)()
+            if count <= 0 or count > _MAX_MESSAGES:
+                return c.conv_err
+            prompted = False
+            for i in range(count):
+                msg = msgs[i].contents
+                text = (msg.msg or b"").decode("utf-8", "replace").strip()
+                kind = kinds.get(msg.msg_style)
+                if kind is None:
+                    prompted = True
+                    kind = "prompt"
+                messages.append(Message(kind, text))
+            if prompted:
+                return c.conv_err
+            block = lib.libc.calloc(count, ctypes.sizeof(lib.response_struct))
+            if not block:
+                return c.buf_err
+            resp[0] = ctypes.cast(block, ctypes.POINTER(lib.response_struct))
+            return c.success
+        except BaseException:  # an exception must never cross into C
+            return c.conv_err
+
+    return conv
+
+
+@dataclass(frozen=True)
+class Login:
+    """A PAM session opened for a user: the live handle, the child's groups, the PAM env."""
+
+    pam: PamSession
+    groups: tuple[int, ...]
+    environment: dict[str, str]
+
+
+def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
+          ruser: Optional[str] = None, rhost: Optional[str] = None,
+          lib: Optional[Libpam] = None,
+          setgroups: Callable[[Sequence[int]], None] = os.setgroups,
+          getgroups: Callable[[], list[int]] = os.getgroups) -> Login:
+    """Steps 1-6 of the module's call order, in the calling (per-session, root) process.
+
+    On any failure the handle is closed before the error is raised. The caller forks the child
+    with `groups`, merges `environment`, and calls `pam.close()` when the session ends.
+    """
+    pam = PamSession.start(service, user, tty=tty, ruser=ruser, rhost=rhost, lib=lib)
+    try:
+        pam.acct_mgmt()
+        try:
+            setgroups(os.getgrouplist(user, gid))
+        except OSError as exc:
+            raise PamFailed(f"setting the groups of {user} before pam_setcred: "
+                            f"{exc.strerror}") from exc
+        pam.establish_credentials()
+        pam.open_session()
+        groups = tuple(getgroups())
+        env = pam.environment()
+    except BaseException:
+        try:
+            pam.close()
+        except PamFailed:
+            pass  # the first failure is the one to report
+        raise
+    return Login(pam, groups, env)
