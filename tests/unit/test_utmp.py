@@ -1,0 +1,155 @@
+"""agent.utmp without writing system files: struct layouts, record contents, the macOS path.
+
+Real utmp/wtmp/lastlog writes (and `who`, `last`, `lastlog` reading them) run as root in the
+isolated namespace: tests/integration/test_pam_sessions.py.
+"""
+
+import ctypes
+import re
+import socket
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent import utmp
+from agent.errors import LoginRecordFailed
+
+
+def _offsets(cls: Any) -> dict[str, int]:
+    return {name: getattr(cls, name).offset for name, *_ in cls._fields_}
+
+
+def test_glibc_layout() -> None:
+    cls = utmp.GLIBC.struct()
+    assert ctypes.sizeof(cls) == utmp.LINUX_UTMPX_SIZE == 384
+    off = _offsets(cls)
+    assert (off["ut_type"], off["ut_pid"], off["ut_line"], off["ut_id"], off["ut_user"],
+            off["ut_host"], off["ut_exit"], off["ut_session"], off["ut_tv"],
+            off["ut_addr_v6"]) == (0, 4, 8, 40, 44, 76, 332, 336, 340, 348)
+
+
+def test_glibc_layout_is_what_util_linux_reads(tmp_path: Path) -> None:
+    """Records packed here, read back by programs compiled against glibc's <utmpx.h>."""
+    login = utmp.login_entry(4321, "alice", "/dev/pts/9", "198.51.100.7", 1700000000.123456)
+    logout = utmp.logout_entry(4321, "/dev/pts/9", 1700000090.0)
+    path = tmp_path / "wtmp"
+    path.write_bytes(bytes(utmp.pack(login, utmp.GLIBC)) + bytes(utmp.pack(logout, utmp.GLIBC)))
+    dump = subprocess.run(["utmpdump", str(path)], capture_output=True, text=True, check=True,
+                          env={"TZ": "UTC", "LC_ALL": "C"}).stdout.splitlines()
+    fields = [[f.strip() for f in re.findall(r"\[([^]]*)\]", line)] for line in dump]
+    for f in fields:
+        f[1] = str(int(f[1]))  # utmpdump zero-pads the pid
+    assert fields == [
+        ["7", "4321", "ts/9", "alice", "pts/9", "198.51.100.7", "198.51.100.7",
+         "2023-11-14T22:13:20,123456+00:00"],
+        ["8", "4321", "ts/9", "", "pts/9", "", "0.0.0.0", "2023-11-14T22:14:50,000000+00:00"],
+    ]
+    last = subprocess.run(["last", "-w", "-f", str(path), "--time-format", "iso"],
+                          capture_output=True, text=True, check=True,
+                          env={"TZ": "UTC", "LC_ALL": "C"}).stdout.splitlines()[0].split()
+    assert last == ["alice", "pts/9", "198.51.100.7", "2023-11-14T22:13:20+00:00", "-",
+                    "2023-11-14T22:14:50+00:00", "(00:01)"]
+
+
+def test_darwin_layout() -> None:
+    cls = utmp.DARWIN.struct()
+    off = _offsets(cls)
+    assert (off["ut_user"], off["ut_id"], off["ut_line"], off["ut_pid"], off["ut_type"],
+            off["ut_tv"], off["ut_host"], off["ut_pad"]) == (0, 256, 260, 292, 296, 304, 320,
+                                                               576)
+    assert ctypes.sizeof(cls) == 640
+
+
+def test_records() -> None:
+    rec = utmp.login_entry(4242, "alice", "/dev/pts/17", "203.0.113.9", 1700000000.25)
+    assert rec == utmp.Record(utmp.USER_PROCESS, 4242, "pts/17", "s/17", "alice",
+                              "203.0.113.9", 1700000000, 250000)
+    out = utmp.logout_entry(4242, "/dev/pts/17", 1700000060.5)
+    assert (out.type, out.line, out.id, out.user, out.host) == (utmp.DEAD_PROCESS, "pts/17",
+                                                                "s/17", "", "")
+
+
+@pytest.mark.parametrize("bad", ["pts/3", "/dev/", "/tmp/pts/3", "/dev/pts/3\0"])
+def test_tty_path_must_be_under_dev(bad: str) -> None:
+    with pytest.raises(LoginRecordFailed):
+        utmp.tty_line(bad)
+
+
+def test_pack_glibc_bytes() -> None:
+    rec = utmp.login_entry(77, "a" * 40, "/dev/pts/3", "198.51.100.7", 1700000000.0)
+    raw = bytes(utmp.pack(rec, utmp.GLIBC))
+    assert len(raw) == 384
+    assert struct.unpack_from("<h", raw, 0)[0] == utmp.USER_PROCESS
+    assert struct.unpack_from("<i", raw, 4)[0] == 77
+    assert raw[8:40].rstrip(b"\0") == b"pts/3"
+    assert raw[40:44] == b"ts/3"
+    assert raw[44:76] == b"a" * 32  # cut at the field size, not NUL-terminated (utmp(5))
+    assert raw[76:332].rstrip(b"\0") == b"198.51.100.7"
+    assert struct.unpack_from("<i", raw, 340)[0] == 1700000000
+    assert raw[348:352] == socket.inet_aton("198.51.100.7")  # network order, as login(1)
+    assert raw[352:364] == b"\0" * 12
+
+
+def test_pack_ipv6_and_names() -> None:
+    rec = utmp.login_entry(1, "bob", "/dev/pts/0", "2001:db8::1", 0.0)
+    raw = bytes(utmp.pack(rec, utmp.GLIBC))
+    assert raw[348:364] == socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    rec = utmp.login_entry(1, "bob", "/dev/pts/0", "bastion.example", 0.0)
+    assert bytes(utmp.pack(rec, utmp.GLIBC))[348:364] == b"\0" * 16
+
+
+def test_lastlog_bytes() -> None:
+    data = utmp.lastlog_bytes("pts/3", "h", 1700000000)
+    assert len(data) == utmp.LASTLOG_SIZE
+    assert struct.unpack_from("<i", data, 0)[0] == 1700000000
+    assert data[4:36].rstrip(b"\0") == b"pts/3"
+    assert data[36:].rstrip(b"\0") == b"h"
+
+
+class FakeDarwinLibc:
+    """macOS's libc cannot run here: this records the calls at the one libc seam."""
+
+    def __init__(self, put_ok: bool = True) -> None:
+        self.calls: list[tuple[str, bytes]] = []
+        self.put_ok = put_ok
+
+    def setutxent(self) -> None:
+        self.calls.append(("setutxent", b""))
+
+    def endutxent(self) -> None:
+        self.calls.append(("endutxent", b""))
+
+    def pututxline(self, ref: Any) -> int:
+        self.calls.append(("pututxline", bytes(ref._obj)))
+        return 1 if self.put_ok else 0
+
+
+def test_macos_login_and_logout_go_through_pututxline_only() -> None:
+    fake = FakeDarwinLibc()
+    utmp.login_record(900, "alice", "/dev/ttys004", "10.0.0.5", uid=501, libc=fake,
+                      sys_platform="darwin", now=1700000000.5,
+                      wtmp_path="/nonexistent/wtmp", lastlog_path="/nonexistent/lastlog")
+    utmp.logout_record(900, "/dev/ttys004", libc=fake, sys_platform="darwin", now=1700000100.0,
+                       wtmp_path="/nonexistent/wtmp")
+    assert [c[0] for c in fake.calls] == ["setutxent", "pututxline", "endutxent"] * 2
+    login, logout = fake.calls[1][1], fake.calls[4][1]
+    assert len(login) == 640
+    assert login[0:256].rstrip(b"\0") == b"alice"
+    assert login[256:260] == b"s004"
+    assert login[260:292].rstrip(b"\0") == b"ttys004"
+    assert struct.unpack_from("<ih", login, 292) == (900, utmp.USER_PROCESS)
+    assert struct.unpack_from("<qi", login, 304) == (1700000000, 500000)
+    assert login[320:576].rstrip(b"\0") == b"10.0.0.5"
+    assert logout[0:256] == b"\0" * 256
+    assert struct.unpack_from("<ih", logout, 292) == (900, utmp.DEAD_PROCESS)
+
+
+def test_macos_failure_is_reported() -> None:
+    with pytest.raises(LoginRecordFailed) as err:
+        utmp.login_record(1, "alice", "/dev/ttys001", "", libc=FakeDarwinLibc(put_ok=False),
+                          sys_platform="darwin")
+    assert "utmp" in err.value.message
+    assert err.value.reason == "login_record_failed"
