@@ -1,0 +1,446 @@
+"""Start a session's process under its account: fork, drop privileges, verify, exec.
+
+The parent (a single-threaded root process) prepares everything before fork: argv, the
+environment as bytes, the group list, the messages. The child then makes system calls on those
+values only, in this order (design §5):
+
+ 1. every signal disposition back to default, the signal mask cleared;
+ 2. a new session; with a terminal, the slave becomes the controlling terminal;
+ 3. stdin/stdout/stderr onto 0/1/2;
+ 4. supplementary groups, then gid, then uid (real, effective, saved);
+ 5. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
+ 6. every fd above 2 closed (the report pipe is close-on-exec);
+ 7. chdir(home) as the user (root cannot enter a root-squashed NFS home), else a warning and /;
+ 8. execve of the account's shell: a login shell (argv[0] "-bash"), or `shell -c COMMAND`.
+
+A failure before exec reaches the parent through a close-on-exec pipe (EOF with no data: the
+exec happened) and is raised as SpawnFailed naming the stage and errno; the parent reaps that
+child. The child ends in execve or os._exit, whatever happens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import sys
+import termios
+import time
+from dataclasses import dataclass
+
+from agent.environ import check_name, forbidden
+from agent.errors import BadRequest, InternalError, RootRefused, SpawnFailed
+
+TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Callable, NoReturn, Optional
+
+    from agent.accounts import Account
+
+SPAWN_TIMEOUT = 30.0  # seconds for the child to reach exec (a hung NFS home, say)
+CHDIR_WARNING = b"could not chdir to HOME, starting in /"
+_EXIT_FAILED = 127
+_REPORT_MAX = 1024
+
+
+@dataclass(frozen=True)
+class SpawnPlan:
+    account: Account
+    command: Optional[str]  # None: an interactive login shell
+    env: Mapping[str, str]  # the complete environment (agent.environ.build_env)
+    stdin: int
+    stdout: int
+    stderr: int
+    tty: bool  # stdin is a PTY slave, to become the controlling terminal
+
+
+class StageFailed(SpawnFailed):
+    """A step of the child failed before exec (reason spawn_failed), with its stage and errno."""
+
+    def __init__(self, stage: str, errno: int, detail: str, *, who: str = "") -> None:
+        where = f"starting the session as {who}: " if who else ""
+        cause = f"[Errno {errno}] {detail}" if errno else detail
+        super().__init__(f"{where}{stage} failed: {cause}")
+        self.stage = stage
+        self.errno = errno
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Syscalls:
+    """The identity system calls the child makes, as one seam: macOS has no set/getres*id, and
+    tests inject fakes to show that a failed or lying call ends in a refusal."""
+
+    setgroups: Callable[[Sequence[int]], None]
+    setresgid: Optional[Callable[[int, int, int], None]]
+    setresuid: Optional[Callable[[int, int, int], None]]
+    getresgid: Optional[Callable[[], tuple[int, int, int]]]
+    getresuid: Optional[Callable[[], tuple[int, int, int]]]
+    initgroups: Callable[[str, int], None]
+    setgid: Callable[[int], None]
+    setuid: Callable[[int], None]
+    getgid: Callable[[], int]
+    getegid: Callable[[], int]
+    getuid: Callable[[], int]
+    geteuid: Callable[[], int]
+    getgroups: Callable[[], list[int]]
+    login_tty: Optional[Callable[[int], None]]  # Python 3.11+
+
+    @classmethod
+    def real(cls) -> Syscalls:
+        return cls(
+            setgroups=os.setgroups,
+            setresgid=getattr(os, "setresgid", None),
+            setresuid=getattr(os, "setresuid", None),
+            getresgid=getattr(os, "getresgid", None),
+            getresuid=getattr(os, "getresuid", None),
+            initgroups=os.initgroups,
+            setgid=os.setgid,
+            setuid=os.setuid,
+            getgid=os.getgid,
+            getegid=os.getegid,
+            getuid=os.getuid,
+            geteuid=os.geteuid,
+            getgroups=os.getgroups,
+            login_tty=getattr(os, "login_tty", None),
+        )
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the child becomes. `groups` is the setgroups list (sorted, primary gid included)."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    darwin: bool
+
+    @classmethod
+    def of(cls, account: Account, sys_platform: str = sys.platform) -> Identity:
+        if account.uid == 0:
+            raise RootRefused(f"{account.name}: uid 0 is never a session target")
+        if account.gid == 0:
+            raise SpawnFailed(f"{account.name}: primary group 0: the drop from root could not "
+                              "be verified (setgid(0) would succeed)")
+        groups = tuple(sorted(set(account.groups) | {account.gid}))
+        if any(not isinstance(g, int) or g < 0 for g in (account.uid, *groups)):
+            raise SpawnFailed(f"{account.name}: invalid uid or group list")
+        return cls(account.name, account.uid, account.gid, groups, sys_platform == "darwin")
+
+
+def become(ops: Syscalls, ident: Identity) -> None:
+    """Drop from root to IDENT: supplementary groups first, then the gid, then the uid.
+
+    Linux: setgroups, setresgid, setresuid (real, effective and saved). macOS: initgroups
+    (primary gid first, the 16-group kernel list, directory membership), then setgid and setuid,
+    which as root set the real, effective and saved ids. Raises StageFailed."""
+    if ident.darwin:
+        _step("initgroups", ops.initgroups, ident.name, ident.gid)
+        _step("setgid", ops.setgid, ident.gid)
+        _step("setuid", ops.setuid, ident.uid)
+        return
+    if ops.setresgid is None or ops.setresuid is None:
+        raise StageFailed("setresgid", 0, "setresgid/setresuid unavailable on this platform")
+    _step("setgroups", ops.setgroups, ident.groups)
+    _step("setresgid", ops.setresgid, ident.gid, ident.gid, ident.gid)
+    _step("setresuid", ops.setresuid, ident.uid, ident.uid, ident.uid)
+
+
+def verify(ops: Syscalls, ident: Identity) -> None:
+    """Raise StageFailed("verify") unless the process is exactly IDENT and cannot get root back:
+    all uids and gids are the target's, the groups are the expected set, setuid(0) and
+    setgid(0) fail with EPERM."""
+    if ops.getresuid is not None and ops.getresgid is not None:
+        uids, gids = tuple(ops.getresuid()), tuple(ops.getresgid())
+    else:  # macOS: no saved ids to read; setuid(0) failing below proves the saved uid too
+        uids = (ops.getuid(), ops.geteuid())
+        gids = (ops.getgid(), ops.getegid())
+    if uids != (ident.uid,) * len(uids):
+        raise StageFailed("verify", 0, f"uids are {uids}, expected {ident.uid}")
+    if gids != (ident.gid,) * len(gids):
+        raise StageFailed("verify", 0, f"gids are {gids}, expected {ident.gid}")
+    groups = sorted(set(ops.getgroups()))
+    if groups != list(ident.groups):
+        raise StageFailed("verify", 0, f"groups are {groups}, expected {list(ident.groups)}")
+    for call, fn in (("setgid", ops.setgid), ("setuid", ops.setuid)):
+        try:
+            fn(0)
+        except PermissionError:
+            continue
+        except OSError as exc:
+            raise StageFailed(
+                "verify", exc.errno or 0, f"{call}(0) failed, but not with EPERM"
+            ) from None
+        raise StageFailed("verify", 0, f"{call}(0) succeeded: root could be regained")
+
+
+def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
+          syscalls: Optional[Syscalls] = None) -> int:
+    """Start PLAN's process; return its pid (leader of a new session and process group).
+
+    Raises BadRequest for a plan that cannot be run (NUL in the command, a bad environment),
+    RootRefused for uid 0, SpawnFailed (StageFailed with .stage and .errno) when the child
+    fails before exec or does not reach exec within TIMEOUT seconds (it is then killed); a
+    failed child is reaped here. Call from a single-threaded process; the caller keeps (and
+    closes) the plan's fds."""
+    prep = _prepare(plan)
+    ops = Syscalls.real() if syscalls is None else syscalls
+    _require_single_thread()
+    r, w = _report_pipe()
+    try:
+        bound = _fd_bound(w)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            raise SpawnFailed(f"fork failed: [Errno {exc.errno}] {exc.strerror}") from exc
+        if pid == 0:
+            _child(prep, ops, w, bound)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        os.close(w)
+        w = -1
+        report = _read_report(r, time.monotonic() + timeout)
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+    if report is None:
+        _kill_and_reap(pid)
+        raise StageFailed("exec", 0, f"the child did not reach exec within {timeout:g}s",
+                          who=plan.account.name)
+    if report:
+        _reap(pid)
+        stage, err, detail = _parse_report(report)
+        raise StageFailed(stage, err, detail, who=plan.account.name)
+    return pid
+
+
+def describe_status(wait_status: int) -> dict[str, Optional[int]]:
+    """{"code": exit code or None, "signal": terminating signal or None} of a waitpid status."""
+    if os.WIFEXITED(wait_status):
+        return {"code": os.WEXITSTATUS(wait_status), "signal": None}
+    if os.WIFSIGNALED(wait_status):
+        return {"code": None, "signal": os.WTERMSIG(wait_status)}
+    raise InternalError(f"wait status {wait_status:#x} is neither an exit nor a signal")
+
+
+# --- the parent's preparation ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    ident: Identity
+    path: bytes
+    argv: tuple[bytes, ...]
+    env: dict[bytes, bytes]
+    home: bytes
+    stdio: tuple[int, int, int]
+    tty: bool
+    signals: tuple[int, ...]
+    chdir_warning: bytes
+
+
+def _prepare(plan: SpawnPlan) -> _Prepared:
+    account = plan.account
+    ident = Identity.of(account)
+    shell = account.shell
+    if not isinstance(shell, str) or not shell.startswith("/") or "\0" in shell:
+        raise SpawnFailed(f"{account.name}: shell {shell!r} is not an absolute path")
+    if "\0" in account.home:
+        raise SpawnFailed(f"{account.name}: home directory contains NUL")
+    path = os.fsencode(shell)
+    base = os.path.basename(path)
+    if plan.command is None:
+        argv: tuple[bytes, ...] = (b"-" + base,)
+    else:
+        if not isinstance(plan.command, str) or "\0" in plan.command:
+            raise BadRequest("the command contains NUL")
+        argv = (base, b"-c", os.fsencode(plan.command))
+    env: dict[bytes, bytes] = {}
+    for name, value in plan.env.items():
+        check_name(name, "session environment")
+        if forbidden(name):
+            raise BadRequest(f"session environment: {name} is never passed to a session")
+        if not isinstance(value, str) or "\0" in value:
+            raise BadRequest(f"session environment: value of {name} is not a NUL-free string")
+        env[os.fsencode(name)] = os.fsencode(value)
+    stdio = (plan.stdin, plan.stdout, plan.stderr)
+    for label, fd in zip(("stdin", "stdout", "stderr"), stdio):
+        try:
+            os.fstat(fd)
+        except (OSError, TypeError, ValueError) as exc:
+            raise SpawnFailed(f"{label} ({fd!r}) is not an open file descriptor") from exc
+    if plan.tty and not os.isatty(plan.stdin):
+        raise SpawnFailed("a terminal session needs a terminal on stdin")
+    home = os.fsencode(account.home)
+    signals = tuple(
+        s for s in sorted(signal.valid_signals()) if s not in (signal.SIGKILL, signal.SIGSTOP)
+    )
+    warning = CHDIR_WARNING + b" (" + home + b": "
+    return _Prepared(ident, path, argv, env, home, stdio, bool(plan.tty), signals, warning)
+
+
+def _require_single_thread() -> None:
+    threading = sys.modules.get("threading")
+    count = threading.active_count() if threading is not None else 1
+    if count != 1:
+        raise SpawnFailed(f"refusing to fork from a process with {count} threads")
+
+
+def _report_pipe() -> tuple[int, int]:
+    """A close-on-exec pipe whose ends are above 2 (so dup2 onto 0/1/2 cannot clobber it)."""
+    r, w = os.pipe()
+    fds = []
+    for fd in (r, w):
+        high = fd
+        if fd <= 2:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+            os.close(fd)
+        os.set_inheritable(high, False)
+        fds.append(high)
+    return fds[0], fds[1]
+
+
+def _fd_bound(w: int) -> int:
+    """One above the highest fd the child can hold: what is open now, plus the three stdio
+    copies the child makes, so closing up to it closes everything (without sweeping a huge
+    RLIMIT_NOFILE on Pythons that lack close_range)."""
+    for d in ("/proc/self/fd", "/dev/fd"):
+        try:
+            return max(w, *(int(n) for n in os.listdir(d))) + 4
+        except (OSError, ValueError):
+            continue
+    try:
+        return int(os.sysconf("SC_OPEN_MAX"))
+    except (OSError, ValueError):
+        return 65536
+
+
+def _read_report(fd: int, deadline: float) -> Optional[bytes]:
+    """What the child wrote before EOF, or None if the deadline passed first."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        if not poller.poll(max(1, int(left * 1000))):
+            continue
+        chunk = os.read(fd, _REPORT_MAX)
+        if not chunk or size > _REPORT_MAX:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+
+
+def _parse_report(report: bytes) -> tuple[str, int, str]:
+    parts = report.decode("utf-8", "replace").split("\0", 2)
+    if len(parts) != 3:
+        return "child", 0, parts[0]
+    try:
+        err = int(parts[1])
+    except ValueError:
+        err = 0
+    return parts[0], err, parts[2]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped already (SIGCHLD ignored, or a handler waited for it)
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+# --- the child ---------------------------------------------------------------------------------
+
+
+def _step(stage: str, fn: Callable[..., object], *args: object) -> None:
+    try:
+        fn(*args)
+    except OSError as exc:
+        raise StageFailed(stage, exc.errno or 0, exc.strerror or str(exc)) from None
+
+
+def _controlling_tty(ops: Syscalls, fd: int) -> None:
+    """New session with FD (a PTY slave) as its controlling terminal."""
+    if ops.login_tty is not None:
+        # setsid, TIOCSCTTY, dup2 onto 0/1/2; it closes the fd it is given, hence the copy
+        _step("controlling tty", ops.login_tty, os.dup(fd))
+    else:
+        _step("setsid", os.setsid)
+        _step("controlling tty", fcntl.ioctl, fd, termios.TIOCSCTTY, 0)
+
+
+def _child(p: _Prepared, ops: Syscalls, report: int, bound: int) -> NoReturn:
+    stage = "signals"
+    try:
+        for sig in p.signals:
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # signals the C library reserves for itself
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        stage = "stdio"
+        high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in p.stdio)
+        if p.tty:
+            _controlling_tty(ops, high[0])
+        else:
+            stage = "setsid"
+            os.setsid()
+        stage = "stdio"
+        for target, fd in enumerate(high):
+            os.dup2(fd, target)
+        become(ops, p.ident)
+        verify(ops, p.ident)
+        stage = "close fds"
+        os.closerange(3, report)
+        os.closerange(report + 1, bound)
+        stage = "chdir"
+        try:
+            os.chdir(p.home)
+        except OSError as exc:
+            _warn(p.chdir_warning + os.strerror(exc.errno or 0).encode() + b")\n")
+            os.chdir(b"/")
+        stage = "exec"
+        os.execve(p.path, p.argv, p.env)  # noqa: S606 - the account's shell, by design
+    except BaseException as exc:  # nothing may escape the child
+        _report(report, stage, exc)
+    finally:
+        os._exit(_EXIT_FAILED)
+
+
+def _warn(message: bytes) -> None:
+    try:
+        os.write(2, message)
+    except OSError:
+        pass
+
+
+def _report(fd: int, stage: str, exc: BaseException) -> None:
+    try:
+        if isinstance(exc, StageFailed):
+            stage, err, detail = exc.stage, exc.errno, exc.detail
+        elif isinstance(exc, OSError):
+            err, detail = exc.errno or 0, exc.strerror or type(exc).__name__
+            if exc.filename is not None:
+                detail += f": {os.fsdecode(exc.filename)}"
+        else:
+            err, detail = 0, f"{type(exc).__name__}: {exc}"
+        msg = f"{stage}\0{err}\0{detail}".encode("utf-8", "replace")
+        os.write(fd, msg[:_REPORT_MAX])
+    except BaseException:  # noqa: S110 - the child is about to _exit either way
+        pass
