@@ -45,7 +45,7 @@ def relay_pty(sess: Session, stdin: int = 0, stdout: int = 1) -> dict[str, objec
         import tty
 
         saved = termios.tcgetattr(stdin)
-        tty.setraw(stdin)
+        tty.setraw(stdin, termios.TCSADRAIN)  # keep typeahead (TCSAFLUSH would discard it)
     sel = selectors.DefaultSelector()
     sel.register(master, selectors.EVENT_READ, "master")
     sel.register(stdin, selectors.EVENT_READ, "stdin")

@@ -599,3 +599,96 @@ def test_daemon_accepts_an_inherited_listener(users: Users) -> None:
     finally:
         d.stop()
         d.cleanup()
+
+
+def test_sighup_reloads_config(users: Users) -> None:
+    d = make_daemon()
+    d.start()
+    try:
+        assert run_as(d, users.alice, "true").returncode == 0
+        with open(d.config_path) as fh:
+            cfg = json.load(fh)
+        cfg["policy"] = {"deny_users": [users.alice]}
+        with open(d.config_path, "w") as fh:
+            json.dump(cfg, fh)
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config.reloaded" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = run_as(d, users.alice, "true")
+        assert proc.returncode == 255
+        assert b"denied_by_policy" in proc.stderr
+        # A broken config on reload is reported and the running one is kept.
+        with open(d.config_path, "w") as fh:
+            fh.write("policy: {nope: 1}\n")
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "config.reload_failed" not in d.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "config.reload_failed" in d.log()
+        assert d.client.ping()["type"] == "pong"
+        assert b"denied_by_policy" in run_as(d, users.alice, "true").stderr
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+def test_shell_profile_runs_before_a_command(daemon: DaemonProc, users: Users) -> None:
+    sess = daemon.client.start(session_id="prof-cmd", principal_arn="a",
+                               tags={TAG: users.alice}, run_as_enabled=True,
+                               shell_profile="GREETING=hi; cd /tmp",
+                               command='echo "$GREETING $(pwd)"')
+    assert sess.stdin is not None
+    os.close(sess.stdin)
+    sess.stdin = None
+    out = _read_all(sess.stdout)
+    sess.wait()
+    sess.close()
+    assert out == b"hi /tmp\n"
+
+
+def test_interactive_session_on_a_terminal(daemon: DaemonProc, users: Users) -> None:
+    """`runas-agent session` with no command, run on a real terminal (raw mode, resize)."""
+    import fcntl
+    import select
+    import sys
+    import termios
+
+    master, slave = os.openpty()
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+    pid = os.fork()
+    if pid == 0:  # the CLI, on the slave side of a fresh PTY
+        os.close(master)
+        os.login_tty(slave)
+        os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        os.execve(sys.executable, [sys.executable, "-m", "agent", "session", "--socket",
+                                   daemon.socket, "--run-as", "--tag", f"{TAG}={users.alice}"],
+                  {"PATH": "/usr/bin:/bin", "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+
+    def expect(token: bytes, timeout: float = 10) -> None:
+        nonlocal out
+        deadline = time.monotonic() + timeout
+        while token not in out and time.monotonic() < deadline:
+            if not select.select([master], [], [], 0.2)[0]:
+                continue
+            try:
+                out += os.read(master, 4096)
+            except OSError:
+                break
+        assert token in out, out
+
+    expect(b"$ ")  # the prompt
+    os.write(master, b"echo who=$(id -un); stty size\n")
+    expect(b"who=alice")
+    expect(b"30 90")
+    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 120, 0, 0))
+    os.kill(pid, signal.SIGWINCH)
+    time.sleep(0.3)
+    os.write(master, b"stty size; exit 5\n")
+    expect(b"41 120")
+    _, status = os.waitpid(pid, 0)
+    os.close(master)
+    assert os.waitstatus_to_exitcode(status) == 5
