@@ -362,7 +362,7 @@ def _install_drop_in(
 ) -> bool:
     data = sudoers.render(sudoers.ssm_user_rule(NAME))
     visudo = paths.visudo_path()
-    validate = _visudo_validator(visudo, runner) if visudo is not None else None
+    validate = visudo_validator(visudo, runner) if visudo is not None else None
     try:
         done = fsutil.install(paths.drop_in, data, mode=sudoers.DROP_IN_MODE, uid=0, gid=0,
                               validate=validate, before_rename=before_rename)
@@ -375,7 +375,7 @@ def _install_drop_in(
     return done.changed
 
 
-def _visudo_validator(visudo: str, runner: Runner) -> Callable[[str], None]:
+def visudo_validator(visudo: str, runner: Runner) -> Callable[[str], None]:
     def validate(path: str) -> None:
         # -s (strict): an undefined alias is an error; that is how `NOPASSWD` without `:ALL`
         # would read, and plain `visudo -c` accepts it.
