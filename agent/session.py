@@ -116,7 +116,7 @@ def _reply_error(conn: socket.socket, exc: AgentError) -> None:
 
 
 def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
-    from agent import accounts
+    from agent import policy
     from agent.resolve import resolve
 
     cfg = ctx.cfg
@@ -128,13 +128,15 @@ def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
                   default_user=default)
     if not res.allowed or res.source is None:
         raise res.error()
-    if res.account is not None:
-        return res.account, res.source
-    # Run As is off and ssm-user does not exist yet: create it (once, under a lock).
-    from agent import ssm_user
+    if res.source == policy.SOURCE_SSM_USER:
+        # Run As is off: make sure ssm-user and its drop-in exist (created once, under a lock;
+        # also finishes a drop-in that a crash left pending), then use the validated account.
+        from agent import ssm_user
 
-    ssm_user.ensure(cfg, ctx.platform, audit=ctx.audit)
-    return accounts.require(res.user or "", cfg.policy, ctx.platform), res.source
+        return ssm_user.ensure(cfg, ctx.platform, audit=ctx.audit).account, res.source
+    if res.account is None:  # pragma: no cover - resolve() returns an account when allowed
+        raise InternalError("resolution allowed without an account")
+    return res.account, res.source
 
 
 def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:

@@ -692,3 +692,81 @@ def test_interactive_session_on_a_terminal(daemon: DaemonProc, users: Users) -> 
     _, status = os.waitpid(pid, 0)
     os.close(master)
     assert os.waitstatus_to_exitcode(status) == 5
+
+
+# -- ssm-user (Run As off) --------------------------------------------------------------------
+
+
+def _no_ssm_user() -> None:
+    subprocess.run(["userdel", "-r", "--", "ssm-user"], capture_output=True)
+    for path in ("/etc/sudoers.d/ssm-agent-users", "/var/lib/runas-agent/ssm-user.created"):
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def test_first_sessions_with_run_as_off_create_ssm_user_once(users: Users) -> None:
+    _no_ssm_user()
+    d = make_daemon()
+    d.start()
+    try:
+        first = d.cli("session", "--no-run-as", "--", "sh", "-c", "id -un; sudo -n id -u")
+        assert first.stdout == b"ssm-user\n0\n", first.stderr
+        with open("/etc/sudoers.d/ssm-agent-users", "rb") as fh:
+            assert fh.read() == (b"# User rules for ssm-user\n"
+                                 b"ssm-user ALL=(ALL) NOPASSWD:ALL\n")
+        st = os.stat("/etc/sudoers.d/ssm-agent-users")
+        assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (0o440, 0, 0)
+        assert subprocess.run(["visudo", "-c"], capture_output=True).returncode == 0
+        created = [r for r in d.audit() if r["event"] == "ssm_user.created"]
+        assert len(created) == 1
+    finally:
+        d.stop()
+        d.cleanup()
+        _no_ssm_user()
+
+
+def test_twenty_concurrent_first_sessions(users: Users) -> None:
+    _no_ssm_user()
+    d = make_daemon()
+    d.start()
+    try:
+        procs = [subprocess.Popen(
+            [sys_executable(), "-m", "agent", "session", "--socket", d.socket, "--no-run-as",
+             "--", "id", "-un"], cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(20)]
+        results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+        assert [r[2] for r in results] == [0] * 20, [r[1] for r in results]
+        assert {r[0] for r in results} == {b"ssm-user\n"}
+        assert len([r for r in d.audit() if r["event"] == "ssm_user.created"]) == 1
+        assert len([r for r in d.audit() if r["event"] == "sudoers.written"]) == 1
+        assert [n for n in os.listdir("/etc/sudoers.d") if "ssm" in n] == ["ssm-agent-users"]
+        with open("/etc/passwd") as fh:
+            assert sum(line.startswith("ssm-user:") for line in fh) == 1
+    finally:
+        d.stop()
+        d.cleanup()
+        _no_ssm_user()
+
+
+def test_run_as_on_never_creates_ssm_user(users: Users) -> None:
+    _no_ssm_user()
+    d = make_daemon({"run_as": {"enabled": False}})
+    d.start()
+    try:
+        assert run_as(d, users.alice, "true").returncode == 0
+        assert d.cli("session", "--run-as", "--", "true").returncode == 255
+        with pytest.raises(KeyError):
+            pwd.getpwnam("ssm-user")
+        assert not os.path.exists("/etc/sudoers.d/ssm-agent-users")
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+def sys_executable() -> str:
+    import sys
+
+    return sys.executable
+
+
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
