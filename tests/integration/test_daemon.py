@@ -734,7 +734,7 @@ def test_twenty_concurrent_first_sessions(users: Users) -> None:
             [sys_executable(), "-m", "agent", "session", "--socket", d.socket, "--no-run-as",
              "--", "id", "-un"], cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for _ in range(20)]
-        results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+        results = [(*p.communicate(timeout=60), p.returncode) for p in procs]
         assert [r[2] for r in results] == [0] * 20, [r[1] for r in results]
         assert {r[0] for r in results} == {b"ssm-user\n"}
         assert len([r for r in d.audit() if r["event"] == "ssm_user.created"]) == 1
