@@ -353,9 +353,11 @@ def cmd_session(args: argparse.Namespace) -> int:
         term = os.environ.get("TERM") or "xterm-256color"
         try:
             size = os.get_terminal_size(0)
-            terminal = (term, size.lines, size.columns)
+            rows, cols = size.lines, size.columns
         except OSError:
-            terminal = (term, 24, 80)
+            rows = cols = 0
+        # A terminal that does not know its size (0x0) gets the classic 24x80.
+        terminal = (term, rows or 24, cols or 80)
     env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
     try:
         me = pwd.getpwuid(os.getuid()).pw_name
