@@ -92,11 +92,17 @@ def enter() -> Isolation:
     _mount("--make-rprivate", "/")
     scratch = tempfile.mkdtemp(prefix="runas-agent-test-")
     _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", scratch)
-    for d in OVERLAID:
+    overlay(scratch, OVERLAID)
+    return Isolation(host_ns_fd, scratch)
+
+
+def overlay(scratch: str, dirs: tuple[str, ...]) -> None:
+    """Put a tmpfs-backed overlay (upper and work dirs in SCRATCH) on each of DIRS, in this
+    process's private namespace; e.g. /usr and /opt for tests that install packages."""
+    for d in dirs:
         name = d.strip("/").replace("/", "_")
         up, work = f"{scratch}/{name}.up", f"{scratch}/{name}.work"
         os.makedirs(up)
         os.makedirs(work)
         _mount("-t", "overlay", "overlay", "-o",
                f"lowerdir={d},upperdir={up},workdir={work}", d)
-    return Isolation(host_ns_fd, scratch)
