@@ -200,10 +200,14 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             raise SpawnFailed(f"fork failed: [Errno {exc.errno}] {exc.strerror}") from exc
         if pid == 0:
             _child(prep, ops, w, bound)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        os.close(w)
-        w = -1
-        report = _read_report(r, time.monotonic() + timeout)
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            os.close(w)
+            w = -1
+            report = _read_report(r, time.monotonic() + timeout)
+        except BaseException:  # a signal handler raised, say: no half-started session
+            _kill_and_reap(pid)
+            raise
     finally:
         os.close(r)
         if w != -1:

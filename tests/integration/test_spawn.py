@@ -272,9 +272,12 @@ def _read_line(fd: int) -> bytes:
 
 
 @pytest.mark.parametrize("who", WHO)
-def test_environment_inside_the_shell(extra_users: Users, clean_parent: int, who: str) -> None:
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "pty"])
+def test_environment_inside_the_shell(extra_users: Users, clean_parent: int, who: str,
+                                      tty: bool) -> None:
     acct = account(who)
-    ran = run(acct, "env")
+    ran = run_pty(acct, "env")[0] if tty else run(acct, "env")
+    assert ("TERM" in ran.env) is tty
     seen = dict(line.split("=", 1) for line in ran.out.splitlines())
     assert set(seen) - SHELL_VARS == set(ran.env)
     for name in ran.env:
@@ -285,8 +288,9 @@ def test_environment_inside_the_shell(extra_users: Users, clean_parent: int, who
 
 
 @pytest.mark.parametrize("who", [*WHO, PRIVATE])
-def test_starts_in_home(extra_users: Users, who: str) -> None:
-    ran = run(account(who), "pwd -P")
+@pytest.mark.parametrize("tty", [False, True], ids=["pipes", "pty"])
+def test_starts_in_home(extra_users: Users, who: str, tty: bool) -> None:
+    ran = run_pty(account(who), "pwd -P")[0] if tty else run(account(who), "pwd -P")
     assert ran.out.strip() == os.path.realpath(pwd.getpwnam(who).pw_dir)
     assert ran.err == ""
 
