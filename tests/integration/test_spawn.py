@@ -547,6 +547,37 @@ def test_a_child_stuck_before_exec_is_killed_not_waited_for(extra_users: Users) 
     assert _children() == before
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_parent_kills_the_unfinished_child(extra_users: Users) -> None:
+    """A signal handler raising while the parent waits for the exec report: the exception
+    propagates, and the child (not yet exec'd) is killed and reaped, not left to start."""
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    acct = account("alice")
+    plan = SpawnPlan(acct, "true", env_for(acct), 0, 1, 2, tty=False)
+    fake = dataclasses.replace(Syscalls.real(), setgroups=lambda groups: time.sleep(30))
+    before = _children()
+    old = signal.signal(signal.SIGUSR1, handler)
+    killer = os.fork()
+    if killer == 0:
+        time.sleep(0.3)
+        os.kill(os.getppid(), signal.SIGUSR1)
+        os._exit(0)
+    try:
+        start = time.monotonic()
+        with pytest.raises(Interrupted):
+            spawn(plan, syscalls=fake)
+        assert time.monotonic() - start < 5
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+        os.waitpid(killer, 0)
+    assert _children() == before
+
+
 def test_root_and_bad_plans_are_refused_before_fork(extra_users: Users) -> None:
     alice = account("alice")
     env = env_for(alice)
