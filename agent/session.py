@@ -12,6 +12,7 @@ still records the session's end.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import select
 import selectors
@@ -145,11 +146,30 @@ def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:
 
 
 def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str) -> Started:
+    """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure."""
     from agent import environ, spawn
 
-    pam = _open_pam(req, ctx, account)
+    pty = None
+    pam: Any = None
+    child_fds: tuple[int, ...] = ()
+    client_fds: tuple[int, ...] = ()
     try:
-        extra = pam.environment() if pam is not None else {}
+        if req.terminal is not None:
+            from agent import terminal
+
+            pty = terminal.open_pty(account, req.terminal.rows, req.terminal.cols)
+            child_fds, client_fds = (pty.slave,) * 3, (pty.master,)
+        else:
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            child_fds, client_fds = (in_r, out_w, err_w), (in_w, out_r, err_r)
+        login = _pam_login(ctx, account, pty.slave_path if pty is not None else None)
+        extra: dict[str, str] = {}
+        if login is not None:
+            pam = login.pam
+            extra = login.environment
+            account = dataclasses.replace(account, groups=tuple(sorted(set(login.groups))))
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
         command = req.command
@@ -158,63 +178,68 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             command = profile + "\n" + command
         if ctx.cfg.session.end_mode == "all":
             _become_subreaper(ctx.sys_platform)
-        if req.terminal is not None:
-            from agent import terminal
-
-            pty = terminal.open_pty(account, req.terminal.rows, req.terminal.cols)
-            try:
-                plan = spawn.SpawnPlan(account, command, env, pty.slave, pty.slave, pty.slave,
-                                       tty=True)
-                pid = spawn.spawn(plan)
-            except BaseException:
-                os.close(pty.master)
-                raise
-            finally:
-                os.close(pty.slave)
-            if command is None and profile:
-                _write_all(pty.master, (profile.rstrip("\n") + "\n").encode())
-            return Started(account, source, pid, pty.master, pty.slave_path, (pty.master,), pam)
-        in_r, in_w = os.pipe()
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        if pty is not None:
+            # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
+            # long as the session), so `who` in the session already lists it.
+            _login_record(ctx, os.getpid(), account, pty.slave_path)
         try:
-            pid = spawn.spawn(spawn.SpawnPlan(account, command, env, in_r, out_w, err_w,
-                                              tty=False))
+            pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
+                                              tty=pty is not None))
         except BaseException:
-            for fd in (in_w, out_r, err_r):
-                os.close(fd)
+            if pty is not None:
+                _logout_record(ctx, os.getpid(), pty.slave_path)
             raise
-        finally:
-            for fd in (in_r, out_w, err_w):
-                os.close(fd)
-        return Started(account, source, pid, None, None, (in_w, out_r, err_r), pam)
     except BaseException:
+        for fd in set(child_fds) | set(client_fds):
+            os.close(fd)
         if pam is not None:
             pam.close()
         raise
+    for fd in set(child_fds):
+        os.close(fd)
+    if pty is not None:
+        if command is None and profile:
+            _write_all(pty.master, (profile.rstrip("\n") + "\n").encode())
+        return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam)
+    return Started(account, source, pid, None, None, client_fds, pam)
 
 
-def _open_pam(req: protocol.StartRequest, ctx: Context, account: Account) -> Any:
-    """The session's PAM handle (account + session stages), or None when PAM is off/absent."""
-    if not ctx.cfg.session.pam or ctx.sys_platform != "linux":
+def _pam_login(ctx: Context, account: Account, tty: Optional[str]) -> Any:
+    """PAM's account and session stages in this process (loginuid, limits, environment are set
+    here and inherited by the shell), or None when PAM is off or its service is not installed."""
+    from agent import pam
+
+    service = ctx.cfg.session.pam_service
+    if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    service = getattr(ctx.cfg.session, "pam_service", "runas-agent")
-    if not os.path.exists(os.path.join("/etc/pam.d", service)):
-        return None
+    return pam.login(service, account.name, account.gid, tty=tty)
+
+
+def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:
+    """utmp/wtmp/lastlog for a PTY session; a failure is logged, never fatal."""
+    from agent import utmp
+
     try:
-        from agent import pam
-    except ImportError:
-        return None
-    tty = None  # set for PTY sessions once the PTY exists is not needed by the stacks we ship
-    handle = pam.PamSession.start(service, account.name, tty=tty, ruser=None)
+        utmp.login_record(pid, account.name, tty, "runas-agent", uid=account.uid,
+                          sys_platform=ctx.sys_platform)
+    except AgentError as exc:
+        _warn(f"login record: {exc}")
+
+
+def _logout_record(ctx: Context, pid: int, tty: str) -> None:
+    from agent import utmp
+
     try:
-        handle.acct_mgmt()
-        handle.establish_credentials()
-        handle.open_session()
-    except BaseException:
-        handle.close()
-        raise
-    return handle
+        utmp.logout_record(pid, tty, sys_platform=ctx.sys_platform)
+    except AgentError as exc:
+        _warn(f"logout record: {exc}")
+
+
+def _warn(message: str) -> None:
+    try:
+        os.write(2, f"runas-agent supervisor {os.getpid()}: {message}\n".encode())
+    except OSError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -456,6 +481,8 @@ def _finish(ctx: Context, req: protocol.StartRequest, st: Started, base: dict[st
     from agent import spawn
 
     ctx.registry.remove(req.session_id)
+    if st.slave_path is not None:
+        _logout_record(ctx, os.getpid(), st.slave_path)
     if st.pam is not None:
         try:
             st.pam.close()

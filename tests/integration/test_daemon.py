@@ -770,3 +770,74 @@ def sys_executable() -> str:
 
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# -- PAM and login records through the daemon -------------------------------------------------
+
+
+@pytest.fixture
+def pam_service() -> Iterator[str]:
+    """The shipped PAM service file, installed inside the namespace for one test."""
+    import shutil
+
+    dest = "/etc/pam.d/runas-agent"
+    shutil.copyfile(os.path.join(REPO_DIR, "packaging", "pam", "runas-agent"), dest)
+    # The utmp file, as systemd-update-utmp creates it at boot (this machine did not boot one).
+    made_utmp = not os.path.exists("/run/utmp")
+    if made_utmp:
+        os.close(os.open("/run/utmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o664))
+        shutil.chown("/run/utmp", "root", "utmp")
+    try:
+        yield dest
+    finally:
+        os.unlink(dest)
+        if made_utmp:
+            os.unlink("/run/utmp")
+
+
+def test_pam_session_through_the_daemon(daemon: DaemonProc, users: Users,
+                                        pam_service: str) -> None:
+    uid = pwd.getpwnam(users.alice).pw_uid
+    with open("/etc/security/limits.d/runas-test.conf", "w") as fh:
+        fh.write(f"{users.alice} soft nofile 1234\n{users.alice} hard nofile 2345\n")
+    try:
+        proc = run_as(daemon, users.alice, "sh", "-c",
+                      "cat /proc/self/loginuid; echo; ulimit -n; who | grep -c alice", tty=True)
+        lines = proc.stdout.decode().replace("\r", "").split()
+        assert lines == [str(uid), "1234", "1"], proc.stdout
+        with open("/proc/self/loginuid") as fh:
+            assert fh.read().strip() != str(uid)  # the test process (the daemon's parent) kept its own
+        daemon_pid = daemon.proc.pid if daemon.proc is not None else 0
+        with open(f"/proc/{daemon_pid}/loginuid") as fh:
+            assert fh.read().strip() != str(uid)
+        last = subprocess.run(["last", "-w", "-f", "/var/log/wtmp", users.alice],
+                              capture_output=True, text=True)
+        assert users.alice in last.stdout
+    finally:
+        os.unlink("/etc/security/limits.d/runas-test.conf")
+
+
+def test_expired_account_is_refused_with_nothing_spawned(daemon: DaemonProc, users: Users,
+                                                         pam_service: str) -> None:
+    sh("useradd", "-m", "-s", "/bin/bash", "--", "expired")
+    sh("chage", "-E", "0", "--", "expired")
+    proc = daemon.cli("session", "--session-id", "expired-1", "--run-as", "--tag",
+                      f"{TAG}=expired", "--", "touch", "/tmp/expired-ran")
+    assert proc.returncode == 255
+    assert b"account_refused" in proc.stderr
+    assert not os.path.exists("/tmp/expired-ran")
+    assert daemon.wait_event("expired-1", "session.denied")["reason"] == "account_refused"
+    assert "session.started" not in daemon.events("expired-1")
+
+
+def test_pam_off_still_works(users: Users, pam_service: str) -> None:
+    d = make_daemon({"session": {"pam": False}})
+    d.start()
+    try:
+        sh("useradd", "-m", "-s", "/bin/bash", "--", "expired2")
+        sh("chage", "-E", "0", "--", "expired2")
+        proc = run_as(d, "expired2", "id", "-un")  # no account stage without PAM
+        assert proc.stdout == b"expired2\n", proc.stderr
+    finally:
+        d.stop()
+        d.cleanup()

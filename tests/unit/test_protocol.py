@@ -70,7 +70,7 @@ def test_controls() -> None:
 
 
 def _with(path: str, value: Any) -> dict[str, Any]:
-    obj = json.loads(json.dumps(START))
+    obj: dict[str, Any] = json.loads(json.dumps(START))
     *parents, last = path.split(".")
     cur = obj
     for p in parents:
