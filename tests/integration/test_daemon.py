@@ -806,7 +806,7 @@ def test_pam_session_through_the_daemon(daemon: DaemonProc, users: Users,
         lines = proc.stdout.decode().replace("\r", "").split()
         assert lines == [str(uid), "1234", "1"], proc.stdout
         with open("/proc/self/loginuid") as fh:
-            assert fh.read().strip() != str(uid)  # the test process (the daemon's parent) kept its own
+            assert fh.read().strip() != str(uid)  # the test process kept its own
         daemon_pid = daemon.proc.pid if daemon.proc is not None else 0
         with open(f"/proc/{daemon_pid}/loginuid") as fh:
             assert fh.read().strip() != str(uid)
