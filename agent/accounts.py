@@ -206,6 +206,10 @@ def inspect(name: Union[str, bytes], policy: PolicyConfig, platform: Platform) -
 
     if pw.pw_uid == 0:
         b.fail("uid", ROOT_REFUSED, "uid 0: root is never a session target, whatever its name")
+    elif pw.pw_gid == 0:
+        # The dropped process could not be told apart from one that kept root's group.
+        b.fail("uid", ROOT_REFUSED, f"uid {pw.pw_uid} has primary group 0 (root's group)",
+               hint="give the account its own primary group")
     else:
         b.ok("uid", f"{pw.pw_uid} (not root)")
 

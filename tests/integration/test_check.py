@@ -146,3 +146,13 @@ def test_config_check_command(tmp_path: Path) -> None:
     proc = run_cli("check", "alice", "--config", str(tmp_path / "absent.yaml"))
     assert proc.returncode == 2
     assert "no such file" in proc.stderr
+
+
+def test_primary_group_zero_is_refused(users: Users) -> None:
+    import subprocess
+
+    subprocess.run(["useradd", "-M", "-g", "0", "-s", "/bin/sh", "--", "rootgrp"], check=True)
+    rc, out = run_json("check", "rootgrp")
+    assert rc == 1
+    assert out["reason"] == "root_refused"
+    assert "primary group 0" in out["message"]
