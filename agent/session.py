@@ -444,7 +444,8 @@ def _wait_for(pid: int, timeout: float, sig: _Signals) -> Optional[int]:
 
 
 def _kill_descendants(grace: float) -> None:
-    """Kill every process left under this supervisor (it is their subreaper)."""
+    """Kill every process left under this supervisor (it is their subreaper): SIGHUP first,
+    SIGKILL for whatever is still there after GRACE, then reap them all."""
     import psutil
 
     me = psutil.Process()
@@ -455,8 +456,9 @@ def _kill_descendants(grace: float) -> None:
             p.send_signal(signal.SIGCONT)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(kids, timeout=grace) if kids else ([], [])
-    for _round in range(50):
+    if kids:
+        psutil.wait_procs(kids, timeout=grace)
+    for _ in range(50):  # processes may fork while being killed; go until none is left
         left = me.children(recursive=True)
         if not left:
             break
@@ -466,14 +468,13 @@ def _kill_descendants(grace: float) -> None:
             except psutil.Error:
                 pass
         psutil.wait_procs(left, timeout=0.1)
-    while True:  # reap whatever reparented to us
+    while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            break
+            return
         if pid == 0:
-            break
-    del alive
+            return
 
 
 def _finish(ctx: Context, req: protocol.StartRequest, st: Started, base: dict[str, Any], *,
