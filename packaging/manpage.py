@@ -45,9 +45,7 @@ def esc(text: str) -> str:
     out = text.replace("\\", "\\e").replace("-", "\\-")
     lines = []
     for line in out.split("\n"):
-        if line.startswith((".", "'")):
-            line = "\\&" + line
-        lines.append(line)
+        lines.append("\\&" + line if line.startswith((".", "'")) else line)
     return "\n".join(lines)
 
 
