@@ -61,6 +61,9 @@ class Daemon:
     sys_platform: str = sys.platform
     _conns: dict[int, _Conn] = field(default_factory=dict)
     _children: set[int] = field(default_factory=set)
+    # Supervisors of sessions started before this daemon process (pid -> start time); only they
+    # need the registry: this daemon's own are its children.
+    _foreign: dict[int, Optional[float]] = field(default_factory=dict)
     _allowed_gids: frozenset[int] = frozenset()
     _stop: bool = False
     _hup: bool = False
@@ -79,7 +82,10 @@ class Daemon:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
+        self._foreign = {int(r["pid"]): r.get("pid_start")
+                         for r in self.registry.live(include_starting=True)}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(self.registry.live()))
+        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
         self.on_ready()
         try:
             while not self._stop:
@@ -264,9 +270,14 @@ class Daemon:
         self.log.info("session.terminate_requested", session_id=session_id, peer_uid=peer.uid)
 
     def _live_sessions(self) -> int:
-        started_elsewhere = [r for r in self.registry.live(include_starting=True)
-                             if int(r["pid"]) not in self._children]
-        return len(self._children) + len(started_elsewhere)
+        # O(sessions started elsewhere), not O(all live sessions): reading every record on each
+        # start cost 60 ms per start with 1000 live sessions (bench/run, docs/performance.md).
+        from agent.registry import process_start_time
+
+        for pid, start in list(self._foreign.items()):
+            if pid in self._children or process_start_time(pid) != start:
+                del self._foreign[pid]
+        return len(self._children) + len(self._foreign)
 
     def _start(self, sel: selectors.BaseSelector, conn: _Conn, req: protocol.StartRequest) -> None:
         limit = self.cfg.session.max_sessions
@@ -321,6 +332,37 @@ class Daemon:
             if pid == 0:
                 return
             self._children.discard(pid)
+
+
+# What every supervisor imports on its way to the shell. Imported once here, before the first
+# fork, they are shared by all supervisors instead of imported again in each (bench/run measured
+# the session start at 23.5 ms p50 without, 7.8 ms with; docs/performance.md).
+SUPERVISOR_MODULES = (
+    "agent.session", "agent.spawn", "agent.environ", "agent.accounts", "agent.resolve",
+    "agent.policy", "agent.registry", "agent.terminal", "agent.pam", "agent.utmp",
+    "agent.ssm_user",
+)
+
+
+def prepare_for_fork(*, end_mode_all: bool = False) -> None:
+    """Import the supervisor's modules (psutil too when sessions end in mode `all`, which uses
+    it), load the NSS modules with one lookup each, then move everything allocated so far out of
+    the garbage collector's reach (gc.freeze), so a forked supervisor neither re-imports nor
+    copies pages that collections would touch."""
+    import gc
+    import grp
+    import importlib
+    import pwd
+
+    for name in (*SUPERVISOR_MODULES, *(("psutil",) if end_mode_all else ())):
+        importlib.import_module(name)
+    for lookup in (lambda: pwd.getpwuid(0), lambda: grp.getgrgid(0)):
+        try:
+            lookup()
+        except KeyError:
+            pass
+    gc.collect()
+    gc.freeze()
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
