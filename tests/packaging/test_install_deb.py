@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,27 @@ def tree() -> dict[str, str]:
     return out
 
 
+AGENT_DIRS = ("/etc/runas-agent", "/var/log/runas-agent", "/var/lib/runas-agent",
+              "/run/runas-agent")
+
+
+@pytest.fixture
+def fresh_node(system_overlay: Isolated) -> Iterator[None]:
+    """The agent's directories as on a node that never had it: what earlier tests in this
+    namespace left there (the daemon's own runs create some) is set aside, then put back."""
+    moved = []
+    for d in AGENT_DIRS:
+        if os.path.lexists(d):
+            os.rename(d, d + ".set-aside")
+            moved.append(d)
+    try:
+        yield
+    finally:
+        for d in moved:
+            if not os.path.lexists(d):
+                os.rename(d + ".set-aside", d)
+
+
 def installed_version() -> str:
     proc = sh("dpkg-query", "-W", "-f", "${db:Status-Abbrev}${Version}", "runas-agent",
               check=False)
@@ -69,8 +91,8 @@ def agent(*args: str, env: "dict[str, str] | None" = None,
     return sh("/usr/bin/runas-agent", *args, check=False, env=env)
 
 
-def test_deb_install_upgrade_remove_purge(system_overlay: Isolated, users: Users,
-                                          built: Built) -> None:
+def test_deb_install_upgrade_remove_purge(system_overlay: Isolated, fresh_node: None,
+                                          users: Users, built: Built) -> None:
     assert installed_version() == ""
     before = tree()
 
