@@ -288,21 +288,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger()
     if os.geteuid() != 0:
         return _usage("serve must run as root (it starts sessions as other accounts)")
-    listener = None
-    on_ready, on_stopping = (lambda: None), (lambda: None)
-    try:
-        from agent import activation
-    except ImportError:  # pragma: no cover - activation ships with the agent
-        activation = None  # type: ignore[assignment]
-    if activation is not None:
-        listener = activation.inherited_listener(os.environ)
-        env = dict(os.environ)
+    from agent import activation
+    from agent.errors import AgentError
 
-        def on_ready() -> None:
-            activation.notify("READY=1", env)
+    listener = activation.inherited_listener(os.environ)
+    env = dict(os.environ)  # NOTIFY_SOCKET, read at each notification
 
-        def on_stopping() -> None:
-            activation.notify("STOPPING=1", env)
+    def notify(state: str) -> None:
+        try:
+            activation.notify(state, env)
+        except AgentError as exc:  # the manager went away: not a reason to stop serving
+            log.warning("notify.failed", state=state, error=str(exc))
 
     path = args.socket or cfg.socket.path
     if listener is None:
@@ -313,7 +309,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     daemon = Daemon(
         cfg=cfg, listener=listener, platform=platform.current(), audit=AuditLog(cfg.audit.path),
         registry=Registry(cfg.session.state_dir), log=log,
-        reload=lambda: load_config(args.config), on_ready=on_ready, on_stopping=on_stopping,
+        reload=lambda: load_config(args.config), on_ready=lambda: notify("READY=1"),
+        on_stopping=lambda: notify("STOPPING=1"),
     )
     try:
         return daemon.run()
@@ -497,12 +494,15 @@ def _usage(message: str) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    from agent.errors import ConfigError
+    from agent.errors import AgentError, ConfigError
 
     try:
         return func(args)
     except ConfigError as exc:
         sys.stderr.write(f"runas-agent: configuration error: {exc}\n")
+        return EXIT_USAGE
+    except AgentError as exc:
+        sys.stderr.write(f"runas-agent: {exc.reason}: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -56,3 +56,17 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for cmd in ("check", "resolve", "config", "version"):
         assert cmd in out
+
+
+def test_agent_errors_are_reported_not_tracebacks(capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A socket-activation variable that names this process but is malformed.
+    import os
+
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    monkeypatch.setenv("LISTEN_FDS", "two")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert main(["serve", "--config", "/dev/null"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("runas-agent: activation_failed: ")
+    assert "Traceback" not in err
