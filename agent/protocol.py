@@ -216,7 +216,7 @@ def _str_map(obj: Any, where: str, *, max_items: int, key_re: Optional[re.Patter
 def _header(obj: Any) -> tuple[_Fields, str]:
     f = _Fields(obj, "request")
     v = f.raw("v", required=True)
-    if v != VERSION or isinstance(v, bool):
+    if type(v) is not int or v != VERSION:  # exact: not True, not 1.0
         raise BadRequest(f"unsupported protocol version {v!r} (this daemon speaks {VERSION})")
     kind = f.text("type", max_len=32)
     return f, kind
