@@ -17,7 +17,13 @@ import pytest
 
 from agent.errors import AgentError
 from tests.conftest import Users, sh
-from tests.support.daemon import MARKERS, DaemonProc, make_daemon, public_copy_of_agent
+from tests.support.daemon import (
+    MARKERS,
+    DaemonProc,
+    make_daemon,
+    public_copy_of_agent,
+    running,
+)
 
 pytestmark = pytest.mark.privileged
 
@@ -26,11 +32,8 @@ TAG = "SSMSessionRunAs"
 
 @pytest.fixture(scope="module")
 def daemon(users: Users) -> Iterator[DaemonProc]:
-    d = make_daemon({"limits": {"read_timeout": 1.0}})
-    d.start()
-    yield d
-    d.stop()
-    d.cleanup()
+    with running({"limits": {"read_timeout": 1.0}}) as d:
+        yield d
 
 
 def run_as(d: DaemonProc, user: str, *cmd: str, tty: bool = False,
@@ -369,10 +372,8 @@ PING = ("from agent.client import Client; from agent.errors import AgentError\n"
 
 
 def test_unauthorized_peer_is_refused(users: Users) -> None:
-    d = make_daemon({"socket": {"group": users.devs_group}})
-    d.start()
     pkg = public_copy_of_agent()
-    try:
+    with running({"socket": {"group": users.devs_group}}) as d:
         os.chmod(os.path.dirname(d.socket), 0o755)
         # alice can reach the socket (group devs) but is not an allowed peer
         out = _as_user(users.alice, PING.format(sock=d.socket), pkg)
@@ -381,50 +382,35 @@ def test_unauthorized_peer_is_refused(users: Users) -> None:
         out = _as_user(users.bob, PING.format(sock=d.socket), pkg)
         assert out.stdout.strip() == "unreachable", out.stderr
         assert "connection.unauthorized" in d.log()
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_allowed_group_peer_is_served(users: Users) -> None:
-    d = make_daemon({"socket": {"group": users.devs_group},
-                     "peers": {"allowed_groups": [users.devs_group]}})
-    d.start()
     pkg = public_copy_of_agent()
-    try:
+    with running({"socket": {"group": users.devs_group},
+                 "peers": {"allowed_groups": [users.devs_group]}}) as d:
         os.chmod(os.path.dirname(d.socket), 0o755)
         out = _as_user(users.alice, PING.format(sock=d.socket), pkg)
         assert out.stdout.strip() == "pong", out.stderr + d.log()
         st = os.stat(d.socket)
         assert (st.st_mode & 0o777, st.st_uid, st.st_gid) == (
             0o660, 0, grp.getgrnam(users.devs_group).gr_gid)
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 # -- limits and lifecycle -----------------------------------------------------------------------
 
 
 def test_max_duration(users: Users) -> None:
-    d = make_daemon({"session": {"max_duration": 1.0}})
-    d.start()
-    try:
+    with running({"session": {"max_duration": 1.0}}) as d:
         t0 = time.monotonic()
         proc = d.cli("session", "--session-id", "maxdur", "--run-as", "--tag",
                      f"{TAG}={users.alice}", "--", "sleep", "30")
         assert time.monotonic() - t0 < 10
         assert proc.returncode == 128 + signal.SIGHUP
         assert d.wait_event("maxdur", "session.ended")["reason"] == "max_duration"
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_idle_timeout_pty(users: Users) -> None:
-    d = make_daemon({"session": {"idle_timeout": 1.0}})
-    d.start()
-    try:
+    with running({"session": {"idle_timeout": 1.0}}) as d:
         sess = d.client.start(session_id="idle-1", principal_arn="a", tags={TAG: users.alice},
                               run_as_enabled=True, command="sleep 30",
                               terminal=("xterm", 24, 80))
@@ -433,15 +419,10 @@ def test_idle_timeout_pty(users: Users) -> None:
         sess.close()
         assert status["reason"] == "idle_timeout"
         assert time.monotonic() - t0 < 10
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_max_sessions_limit(users: Users) -> None:
-    d = make_daemon({"session": {"max_sessions": 2}})
-    d.start()
-    try:
+    with running({"session": {"max_sessions": 2}}) as d:
         a = d.client.start(session_id="l1", principal_arn="a", tags={TAG: users.bob},
                            run_as_enabled=True, command="sleep 30")
         b = d.client.start(session_id="l2", principal_arn="a", tags={TAG: users.bob},
@@ -454,9 +435,6 @@ def test_max_sessions_limit(users: Users) -> None:
             s.terminate()
             s.wait()
             s.close()
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def _alive(pid: int) -> bool:
@@ -509,13 +487,11 @@ ESCAPE = (
 
 @pytest.mark.parametrize("end_mode", ["process_group", "all"])
 def test_escapees_per_end_mode(users: Users, end_mode: str) -> None:
-    d = make_daemon({"session": {"end_mode": end_mode}})
-    d.start()
     out_dir = f"/home/{users.alice}/esc-{end_mode}"
     os.makedirs(out_dir)
     uid = pwd.getpwnam(users.alice).pw_uid
     os.chown(out_dir, uid, -1)
-    try:
+    with running({"session": {"end_mode": end_mode}}) as d:
         sess = d.client.start(session_id=f"esc-{end_mode}", principal_arn="a",
                               tags={TAG: users.alice}, run_as_enabled=True,
                               command=ESCAPE.format(d=out_dir))
@@ -534,17 +510,12 @@ def test_escapees_per_end_mode(users: Users, end_mode: str) -> None:
             # The setsid one left the process group and survives, as with sshd; the double-forked
             # one is still in the group and is hung up with it.
             assert alive == [True, False]
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 @pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
 def test_sessions_survive_the_daemon(users: Users, how: int) -> None:
-    d = make_daemon()
-    d.start()
     sid = f"survive-{int(how)}"
-    try:
+    with running() as d:
         sess = d.client.start(session_id=sid, principal_arn="a", tags={TAG: users.alice},
                               run_as_enabled=True, command="sleep 60")
         shell = int(sess.info["pid"])
@@ -562,9 +533,6 @@ def test_sessions_survive_the_daemon(users: Users, how: int) -> None:
         assert status["reason"] == "terminated"
         assert d.events(sid) == ["session.requested", "session.started", "session.ended"]
         assert not _alive(shell)
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_daemon_accepts_an_inherited_listener(users: Users) -> None:
@@ -602,9 +570,7 @@ def test_daemon_accepts_an_inherited_listener(users: Users) -> None:
 
 
 def test_sighup_reloads_config(users: Users) -> None:
-    d = make_daemon()
-    d.start()
-    try:
+    with running() as d:
         assert run_as(d, users.alice, "true").returncode == 0
         with open(d.config_path) as fh:
             cfg = json.load(fh)
@@ -629,9 +595,6 @@ def test_sighup_reloads_config(users: Users) -> None:
         assert "config.reload_failed" in d.log()
         assert d.client.ping()["type"] == "pong"
         assert b"denied_by_policy" in run_as(d, users.alice, "true").stderr
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def test_shell_profile_runs_before_a_command(daemon: DaemonProc, users: Users) -> None:
@@ -704,11 +667,16 @@ def _no_ssm_user() -> None:
             os.unlink(path)
 
 
-def test_first_sessions_with_run_as_off_create_ssm_user_once(users: Users) -> None:
+@pytest.fixture
+def no_ssm_user() -> Iterator[None]:
     _no_ssm_user()
-    d = make_daemon()
-    d.start()
-    try:
+    yield
+    _no_ssm_user()
+
+
+@pytest.mark.usefixtures("no_ssm_user")
+def test_first_sessions_with_run_as_off_create_ssm_user_once(users: Users) -> None:
+    with running() as d:
         first = d.cli("session", "--no-run-as", "--", "sh", "-c", "id -un; sudo -n id -u")
         assert first.stdout == b"ssm-user\n0\n", first.stderr
         with open("/etc/sudoers.d/ssm-agent-users", "rb") as fh:
@@ -719,17 +687,11 @@ def test_first_sessions_with_run_as_off_create_ssm_user_once(users: Users) -> No
         assert subprocess.run(["visudo", "-c"], capture_output=True).returncode == 0
         created = [r for r in d.audit() if r["event"] == "ssm_user.created"]
         assert len(created) == 1
-    finally:
-        d.stop()
-        d.cleanup()
-        _no_ssm_user()
 
 
+@pytest.mark.usefixtures("no_ssm_user")
 def test_twenty_concurrent_first_sessions(users: Users) -> None:
-    _no_ssm_user()
-    d = make_daemon()
-    d.start()
-    try:
+    with running() as d:
         procs = [subprocess.Popen(
             [sys_executable(), "-m", "agent", "session", "--socket", d.socket, "--no-run-as",
              "--", "id", "-un"], cwd=REPO_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -742,25 +704,16 @@ def test_twenty_concurrent_first_sessions(users: Users) -> None:
         assert [n for n in os.listdir("/etc/sudoers.d") if "ssm" in n] == ["ssm-agent-users"]
         with open("/etc/passwd") as fh:
             assert sum(line.startswith("ssm-user:") for line in fh) == 1
-    finally:
-        d.stop()
-        d.cleanup()
-        _no_ssm_user()
 
 
+@pytest.mark.usefixtures("no_ssm_user")
 def test_run_as_on_never_creates_ssm_user(users: Users) -> None:
-    _no_ssm_user()
-    d = make_daemon({"run_as": {"enabled": False}})
-    d.start()
-    try:
+    with running({"run_as": {"enabled": False}}) as d:
         assert run_as(d, users.alice, "true").returncode == 0
         assert d.cli("session", "--run-as", "--", "true").returncode == 255
         with pytest.raises(KeyError):
             pwd.getpwnam("ssm-user")
         assert not os.path.exists("/etc/sudoers.d/ssm-agent-users")
-    finally:
-        d.stop()
-        d.cleanup()
 
 
 def sys_executable() -> str:
@@ -831,13 +784,8 @@ def test_expired_account_is_refused_with_nothing_spawned(daemon: DaemonProc, use
 
 
 def test_pam_off_still_works(users: Users, pam_service: str) -> None:
-    d = make_daemon({"session": {"pam": False}})
-    d.start()
-    try:
+    with running({"session": {"pam": False}}) as d:
         sh("useradd", "-m", "-s", "/bin/bash", "--", "expired2")
         sh("chage", "-E", "0", "--", "expired2")
         proc = run_as(d, "expired2", "id", "-un")  # no account stage without PAM
         assert proc.stdout == b"expired2\n", proc.stderr
-    finally:
-        d.stop()
-        d.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -159,6 +161,18 @@ def make_daemon(config: Optional[dict[str, dict[str, Any]]] = None) -> DaemonPro
     with open(cfg_path, "w") as fh:
         json.dump(cfg, fh)
     return DaemonProc(work, sock, audit, state, cfg_path)
+
+
+@contextlib.contextmanager
+def running(config: Optional[dict[str, dict[str, Any]]] = None) -> Iterator[DaemonProc]:
+    """A started daemon (see make_daemon), stopped and cleaned up afterwards."""
+    d = make_daemon(config)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
 
 
 def public_copy_of_agent() -> str:
