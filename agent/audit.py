@@ -38,7 +38,8 @@ class AuditLog:
             try:
                 written = os.write(fd, line)
                 if written != len(line):
-                    raise OSError(28, "short write")
+                    _drop_partial(fd, written)
+                    raise OSError(28, "No space left on device (short write)")
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -55,6 +56,18 @@ class AuditLog:
             os.chmod(directory, 0o700)
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         return os.open(self.path, flags, 0o600)
+
+
+def _drop_partial(fd: int, written: int) -> None:
+    """Cut off the WRITTEN bytes of a record that did not fit (a full disk), so the log never
+    holds a partial line (which would also spoil the next record appended to it). Only when
+    nothing was appended after them meanwhile; the file is O_APPEND, so they end at the offset."""
+    try:
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if os.fstat(fd).st_size == end:
+            os.ftruncate(fd, end - written)
+    except OSError:
+        pass
 
 
 def _now() -> str:

@@ -35,3 +35,33 @@ def test_disk_full_is_audit_failed() -> None:
         pytest.fail("/dev/full is expected on Linux")
     with pytest.raises(AuditFailed):
         AuditLog("/dev/full").record("session.requested")
+
+
+def test_a_record_that_does_not_fit_leaves_no_partial_line(tmp_path: Path) -> None:
+    """A file size limit (RLIMIT_FSIZE, in a child process) makes the write short, as a full disk
+    does: the bytes that made it are cut off again, and the next record still parses."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "audit.log"
+    code = (
+        "import resource, sys\n"
+        "from agent.audit import AuditLog\n"
+        "from agent.errors import AuditFailed\n"
+        "log = AuditLog(sys.argv[1])\n"
+        "log.record('session.requested', session_id='s1')\n"
+        "hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (150, hard))\n"
+        "try:\n"
+        "    log.record('session.started', session_id='s1', user='x' * 200)\n"
+        "except AuditFailed as exc:\n"
+        "    print(exc.reason)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))\n"
+        "log.record('session.ended', session_id='s1')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                          text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__)))))
+    assert proc.stdout == "audit_failed\n", proc.stderr
+    recs = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [r["event"] for r in recs] == ["session.requested", "session.ended"]
