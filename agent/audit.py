@@ -7,8 +7,10 @@ the caller acts on it (a session is never started, or reported started, without 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass
 
@@ -32,14 +34,21 @@ class AuditLog:
         """Append one record and make it durable, or raise AuditFailed."""
         rec: dict[str, Any] = {"ts": _now(), "event": event}
         rec.update(fields)
-        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+        # ASCII-only: no control or bidi characters from a request reach the log raw.
+        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
         try:
             fd = self._open()
             try:
-                written = os.write(fd, line)
-                if written != len(line):
-                    _drop_partial(fd, written)
-                    raise OSError(28, "No space left on device (short write)")
+                # The lock covers only the append, so a record cut short by a full disk can be
+                # removed again without touching another writer's record; fsync is outside it.
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                try:
+                    written = os.write(fd, line)
+                    if written != len(line):
+                        _drop_partial(fd, written)
+                        raise OSError(28, "No space left on device (short write)")
+                finally:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -54,14 +63,19 @@ class AuditLog:
         if not os.path.isdir(directory):
             os.makedirs(directory, mode=0o700, exist_ok=True)
             os.chmod(directory, 0o700)
+        st = os.lstat(directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise OSError(1, f"{directory} must be a directory owned by the agent's user and "
+                          "not writable by group or others")
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         return os.open(self.path, flags, 0o600)
 
 
 def _drop_partial(fd: int, written: int) -> None:
     """Cut off the WRITTEN bytes of a record that did not fit (a full disk), so the log never
-    holds a partial line (which would also spoil the next record appended to it). Only when
-    nothing was appended after them meanwhile; the file is O_APPEND, so they end at the offset."""
+    holds a partial line (which would also spoil the next record appended to it). Called under
+    the append lock, so nothing was appended after them; the file is O_APPEND, so they end at
+    the offset."""
     try:
         end = os.lseek(fd, 0, os.SEEK_CUR)
         if os.fstat(fd).st_size == end:

@@ -38,41 +38,81 @@ MAX_DIM = 10000
 
 
 def encode(msg: dict[str, Any]) -> bytes:
-    body = json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    # ASCII-only JSON: no raw control or bidi characters reach a log or terminal, and a string
+    # that cannot be UTF-8 never makes encoding fail.
+    body = json.dumps(msg, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return HEADER.pack(len(body)) + body
 
 
+class FrameTooLarge(BadRequest):
+    """A frame header announced more than the limit: the stream cannot be resynchronized."""
+
+
 class FrameDecoder:
-    """Incremental decoder: feed bytes, get complete messages. Raises BadRequest on bad input."""
+    """Incremental decoder: push bytes, pop complete messages one at a time.
+
+    A malformed body raises BadRequest for that frame only; the next frame still decodes. An
+    oversize header raises FrameTooLarge, and so does every later pop (the stream is lost).
+    """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self.max_frame = max_frame
         self._buf = bytearray()
+        self.broken = False
 
     @property
     def pending(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def push(self, data: bytes) -> None:
         self._buf += data
+
+    def pop(self) -> Optional[dict[str, Any]]:
+        """The next complete message, or None until more bytes arrive."""
+        if len(self._buf) < HEADER.size:
+            return None
+        (size,) = HEADER.unpack_from(self._buf)
+        if size > self.max_frame:
+            self.broken = True
+            raise FrameTooLarge(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
+        if len(self._buf) < HEADER.size + size:
+            return None
+        body = bytes(self._buf[HEADER.size : HEADER.size + size])
+        del self._buf[: HEADER.size + size]
+        return decode_body(body)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Push DATA and pop every complete message (raising at the first bad one)."""
+        self.push(data)
         out: list[dict[str, Any]] = []
-        while len(self._buf) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buf)
-            if size > self.max_frame:
-                raise BadRequest(f"frame of {size} bytes exceeds the limit of {self.max_frame}")
-            if len(self._buf) < HEADER.size + size:
-                break
-            body = bytes(self._buf[HEADER.size : HEADER.size + size])
-            del self._buf[: HEADER.size + size]
-            out.append(decode_body(body))
-        return out
+        while True:
+            msg = self.pop()
+            if msg is None:
+                return out
+            out.append(msg)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def decode_body(body: bytes) -> dict[str, Any]:
+    """One frame's JSON object. Strict: valid UTF-8 without surrogates, no duplicate keys,
+    no NaN or Infinity."""
     try:
-        obj = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise BadRequest("frame is not valid UTF-8 JSON") from None
+        text = body.decode("utf-8")
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+        # \ud800-style escapes decode to lone surrogates: strings no OS interface accepts.
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except (UnicodeError, ValueError, RecursionError):
+        raise BadRequest("frame is not valid UTF-8 JSON (or has duplicate keys)") from None
     if not isinstance(obj, dict):
         raise BadRequest("frame must hold a JSON object")
     return obj

@@ -65,3 +65,21 @@ def test_a_record_that_does_not_fit_leaves_no_partial_line(tmp_path: Path) -> No
     assert proc.stdout == "audit_failed\n", proc.stderr
     recs = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["event"] for r in recs] == ["session.requested", "session.ended"]
+
+
+def test_refuses_a_directory_others_can_write(tmp_path: Path) -> None:
+    d = tmp_path / "open"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    with pytest.raises(AuditFailed, match="not writable by group or others"):
+        AuditLog(str(d / "audit.log")).record("session.requested")
+    assert not (d / "audit.log").exists()
+
+
+def test_control_characters_are_escaped(tmp_path: Path) -> None:
+    log = AuditLog(str(tmp_path / "a" / "audit.log"))
+    log.record("session.requested", principal="arn:\x1b[2J\u202e")
+    raw = (tmp_path / "a" / "audit.log").read_bytes()
+    raw.decode("ascii")
+    assert b"\x1b" not in raw
+    assert json.loads(raw)["principal"] == "arn:\x1b[2J\u202e"

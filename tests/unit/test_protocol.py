@@ -191,3 +191,45 @@ def test_valid_starts_survive_a_round_trip(obj: dict[str, Any]) -> None:
     req = protocol.parse_request(msg)
     assert isinstance(req, protocol.StartRequest)
     assert req.command == obj["command"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a","tags":{"\\ud800":1}}}',
+        b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"\\udfff"}}',
+        b'{"v":1,"type":"ping","v":1}',
+        b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a"},"command":NaN}',
+        b'{"v":Infinity,"type":"ping"}',
+    ],
+    ids=["surrogate-key", "surrogate-value", "duplicate-key", "nan", "infinity"],
+)
+def test_strict_json(body: bytes) -> None:
+    with pytest.raises(BadRequest):
+        protocol.FrameDecoder().feed(struct.pack(">I", len(body)) + body)
+
+
+def test_replies_are_ascii_even_for_odd_text() -> None:
+    data = protocol.encode(protocol.error_reply("bad_request", "name '\u202e\x1b[2J\udcff'"))
+    data[4:].decode("ascii")
+    assert json.loads(data[4:])["message"] == "name '\u202e\x1b[2J\udcff'"
+
+
+def test_a_bad_frame_does_not_lose_the_frames_around_it() -> None:
+    dec = protocol.FrameDecoder()
+    dec.push(protocol.encode({"v": 1, "type": "a"}) + frame("x")[:4] + b"{no"
+             + protocol.encode({"v": 1, "type": "b"}))
+    assert dec.pop() == {"v": 1, "type": "a"}
+    with pytest.raises(BadRequest):
+        dec.pop()
+    assert dec.pop() == {"v": 1, "type": "b"}
+    assert not dec.broken
+
+
+def test_an_oversize_header_breaks_the_stream_for_good() -> None:
+    dec = protocol.FrameDecoder(max_frame=10)
+    dec.push(struct.pack(">I", 11) + b"x" * 11 + protocol.encode({"v": 1}))
+    for _ in range(2):
+        with pytest.raises(protocol.FrameTooLarge):
+            dec.pop()
+    assert dec.broken
