@@ -45,6 +45,8 @@ from tests.support.daemon import DaemonProc, make_daemon
 pytestmark = pytest.mark.privileged
 
 RAN_DIR = "/var/tmp/runas-agent-faults"
+# How many times the daemon is SIGKILLed; CI uses the default, longer runs set it (reliability.md).
+KILLS = int(os.environ.get("RUNAS_AGENT_FAULT_KILLS", "8"))
 
 
 @pytest.fixture
@@ -127,7 +129,7 @@ def test_daemon_sigkilled_at_random_points(users: Users, ran_dir: str) -> None:
         for t in threads:
             t.start()
         kills = 0
-        for _ in range(8):
+        for _ in range(KILLS):
             time.sleep(rng.uniform(0.02, 0.4))
             assert d.proc is not None
             d.proc.kill()
@@ -139,10 +141,10 @@ def test_daemon_sigkilled_at_random_points(users: Users, ran_dir: str) -> None:
         stop.set()
         for t in threads:
             t.join(60)
-        assert kills == 8
+        assert kills == KILLS
 
         started = [(sid, st) for sid, kind, st in outcomes if kind == "started"]
-        assert len(started) >= 20, outcomes
+        assert len(started) >= 2 * KILLS, outcomes
         # Every session that started ran to its own end, whatever happened to the daemon.
         assert [st for _, st in started if st != {"code": 0, "signal": None,
                                                    "reason": "exited"}] == []

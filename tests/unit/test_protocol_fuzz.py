@@ -1,8 +1,9 @@
 """Property tests that complete tests/unit/test_protocol.py: control frames, mutations of a valid
 start request, exact types, and frames split at arbitrary points.
 
-Longer runs: bench/fuzz-protocol (docs/reliability.md) runs these properties with many more
-examples.
+Longer runs (docs/reliability.md): the same properties under many seeds, e.g.
+`for s in $(seq 1 100); do pytest -q -p no:cacheprovider --hypothesis-seed=$s
+tests/unit/test_protocol_fuzz.py tests/unit/test_protocol.py || break; done`.
 """
 
 from __future__ import annotations
