@@ -268,9 +268,16 @@ def inspect(name: Union[str, bytes], policy: PolicyConfig, platform: Platform) -
 
 
 def policy_refusal(user: str, uid: int, policy: PolicyConfig) -> Optional[str]:
-    """Why node policy refuses USER, or None. Policy can only restrict."""
+    """Why node policy refuses USER, or None. Policy can only restrict: a denied account is
+    denied under every name that has its uid (an alias cannot get around the list)."""
     if user in policy.deny_users:
         return f"{user!r} is in policy.deny_users"
+    for denied in policy.deny_users:
+        try:
+            if pwd.getpwnam(denied).pw_uid == uid:
+                return f"uid {uid} is the uid of {denied!r}, which is in policy.deny_users"
+        except (KeyError, ValueError):
+            continue
     if policy.allow_users and user not in policy.allow_users:
         return f"{user!r} is not in policy.allow_users"
     if uid < policy.min_uid:

@@ -77,9 +77,10 @@ def relay_pty(sess: Session, stdin: int = 0, stdout: int = 1) -> dict[str, objec
                     os.read(wake_r, 512)
                     if is_tty:
                         size = os.get_terminal_size(stdin)
-                        sess.resize(size.lines, size.columns)
+                        if size.lines > 0 and size.columns > 0:  # 0x0: size unknown
+                            sess.resize(size.lines, size.columns)
                 else:
-                    status = sess.wait()
+                    status = sess.poll()
         _drain(master, stdout)
     finally:
         if saved is not None:
@@ -160,8 +161,9 @@ def relay_pipes(sess: Session, stdin: int = 0, stdout: int = 1, stderr: int = 2
                             os.close(sess.stdin)
                             sess.stdin = None
                 else:
-                    sel.unregister(sess.control_fd)
-                    status = sess.wait()
+                    status = sess.poll()
+                    if status is not None:
+                        sel.unregister(sess.control_fd)
     finally:
         sel.close()
     return status if status is not None else sess.wait()

@@ -91,6 +91,7 @@ class Session:
     stderr: Optional[int]
     _reader: _Reader
     exit: Optional[dict[str, Any]] = None
+    last_error: Optional[str] = None
 
     @property
     def control_fd(self) -> int:
@@ -107,11 +108,22 @@ class Session:
     def wait(self) -> dict[str, Any]:
         """Block until the session ends; returns {code, signal, reason}."""
         while self.exit is None:
-            msg = self._reader.read()
-            if msg is None:
-                self.exit = {"code": None, "signal": None, "reason": "lost"}
-            elif msg.get("type") == "exit":
-                self.exit = {k: msg.get(k) for k in ("code", "signal", "reason")}
+            self.poll()
+        return self.exit
+
+    def poll(self) -> Optional[dict[str, Any]]:
+        """Handle one message from the agent (call when control_fd is readable): the exit
+        status once the session has ended, else None (an error answer to a control frame is
+        returned in self.last_error)."""
+        if self.exit is not None:
+            return self.exit
+        msg = self._reader.read()
+        if msg is None:
+            self.exit = {"code": None, "signal": None, "reason": "lost"}
+        elif msg.get("type") == "exit":
+            self.exit = {k: msg.get(k) for k in ("code", "signal", "reason")}
+        elif msg.get("type") == "error":
+            self.last_error = f"{msg.get('reason')}: {msg.get('message')}"
         return self.exit
 
     def close(self) -> None:
@@ -176,6 +188,11 @@ class Client:
                 os.close(fd)
             sock.close()
             raise
+        if reply.get("type") != "started":
+            for fd in reader.fds:
+                os.close(fd)
+            sock.close()
+            raise InternalError(f"unexpected reply {reply.get('type')!r} to a start request")
         sock.settimeout(None)
         fds = reader.fds
         reader.fds = []

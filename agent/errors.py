@@ -32,6 +32,7 @@ SSM_USER_FAILED = "ssm_user_failed"
 INSTALL_FAILED = "install_failed"
 AUDIT_FAILED = "audit_failed"
 UNREACHABLE = "unreachable"
+TERMINATED = "terminated"
 ACTIVATION_FAILED = "activation_failed"
 
 REASONS = frozenset(
@@ -61,6 +62,7 @@ REASONS = frozenset(
         INSTALL_FAILED,
         AUDIT_FAILED,
         UNREACHABLE,
+        TERMINATED,
         ACTIVATION_FAILED,
     }
 )
@@ -200,6 +202,12 @@ class Unreachable(AgentError):
     reason = UNREACHABLE
 
 
+class Terminated(AgentError):
+    """The session was terminated before its shell started."""
+
+    reason = TERMINATED
+
+
 class ActivationFailed(AgentError):
     """The service manager's socket or notification channel is unusable (systemd, launchd)."""
 
@@ -234,6 +242,7 @@ _BY_REASON = {
         InstallFailed,
         AuditFailed,
         Unreachable,
+        Terminated,
         ActivationFailed,
     )
 }

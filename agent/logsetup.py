@@ -5,10 +5,30 @@ JSON lines on stderr for services, key=value lines for a terminal. Events are na
 
 import logging
 import sys
-from typing import Optional, TextIO
+from typing import Any, Optional, TextIO
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+
+
+class _Tolerant:
+    """A log stream that never raises: a closed or full stderr (journald restarting, a pipe
+    whose reader is gone) must not take the daemon down. Lost log lines are the lesser harm."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> Any:
+        try:
+            return self.stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def configure(fmt: str = "auto", level: str = "info", stream: Optional[TextIO] = None) -> None:
@@ -30,6 +50,6 @@ def configure(fmt: str = "auto", level: str = "info", stream: Optional[TextIO] =
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=out),
+        logger_factory=structlog.PrintLoggerFactory(file=_Tolerant(out)),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

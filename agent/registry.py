@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 
-from agent.errors import SessionExists, SessionNotFound
+from agent.errors import InternalError, SessionExists, SessionNotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,36 +56,56 @@ class Registry:
 
     def _ensure_dir(self) -> None:
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        st = os.lstat(self.directory)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise InternalError(f"{self.directory} must be a directory of the agent's user, "
+                                "mode 0700")
 
-    def claim(self, session_id: str, pid: int) -> None:
-        """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it."""
-        self._ensure_dir()
-        record = {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
-                  "state": "starting"}
-        for _ in range(2):
-            try:
-                fd = os.open(self._path(session_id),
-                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                             0o600)
-            except FileExistsError:
-                if self._load_live(session_id) is not None:
-                    raise SessionExists(f"session id {session_id!r} is already in use") from None
-                self.remove(session_id)  # stale: its supervisor is gone
-                continue
+    def _write_temp(self, record: dict[str, Any]) -> str:
+        tmp = f"{self._path(str(record['id']))}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(record, fh)
-            return
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        return tmp
+
+    def claim(self, session_id: str, pid: int) -> None:
+        """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it.
+        The record appears complete or not at all (written aside, then linked into place)."""
+        record = {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
+                  "state": "starting"}
+        try:
+            self._ensure_dir()
+            tmp = self._write_temp(record)
+            try:
+                for _ in range(2):
+                    try:
+                        os.link(tmp, self._path(session_id))
+                        return
+                    except FileExistsError:
+                        if self._load_live(session_id) is not None:
+                            raise SessionExists(
+                                f"session id {session_id!r} is already in use") from None
+                        self.remove(session_id)  # stale: its supervisor is gone
+            finally:
+                os.unlink(tmp)
+        except OSError as exc:
+            raise InternalError(f"cannot record session {session_id!r} in {self.directory}: "
+                                f"{exc.strerror or exc}") from exc
         raise SessionExists(f"session id {session_id!r} is already in use")
 
     def publish(self, record: dict[str, Any]) -> None:
         """Replace the session's record (atomically) once it has started."""
-        path = self._path(str(record["id"]))
-        tmp = f"{path}.{os.getpid()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh)
-        os.replace(tmp, path)
+        try:
+            tmp = self._write_temp(record)
+            os.replace(tmp, self._path(str(record["id"])))
+        except OSError as exc:
+            raise InternalError(f"cannot record session {record['id']!r} in {self.directory}: "
+                                f"{exc.strerror or exc}") from exc
 
     def remove(self, session_id: str) -> None:
         try:
@@ -94,11 +115,13 @@ class Registry:
 
     def _load_live(self, session_id: str) -> Optional[dict[str, Any]]:
         try:
-            with open(self._path(session_id)) as fh:
+            fd = os.open(self._path(session_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd) as fh:
                 rec = json.load(fh)
         except (OSError, ValueError):
             return None
-        if not isinstance(rec, dict) or not isinstance(rec.get("pid"), int):
+        if (not isinstance(rec, dict) or not isinstance(rec.get("pid"), int)
+                or rec.get("id") != session_id):
             return None
         start = process_start_time(rec["pid"])
         if start is None or rec.get("pid_start") != start:

@@ -23,7 +23,6 @@ from agent.errors import (
     AgentError,
     BadRequest,
     ConfigError,
-    InternalError,
     LimitReached,
     Unauthorized,
 )
@@ -45,6 +44,11 @@ class _Conn:
     peer: Peer
     deadline: float
     decoder: protocol.FrameDecoder
+    out: bytes = b""  # a reply being written; the connection closes once it is sent
+
+
+LIST_COMMAND_MAX = 1024  # `list` shows at most this much of a session's command
+ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 
 
 @dataclass
@@ -65,11 +69,14 @@ class Daemon:
     # need the registry: this daemon's own are its children.
     _foreign: dict[int, Optional[float]] = field(default_factory=dict)
     _allowed_gids: frozenset[int] = frozenset()
+    _wake: tuple[int, ...] = ()
+    _accept_paused_until: float = 0.0
     _stop: bool = False
     _hup: bool = False
 
     def run(self) -> int:
         wake_r, wake_w = os.pipe()
+        self._wake = (wake_r, wake_w)
         for fd in (wake_r, wake_w):
             os.set_blocking(fd, False)
         old_wakeup = signal.set_wakeup_fd(wake_w)
@@ -82,23 +89,18 @@ class Daemon:
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
-        self._foreign = {int(r["pid"]): r.get("pid_start")
-                         for r in self.registry.live(include_starting=True)}
-        self.log.info("daemon.ready", pid=os.getpid(), sessions=len(self.registry.live()))
+        live = self.registry.live(include_starting=True)
+        self._foreign = {int(r["pid"]): r.get("pid_start") for r in live}
+        self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
         prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
         self.on_ready()
         try:
             while not self._stop:
-                timeout = self._next_deadline()
-                for key, _ in sel.select(timeout):
-                    if key.data == "listen":
-                        self._accept(sel)
-                    elif key.data == "wake":
-                        _drain(wake_r)
-                    else:
-                        self._readable(sel, key.data)
+                for key, mask in sel.select(self._next_deadline()):
+                    self._event(sel, key, mask)
                 self._reap()
                 self._expire(sel)
+                self._resume_accepting(sel)
                 if self._hup:
                     self._hup = False
                     self._reload()
@@ -112,6 +114,22 @@ class Daemon:
             os.close(wake_r)
             os.close(wake_w)
         return 0
+
+    def _event(self, sel: selectors.BaseSelector, key: selectors.SelectorKey, mask: int) -> None:
+        """One event; nothing a connection does may take the loop down."""
+        try:
+            if key.data == "listen":
+                self._accept(sel)
+            elif key.data == "wake":
+                _drain(key.fd)
+            elif mask & selectors.EVENT_WRITE:
+                self._writable(sel, key.data)
+            else:
+                self._readable(sel, key.data)
+        except Exception as exc:
+            self.log.exception("connection.failed", error=str(exc))
+            if isinstance(key.data, _Conn):
+                self._close(sel, key.data)
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -129,6 +147,10 @@ class Daemon:
             return
         if cfg.socket != self.cfg.socket:
             self.log.warning("config.socket_changed", detail="restart the daemon to apply")
+        if (cfg.audit, cfg.session.state_dir) != (self.cfg.audit, self.cfg.session.state_dir):
+            self.log.warning("config.paths_changed", detail="audit.path and session.state_dir "
+                             "apply after a restart")
+            cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
         self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
         self.log.info("config.reloaded")
@@ -145,12 +167,16 @@ class Daemon:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # The pending connection stays queued; stop polling the listener for a
+                    # moment instead of spinning on it.
                     self.log.error("connection.accept_failed", error=exc.strerror)
+                    sel.unregister(self.listener)
+                    self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE
                     return
                 raise
             try:
                 peer = read_peer(sock, self.sys_platform)
-            except OSError as exc:
+            except (OSError, AgentError) as exc:
                 self.log.warning("connection.peer_unknown", error=str(exc))
                 sock.close()
                 continue
@@ -169,7 +195,13 @@ class Daemon:
             self._conns[sock.fileno()] = conn
             sel.register(sock, selectors.EVENT_READ, conn)
 
+    def _resume_accepting(self, sel: selectors.BaseSelector) -> None:
+        if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
+            self._accept_paused_until = 0.0
+            sel.register(self.listener, selectors.EVENT_READ, "listen")
+
     def _refuse(self, sock: socket.socket, exc: AgentError) -> None:
+        """Best effort: one small error frame into a fresh socket's empty buffer, then close."""
         try:
             sock.setblocking(False)
             sock.send(protocol.encode(protocol.error_reply(exc.reason, str(exc))))
@@ -185,19 +217,47 @@ class Daemon:
             pass
         conn.sock.close()
 
+    def _answer(self, sel: selectors.BaseSelector, conn: _Conn, msg: dict[str, Any]) -> None:
+        """Queue a reply; the loop writes it as the peer reads, within the connection deadline."""
+        conn.out = protocol.encode(msg)
+        conn.deadline = time.monotonic() + self.cfg.limits.read_timeout
+        sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        self._writable(sel, conn)
+
+    def _writable(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(sel, conn)
+            return
+        conn.out = conn.out[sent:]
+        if not conn.out:
+            self._close(sel, conn)
+
     def _next_deadline(self) -> Optional[float]:
-        if not self._conns:
+        deadlines = [c.deadline for c in self._conns.values()]
+        if self._accept_paused_until:
+            deadlines.append(self._accept_paused_until)
+        if not deadlines:
             return None
-        soonest = min(c.deadline for c in self._conns.values())
-        return max(0.0, soonest - time.monotonic())
+        return max(0.0, min(deadlines) - time.monotonic())
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
-            self.log.info("connection.timed_out", peer_uid=conn.peer.uid)
-            self._conns.pop(conn.sock.fileno(), None)
-            sel.unregister(conn.sock)
+            self.log.info("connection.timed_out", peer_uid=conn.peer.uid, writing=bool(conn.out))
+            if conn.out:
+                self._close(sel, conn)
+                continue
+            self._detach(sel, conn)
             self._refuse(conn.sock, BadRequest("no complete request within the read timeout"))
+
+    def _detach(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+        """Stop watching CONN (it is answered or handed over next)."""
+        self._conns.pop(conn.sock.fileno(), None)
+        sel.unregister(conn.sock)
 
     def _readable(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
         try:
@@ -220,19 +280,13 @@ class Daemon:
         except AgentError as exc:
             self.log.info("request.rejected", peer_uid=conn.peer.uid, reason=exc.reason,
                           error=str(exc))
-            self._conns.pop(conn.sock.fileno(), None)
-            sel.unregister(conn.sock)
+            self._detach(sel, conn)
             self._refuse(conn.sock, exc)
             return
-        self._conns.pop(conn.sock.fileno(), None)
-        sel.unregister(conn.sock)
         try:
             self._dispatch(sel, conn, req)
         except AgentError as exc:
-            self._refuse(conn.sock, exc)
-        except Exception as exc:  # never let one request take the daemon down
-            self.log.exception("request.failed", error=str(exc))
-            self._refuse(conn.sock, InternalError("internal error; see the agent's log"))
+            self._answer(sel, conn, protocol.error_reply(exc.reason, str(exc)))
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -240,7 +294,11 @@ class Daemon:
         from agent import __version__
 
         if isinstance(req, protocol.StartRequest):
-            self._start(sel, conn, req)
+            self._detach(sel, conn)
+            try:
+                self._start(sel, conn, req)
+            except AgentError as exc:
+                self._refuse(conn.sock, exc)
             return
         if isinstance(req, protocol.PingRequest):
             msg = protocol.reply("pong", version=__version__, pid=os.getpid())
@@ -251,23 +309,16 @@ class Daemon:
             msg = protocol.reply("ok", session_id=req.session_id)
         else:  # pragma: no cover - parse_request returns only the types above
             raise BadRequest("unsupported request")
-        conn.sock.setblocking(True)
-        conn.sock.settimeout(self.cfg.limits.read_timeout)
-        try:
-            conn.sock.sendall(protocol.encode(msg))
-        except OSError:
-            pass
-        conn.sock.close()
+        self._answer(sel, conn, msg)
 
     def _terminate(self, session_id: str, peer: Peer) -> None:
-        rec = self.registry.get(session_id)
-        try:
-            os.kill(int(rec["pid"]), signal.SIGTERM)
-        except ProcessLookupError:
-            from agent.errors import SessionNotFound
+        from agent.errors import SessionNotFound
 
-            raise SessionNotFound(f"session {session_id!r} has already ended") from None
-        self.log.info("session.terminate_requested", session_id=session_id, peer_uid=peer.uid)
+        rec = self.registry.get(session_id)
+        if not signal_process(int(rec["pid"]), rec.get("pid_start"), signal.SIGTERM):
+            raise SessionNotFound(f"session {session_id!r} has already ended")
+        self.log.info("session.terminate_requested", session_id=session_id, peer_uid=peer.uid,
+                      peer_pid=peer.pid)
 
     def _live_sessions(self) -> int:
         # O(sessions started elsewhere), not O(all live sessions): reading every record on each
@@ -281,7 +332,7 @@ class Daemon:
 
     def _start(self, sel: selectors.BaseSelector, conn: _Conn, req: protocol.StartRequest) -> None:
         limit = self.cfg.session.max_sessions
-        if len(self._children) >= limit or self._live_sessions() >= limit:
+        if self._live_sessions() >= limit:
             exc = LimitReached(f"the node's limit of {limit} live sessions is reached")
             try:
                 self.audit.record("session.denied", session_id=req.session_id,
@@ -310,17 +361,19 @@ class Daemon:
                            req: protocol.StartRequest) -> int:
         from agent import session
 
-        signal.set_wakeup_fd(-1)
-        for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(s, signal.SIG_DFL)
+        # Replace the daemon's handlers with the supervisor's at once (never SIG_DFL in
+        # between: a `terminate` arriving now must end the session, not kill its supervisor).
+        sig = session.Signals()
         os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
         sel.close()
         self.listener.close()
+        for fd in self._wake:
+            os.close(fd)
         for other in self._conns.values():
             other.sock.close()
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
                               self.sys_platform)
-        return session.run(conn.sock, req, ctx)
+        return session.run(conn.sock, req, ctx, sig)
 
     def _reap(self) -> None:
         while self._children:
@@ -332,6 +385,41 @@ class Daemon:
             if pid == 0:
                 return
             self._children.discard(pid)
+
+
+def signal_process(pid: int, start: Optional[float], signum: int) -> bool:
+    """Signal PID if it is still the process that started at START (not a reused pid).
+    On Linux through a pidfd, so the check and the signal name the same process."""
+    from agent.registry import process_start_time
+
+    if hasattr(os, "pidfd_open"):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if process_start_time(pid) != start:
+                return False
+            signal.pidfd_send_signal(fd, signum)
+            return True
+        except ProcessLookupError:
+            return False
+        finally:
+            os.close(fd)
+    if process_start_time(pid) != start:
+        return False
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _keep_paths(new: Config, old: Config) -> Config:
+    import dataclasses
+
+    session = dataclasses.replace(new.session, state_dir=old.session.state_dir)
+    return dataclasses.replace(new, audit=old.audit, session=session)
 
 
 # What every supervisor imports on its way to the shell. Imported once here, before the first
@@ -368,7 +456,10 @@ def prepare_for_fork(*, end_mode_all: bool = False) -> None:
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "user", "uid", "source", "pid", "shell_pid", "started_at", "principal", "tty",
             "command", "peer_uid")
-    return {k: rec.get(k) for k in keys}
+    out = {k: rec.get(k) for k in keys}
+    if isinstance(out["command"], str) and len(out["command"]) > LIST_COMMAND_MAX:
+        out["command"] = out["command"][:LIST_COMMAND_MAX] + "..."
+    return out
 
 
 def _drain(fd: int) -> None:

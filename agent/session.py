@@ -7,14 +7,14 @@ control channel (resize, terminate); its closing is a hang-up. The supervisor en
 (SIGHUP, then SIGKILL after the grace period), records the end and reports the exit status.
 
 It does not depend on the daemon once forked: a daemon restart or crash leaves it running, and it
-still records the session's end.
+still records the session's end. Nothing the client does (or fails to do) can block it: every
+send is bounded by a timeout, and control-channel errors are answered without waiting.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import select
 import selectors
 import signal
 import socket
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from agent import protocol
-from agent.errors import AgentError, AuditFailed, InternalError
+from agent.errors import AgentError, AuditFailed, InternalError, Terminated
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +36,14 @@ if TYPE_CHECKING:
     from agent.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
-IDLE_CHECK = 1.0
+IDLE_CHECK = 1.0  # seconds between idle checks
+SEND_TIMEOUT = 5.0  # the longest a send to the client may take (started, exit, errors)
+MAX_BAD_CONTROL = 16  # malformed control frames tolerated before the channel counts as hung up
+PROFILE_HEAD_START = 0.5  # seconds the shell profile may take to be typed before the client
+PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
+# A command session runs the shell profile from the environment (readable by the account only),
+# not from argv (readable by everyone in /proc).
+PROFILE_PRELUDE = f'eval "${PROFILE_ENV}"; unset {PROFILE_ENV}\n'
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,38 @@ class Started:
     slave_path: Optional[str]
     client_fds: tuple[int, ...]
     pam: Any  # agent.pam.PamSession or None
+    profile: bytes  # to type into the PTY once the client has the session (interactive only)
+
+
+class Signals:
+    """The supervisor's signal handling, installed first thing after the fork (replacing the
+    daemon's handlers in one step, so a SIGTERM from `terminate` is never fatal)."""
+
+    def __init__(self) -> None:
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.terminate = False
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def _on_term(self, *_: object) -> None:
+        self.terminate = True
+
+    def drain(self) -> None:
+        drain(self.wake_r)
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking fd until it is empty."""
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def iso_now() -> str:
@@ -66,6 +105,7 @@ def iso_now() -> str:
 
 
 def send(conn: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+    """Send one frame (with FDS attached) within the socket's timeout."""
     data = protocol.encode(msg)
     if fds:
         sent = socket.send_fds(conn, [data], list(fds))
@@ -74,9 +114,23 @@ def send(conn: socket.socket, msg: dict[str, Any], fds: tuple[int, ...] = ()) ->
         conn.sendall(data)
 
 
-def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context) -> int:
+def _reply_error(conn: socket.socket, exc: AgentError) -> None:
+    try:
+        send(conn, protocol.error_reply(exc.reason, str(exc)))
+    except OSError:
+        pass
+
+
+def _warn(message: str) -> None:
+    try:
+        os.write(2, f"runas-agent supervisor {os.getpid()}: {message}\n".encode())
+    except OSError:
+        pass
+
+
+def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Signals) -> int:
     """Supervise one session. Returns the supervisor's exit code (for os._exit)."""
-    conn.setblocking(True)
+    conn.settimeout(SEND_TIMEOUT)
     base = {"session_id": req.session_id, "principal": req.principal.arn,
             "peer_uid": ctx.peer.uid}
     try:
@@ -94,6 +148,8 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context) -> int:
         claimed = True
         account, source = _resolve(req, ctx)
         user, uid = account.name, account.uid
+        if sig.terminate:
+            raise Terminated("the session was terminated before its shell started")
         started = _start(req, ctx, account, source)
     except AgentError as exc:
         if claimed:
@@ -101,19 +157,19 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context) -> int:
         try:
             ctx.audit.record("session.denied", **base, user=user, uid=uid, source=source,
                              reason=exc.reason)
-        except AuditFailed:
-            pass  # the client is told anyway; there is nothing more durable to write to
+        except AuditFailed as audit_exc:
+            _warn(f"session.denied not recorded: {audit_exc}")
         _reply_error(conn, exc)
         return 1
 
-    return _supervise(conn, req, ctx, started, base)
-
-
-def _reply_error(conn: socket.socket, exc: AgentError) -> None:
+    sup = _Supervision(conn, req, ctx, sig, started, base=base)
     try:
-        send(conn, protocol.error_reply(exc.reason, str(exc)))
-    except OSError:
-        pass
+        return sup.run()
+    except BaseException as exc:
+        # Whatever went wrong, the session must not outlive its supervisor unrecorded.
+        _warn(f"ending session {req.session_id} after an internal error: {exc!r}")
+        sup.end("internal_error")
+        return 1
 
 
 def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
@@ -168,14 +224,18 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         extra: dict[str, str] = {}
         if login is not None:
             pam = login.pam
-            extra = login.environment
+            extra = dict(login.environment)
             account = dataclasses.replace(account, groups=tuple(sorted(set(login.groups))))
-        term = req.terminal.term if req.terminal is not None else None
-        env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
         command = req.command
         profile = _shell_profile(req, ctx)
-        if command is not None and profile:
-            command = profile + "\n" + command
+        typed_profile = b""
+        if profile and command is not None:
+            extra[PROFILE_ENV] = profile
+            command = PROFILE_PRELUDE + command
+        elif profile:
+            typed_profile = (profile.rstrip("\n") + "\n").encode()
+        term = req.terminal.term if req.terminal is not None else None
+        env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
         if ctx.cfg.session.end_mode == "all":
             _become_subreaper(ctx.sys_platform)
         if pty is not None:
@@ -198,10 +258,9 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     for fd in set(child_fds):
         os.close(fd)
     if pty is not None:
-        if command is None and profile:
-            _write_all(pty.master, (profile.rstrip("\n") + "\n").encode())
-        return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam)
-    return Started(account, source, pid, None, None, client_fds, pam)
+        return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
+                       typed_profile)
+    return Started(account, source, pid, None, None, client_fds, pam, b"")
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str]) -> Any:
@@ -235,19 +294,6 @@ def _logout_record(ctx: Context, pid: int, tty: str) -> None:
         _warn(f"logout record: {exc}")
 
 
-def _warn(message: str) -> None:
-    try:
-        os.write(2, f"runas-agent supervisor {os.getpid()}: {message}\n".encode())
-    except OSError:
-        pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    while data:
-        n = os.write(fd, data)
-        data = data[n:]
-
-
 def _become_subreaper(sys_platform: str) -> None:
     if sys_platform != "linux":
         return
@@ -258,146 +304,28 @@ def _become_subreaper(sys_platform: str) -> None:
         raise InternalError(f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(ctypes.get_errno())}")
 
 
-# -- the waiting part -----------------------------------------------------------------------
-
-
-class _Signals:
-    def __init__(self) -> None:
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.terminate = False
-        signal.set_wakeup_fd(self.wake_w)
-        signal.signal(signal.SIGTERM, self._on_term)
-        signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-    def _on_term(self, *_: object) -> None:
-        self.terminate = True
-
-    def drain(self) -> None:
+def _feed(fd: int, data: bytes) -> int:
+    """Type DATA into the PTY from a child process: a full terminal buffer blocks the writer,
+    never the supervisor. Returns the writer's pid."""
+    pid = os.fork()
+    if pid == 0:
         try:
-            while os.read(self.wake_r, 512):
-                pass
-        except BlockingIOError:
-            pass
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os._exit(0)
+    return pid
 
 
-def _supervise(conn: socket.socket, req: protocol.StartRequest, ctx: Context, st: Started,
-               base: dict[str, Any]) -> int:
-    from agent import spawn
-
-    sess_cfg = ctx.cfg.session
-    sig = _Signals()
-    started_mono = time.monotonic()
-    started_wall = time.time()
-    record = {
-        "id": req.session_id, "pid": os.getpid(), "shell_pid": st.pid,
-        "user": st.account.name, "uid": st.account.uid, "source": st.source,
-        "principal": req.principal.arn, "started_at": iso_now(), "tty": st.slave_path,
-        "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
-    }
-    from agent.registry import process_start_time
-
-    record["pid_start"] = process_start_time(os.getpid())
-    ctx.registry.publish(record)
-    status: Optional[int] = None
+def _killpg(pgid: int, signum: int) -> bool:
+    """Signal a process group; False when it no longer exists."""
     try:
-        ctx.audit.record("session.started", **base, user=st.account.name, uid=st.account.uid,
-                         source=st.source, pid=st.pid, tty=st.slave_path)
-    except AuditFailed as exc:
-        # Never a session without a record: stop it before the client can use it.
-        status = _end(st, sess_cfg.grace_period, sess_cfg.end_mode, sig)
-        _finish(ctx, req, st, base, status=status, reason="audit_failed")
-        _reply_error(conn, exc)
-        return 1
-
-    reason: Optional[str] = None
-    try:
-        send(conn, protocol.reply("started", session_id=req.session_id, user=st.account.name,
-                                  uid=st.account.uid, source=st.source, pid=st.pid,
-                                  tty=st.slave_path), st.client_fds)
-    except OSError:
-        reason = "hangup"
-    for fd in st.client_fds:
-        if fd != st.master:
-            os.close(fd)
-
-    sel = selectors.DefaultSelector()
-    sel.register(conn, selectors.EVENT_READ)
-    sel.register(sig.wake_r, selectors.EVENT_READ)
-    decoder = protocol.FrameDecoder(ctx.cfg.limits.max_frame)
-    max_dur = sess_cfg.max_duration
-    idle = sess_cfg.idle_timeout if st.slave_path is not None else 0.0
-
-    while reason is None:
-        pid, wstatus = os.waitpid(st.pid, os.WNOHANG)
-        if pid == st.pid:
-            status = wstatus
-            reason = "exited"
-            break
-        if sig.terminate:
-            reason = "terminated"
-            break
-        now = time.monotonic()
-        timeout: Optional[float] = None
-        if max_dur > 0:
-            left = started_mono + max_dur - now
-            if left <= 0:
-                reason = "max_duration"
-                break
-            timeout = left
-        if idle > 0 and st.slave_path is not None:
-            last = max(started_wall, _tty_activity(st.slave_path))
-            if time.time() - last >= idle:
-                reason = "idle_timeout"
-                break
-            timeout = IDLE_CHECK if timeout is None else min(timeout, IDLE_CHECK)
-        for key, _ in sel.select(timeout):
-            if key.fileobj is conn:
-                reason = _control(conn, decoder, st)
-            else:
-                sig.drain()
-    sel.close()
-
-    if status is None:
-        status = _end(st, sess_cfg.grace_period, sess_cfg.end_mode, sig)
-    elif sess_cfg.end_mode == "all":
-        _kill_descendants(sess_cfg.grace_period)
-    exit_status = spawn.describe_status(status)
-    _finish(ctx, req, st, base, status=status, reason=reason)
-    if reason != "hangup":
-        try:
-            send(conn, protocol.reply("exit", session_id=req.session_id, reason=reason,
-                                      **exit_status))
-        except OSError:
-            pass
-    conn.close()
-    return 0
-
-
-def _control(conn: socket.socket, decoder: protocol.FrameDecoder, st: Started) -> Optional[str]:
-    """Handle what the client sent; returns an end reason or None."""
-    try:
-        data = conn.recv(65536)
-    except OSError:
-        return "hangup"
-    if not data:
-        return "hangup"
-    try:
-        msgs = decoder.feed(data)
-        for msg in msgs:
-            ctl = protocol.parse_control(msg)
-            if isinstance(ctl, protocol.TerminateControl):
-                return "terminated"
-            if st.master is not None:
-                from agent import terminal
-
-                terminal.set_window_size(st.master, ctl.rows, ctl.cols)
-    except AgentError as exc:
-        _reply_error(conn, exc)
-    return None
+        os.killpg(pgid, signum)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _tty_activity(path: str) -> float:
@@ -408,44 +336,277 @@ def _tty_activity(path: str) -> float:
     return max(st.st_atime, st.st_mtime)
 
 
-def _end(st: Started, grace: float, end_mode: str, sig: _Signals) -> int:
-    """Hang up the session: SIGHUP (+SIGCONT) to its process group, SIGKILL after GRACE."""
-    _killpg(st.pid, signal.SIGHUP)
-    _killpg(st.pid, signal.SIGCONT)
-    status = _wait_for(st.pid, grace, sig)
-    if status is None:
-        _killpg(st.pid, signal.SIGKILL)
-        _, status = os.waitpid(st.pid, 0)
-    if end_mode == "all":
-        _kill_descendants(grace)
-    else:
-        _killpg(st.pid, signal.SIGKILL)  # what is left of the group after the grace period
-    return status
+class _Supervision:
+    """A started session, from handing it to the client to recording its end."""
 
+    def __init__(self, conn: socket.socket, req: protocol.StartRequest, ctx: Context,
+                 sig: Signals, st: Started, *, base: dict[str, Any]) -> None:
+        self.conn, self.req, self.ctx, self.sig, self.st, self.base = conn, req, ctx, sig, st, base
+        self.cfg = ctx.cfg.session
+        self.status: Optional[int] = None  # the shell's wait status, once reaped
+        self.hung_up = False  # SIGHUP already sent to the shell's process group
+        self.ended = False
+        self.feeder: Optional[int] = None
+        self.announced = False  # the client has been sent `started`
+        self.bad_frames = 0
+        self.decoder = protocol.FrameDecoder(ctx.cfg.limits.max_frame)
 
-def _killpg(pgid: int, signum: int) -> None:
-    try:
-        os.killpg(pgid, signum)
-    except (ProcessLookupError, PermissionError):
-        pass
+    def run(self) -> int:
+        from agent.registry import process_start_time
 
+        st = self.st
+        try:
+            self.ctx.audit.record("session.started", **self.base, user=st.account.name,
+                                  uid=st.account.uid, source=st.source, pid=st.pid,
+                                  tty=st.slave_path)
+        except AuditFailed as exc:
+            # Never a session without a record: stop it before the client can use it.
+            _reply_error(self.conn, exc)
+            self.end("audit_failed", notify=False)
+            return 1
+        # Listed, counted and terminable from now on (raises InternalError: the session ends).
+        self.ctx.registry.publish({
+            "id": self.req.session_id, "pid": os.getpid(),
+            "pid_start": process_start_time(os.getpid()), "shell_pid": st.pid,
+            "user": st.account.name, "uid": st.account.uid, "source": st.source,
+            "principal": self.req.principal.arn, "started_at": iso_now(), "tty": st.slave_path,
+            "command": self.req.command, "peer_uid": self.ctx.peer.uid, "state": "started",
+        })
+        if st.profile and st.master is not None:
+            # Typed before the client can type anything; by a child, so a full terminal buffer
+            # never blocks the supervisor.
+            self.feeder = _feed(st.master, st.profile)
+            self._wait_feeder(PROFILE_HEAD_START)
+        try:
+            send(self.conn, protocol.reply(
+                "started", session_id=self.req.session_id, user=st.account.name,
+                uid=st.account.uid, source=st.source, pid=st.pid, tty=st.slave_path),
+                st.client_fds)
+        except OSError:
+            self.end("hangup", notify=False)
+            return 0
+        finally:
+            for fd in st.client_fds:
+                if fd != st.master:
+                    os.close(fd)
+        self.announced = True
+        self.end(self._wait())
+        return 0
 
-def _wait_for(pid: int, timeout: float, sig: _Signals) -> Optional[int]:
-    deadline = time.monotonic() + timeout
-    while True:
-        got, status = os.waitpid(pid, os.WNOHANG)
-        if got == pid:
-            return status
-        left = deadline - time.monotonic()
-        if left <= 0:
+    def _wait(self) -> str:
+        """Wait for the session's end; returns why it ended."""
+        st, cfg = self.st, self.cfg
+        sel = selectors.DefaultSelector()
+        sel.register(self.conn, selectors.EVENT_READ)
+        sel.register(self.sig.wake_r, selectors.EVENT_READ)
+        started_mono, started_wall = time.monotonic(), time.time()
+        idle = cfg.idle_timeout if st.slave_path is not None else 0.0
+        try:
+            while True:
+                if self._reap_children():
+                    return "exited"
+                if self.sig.terminate:
+                    return "terminated"
+                timeout: Optional[float] = None
+                if cfg.max_duration > 0:
+                    timeout = started_mono + cfg.max_duration - time.monotonic()
+                    if timeout <= 0:
+                        return "max_duration"
+                if idle > 0 and st.slave_path is not None:
+                    last = max(started_wall, _tty_activity(st.slave_path))
+                    if time.time() - last >= idle:
+                        return "idle_timeout"
+                    timeout = IDLE_CHECK if timeout is None else min(timeout, IDLE_CHECK)
+                for key, _ in sel.select(timeout):
+                    if key.fileobj is self.conn:
+                        reason = self._control()
+                        if reason is not None:
+                            return reason
+                    else:
+                        self.sig.drain()
+        finally:
+            sel.close()
+
+    def _reap_children(self) -> bool:
+        """Reap exited children other than the shell (orphans in end mode `all`, the profile
+        writer); when the shell has exited, hang up its group first, then reap it. True then."""
+        if not hasattr(os, "waitid"):  # macOS before Python 3.13: no orphans come to us there
+            if self.feeder is not None and os.waitpid(self.feeder, os.WNOHANG)[0]:
+                self.feeder = None
+            got, status = os.waitpid(self.st.pid, os.WNOHANG)
+            if got == self.st.pid:
+                self.status = status
+                self._hang_up_group()
+                return True
+            return False
+        while True:
+            try:
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return self.status is not None
+            if info is None:
+                return False
+            if info.si_pid != self.st.pid:
+                os.waitpid(info.si_pid, 0)
+                if info.si_pid == self.feeder:
+                    self.feeder = None
+                continue
+            # Still a zombie, so its pid (the group's id) cannot have been reused.
+            self._hang_up_group()
+            _, self.status = os.waitpid(self.st.pid, 0)
+            return True
+
+    def _control(self) -> Optional[str]:
+        """Handle what the client sent; returns an end reason or None."""
+        try:
+            data = self.conn.recv(65536)
+        except (BlockingIOError, InterruptedError, socket.timeout):
             return None
-        select.select([sig.wake_r], [], [], min(left, 0.05))
-        sig.drain()
+        except OSError:
+            return "hangup"
+        if not data:
+            return "hangup"
+        self.decoder.push(data)
+        while True:
+            try:
+                msg = self.decoder.pop()
+                if msg is None:
+                    return None
+                ctl = protocol.parse_control(msg)
+            except AgentError as exc:
+                if self.decoder.broken:
+                    return "hangup"  # the stream cannot be resynchronized
+                self.bad_frames += 1
+                if self.bad_frames > MAX_BAD_CONTROL:
+                    return "hangup"
+                self._error_nowait(exc)
+                continue
+            if isinstance(ctl, protocol.TerminateControl):
+                return "terminated"
+            if self.st.master is not None:
+                from agent import terminal
+
+                try:
+                    terminal.set_window_size(self.st.master, ctl.rows, ctl.cols)
+                except OSError as exc:
+                    _warn(f"resize: {exc}")
+
+    def _error_nowait(self, exc: AgentError) -> None:
+        """An error reply that is dropped if the client is not reading."""
+        try:
+            self.conn.send(protocol.encode(protocol.error_reply(exc.reason, str(exc))),
+                           socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def _hang_up_group(self) -> None:
+        if not self.hung_up:
+            self.hung_up = True
+            _killpg(self.st.pid, signal.SIGHUP)
+            _killpg(self.st.pid, signal.SIGCONT)
+
+    def end(self, reason: str, *, notify: bool = True) -> None:
+        """End the session (if it is not over) and everything it left, within one grace
+        period; then record the end, tell the client, and release the session's resources."""
+        if self.ended:
+            return
+        self.ended = True
+        from agent import spawn
+
+        deadline = time.monotonic() + self.cfg.grace_period
+        if self.status is None:
+            self._hang_up_group()
+            self._wait_shell(deadline)
+            if self.status is None:
+                _killpg(self.st.pid, signal.SIGKILL)
+                _, self.status = os.waitpid(self.st.pid, 0)
+        self._end_the_rest(deadline)
+        exit_status = spawn.describe_status(self.status)
+        try:
+            self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
+                                  uid=self.st.account.uid, source=self.st.source, reason=reason,
+                                  exit_status=exit_status)
+        except AuditFailed as exc:
+            _warn(f"session.ended not recorded: {exc}")
+        if notify and reason != "hangup":
+            msg = (protocol.reply("exit", session_id=self.req.session_id, reason=reason,
+                                  **exit_status) if self.announced else
+                   protocol.error_reply("internal_error", f"the session failed ({reason})"))
+            try:
+                send(self.conn, msg)
+            except OSError:
+                pass
+        self.conn.close()
+        self._release()
+
+    def _wait_feeder(self, timeout: float) -> None:
+        """Give the profile a head start over the client's typing (it completes at once unless
+        it is larger than the terminal's input buffer)."""
+        deadline = time.monotonic() + timeout
+        while self.feeder is not None and time.monotonic() < deadline:
+            if os.waitpid(self.feeder, os.WNOHANG)[0]:
+                self.feeder = None
+                return
+            time.sleep(0.001)
+
+    def _wait_shell(self, deadline: float) -> None:
+        while self.status is None:
+            got, status = os.waitpid(self.st.pid, os.WNOHANG)
+            if got == self.st.pid:
+                self.status = status
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.02))
+
+    def _end_the_rest(self, deadline: float) -> None:
+        """What the shell left: its process group (or, in end mode `all`, everything the
+        session started) gets SIGHUP, and SIGKILL if still there at DEADLINE."""
+        pgid = self.st.pid
+        self._hang_up_group()
+        alive = _killpg(pgid, 0)
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+            alive = _killpg(pgid, 0)
+        if alive:  # (a group that is gone is never signalled again: its id may be reused)
+            _killpg(pgid, signal.SIGKILL)
+        if self.feeder is not None:  # still our unreaped child: its pid cannot be reused
+            os.kill(self.feeder, signal.SIGKILL)
+        if self.cfg.end_mode == "all":
+            _kill_descendants(max(0.0, deadline - time.monotonic()))
+        _reap_all()
+
+    def _release(self) -> None:
+        st = self.st
+        if st.slave_path is not None:
+            _logout_record(self.ctx, os.getpid(), st.slave_path)
+        if st.pam is not None:
+            try:
+                st.pam.close()
+            except AgentError as exc:
+                _warn(f"closing the PAM session: {exc}")
+        if st.master is not None:
+            try:
+                os.close(st.master)
+            except OSError:
+                pass
+        self.ctx.registry.remove(self.req.session_id)
+
+
+def _reap_all() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def _kill_descendants(grace: float) -> None:
     """Kill every process left under this supervisor (it is their subreaper): SIGHUP first,
-    SIGKILL for whatever is still there after GRACE, then reap them all."""
+    SIGKILL for whatever is still there after GRACE."""
     import psutil
 
     me = psutil.Process()
@@ -468,35 +629,3 @@ def _kill_descendants(grace: float) -> None:
             except psutil.Error:
                 pass
         psutil.wait_procs(left, timeout=0.1)
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _finish(ctx: Context, req: protocol.StartRequest, st: Started, base: dict[str, Any], *,
-            status: int, reason: str) -> None:
-    from agent import spawn
-
-    ctx.registry.remove(req.session_id)
-    if st.slave_path is not None:
-        _logout_record(ctx, os.getpid(), st.slave_path)
-    if st.pam is not None:
-        try:
-            st.pam.close()
-        except AgentError:
-            pass
-    if st.master is not None:
-        try:
-            os.close(st.master)
-        except OSError:
-            pass
-    try:
-        ctx.audit.record("session.ended", **base, user=st.account.name, uid=st.account.uid,
-                         source=st.source, reason=reason,
-                         exit_status=spawn.describe_status(status))
-    except AuditFailed:
-        pass  # logged by the caller's stderr; the end is still reported to the client

@@ -156,3 +156,18 @@ def test_primary_group_zero_is_refused(users: Users) -> None:
     assert rc == 1
     assert out["reason"] == "root_refused"
     assert "primary group 0" in out["message"]
+
+
+def test_deny_list_covers_uid_aliases(users: Users, tmp_path: Path) -> None:
+    import pwd
+    import subprocess
+
+    uid = pwd.getpwnam(users.alice).pw_uid
+    subprocess.run(["useradd", "-o", "-u", str(uid), "-M", "-s", "/bin/bash", "--", "alias2"],
+                   check=True)
+    cfg = write_config(str(tmp_path / "c.yaml"), f"policy: {{deny_users: [{users.alice}]}}\n")
+    rc, out = run_json("check", "alias2", "--config", cfg)
+    assert (rc, out["reason"]) == (1, "denied_by_policy")
+    assert "deny_users" in out["message"]
+    rc, out = run_json("check", users.bob, "--config", cfg)
+    assert rc == 0

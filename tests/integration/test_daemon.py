@@ -325,9 +325,16 @@ def _frame(body: bytes) -> bytes:
         b"",
         _frame(b"{\"v\":1,\"type\":\"ping\"}") * 2,
         _frame(b"[" * 60000),
+        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a",'
+               b'"tags":{"\\ud800":1}}}'),
+        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"\\ud800"},'
+               b'"command":"true"}'),
+        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a"},'
+               b'"env":{"\\udfff":5}}'),
     ],
     ids=["oversize", "truncated", "invalid-json", "not-object", "wrong-type", "unknown-op",
-         "version", "random", "empty", "two-frames", "deep-nesting"],
+         "version", "random", "empty", "two-frames", "deep-nesting", "surrogate-tag",
+         "surrogate-arn", "surrogate-env"],
 )
 def test_hostile_frames_leave_the_daemon_serving(daemon: DaemonProc, users: Users,
                                                  payload: bytes) -> None:
@@ -789,3 +796,175 @@ def test_pam_off_still_works(users: Users, pam_service: str) -> None:
         sh("chage", "-E", "0", "--", "expired2")
         proc = run_as(d, "expired2", "id", "-un")  # no account stage without PAM
         assert proc.stdout == b"expired2\n", proc.stderr
+
+
+
+# -- what a hostile or broken client must not be able to do to a session -----------------------
+
+
+def _account_processes(user: str) -> list[int]:
+    uid = pwd.getpwnam(user).pw_uid
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if os.stat(f"/proc/{name}").st_uid == uid and _alive(int(name)):
+                    out.append(int(name))
+            except OSError:
+                pass
+    return out
+
+
+def _wait_gone(user: str, timeout: float = 10) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while _account_processes(user) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _account_processes(user)
+
+
+def test_terminate_racing_the_start_never_orphans_a_shell(users: Users) -> None:
+    sh("useradd", "-m", "-s", "/bin/sh", "--", "racer")
+    with running() as d:
+        for i in range(20):
+            sid = f"race-{i}"
+            cli = subprocess.Popen(
+                [sys_executable(), "-m", "agent", "session", "--socket", d.socket,
+                 "--session-id", sid, "--run-as", "--tag", f"{TAG}=racer", "--", "sleep", "30"],
+                cwd=REPO_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    d.client.terminate(sid)
+                    break
+                except AgentError:
+                    time.sleep(0.001 * (i % 5))
+            cli.wait(timeout=20)
+        assert _wait_gone("racer") == []
+        by_session: dict[str, list[str]] = {}
+        for r in d.audit():
+            by_session.setdefault(r["session_id"], []).append(r["event"])
+        for sid, events in by_session.items():
+            assert events[0] == "session.requested", (sid, events)
+            assert events[-1] in ("session.ended", "session.denied"), (sid, events)
+            if "session.started" in events:
+                assert events[-1] == "session.ended", (sid, events)
+
+
+def test_a_client_flooding_bad_control_frames_cannot_stall_its_session(users: Users) -> None:
+    with running({"session": {"max_duration": 2.0}}) as d:
+        sess = d.client.start(session_id="flood", principal_arn="a", tags={TAG: users.bob},
+                              run_as_enabled=True, command="sleep 30")
+        shell = int(sess.info["pid"])
+        sess.sock.setblocking(False)
+        junk = _frame(b"1") * 1000
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:  # never reads the error replies
+            try:
+                sess.sock.send(junk)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        rec = d.wait_event("flood", "session.ended", timeout=6)
+        assert rec["reason"] in ("max_duration", "hangup")
+        assert not _alive(shell)
+        sess.close()
+
+
+def test_a_client_that_never_reads_cannot_keep_a_session_past_its_end(users: Users) -> None:
+    with running({"session": {"max_duration": 1.0}}) as d:
+        sess = d.client.start(session_id="noread", principal_arn="a", tags={TAG: users.bob},
+                              run_as_enabled=True, command="sleep 30")
+        shell = int(sess.info["pid"])
+        sess.sock.setblocking(False)
+        for _ in range(2000):  # an oversize header: the stream cannot be resynchronized
+            try:
+                sess.sock.send(struct.pack(">I", 10_000_000) + b"x" * 4096)
+            except (BlockingIOError, OSError):
+                break
+        rec = d.wait_event("noread", "session.ended", timeout=8)
+        assert rec["reason"] in ("hangup", "max_duration")
+        assert not _alive(shell)
+        sess.close()
+
+
+def test_a_huge_shell_profile_does_not_block_the_supervisor(users: Users) -> None:
+    profile = "seq 1 200000\n" + "#" * 16000
+    with running({"session": {"max_duration": 2.0}}) as d:
+        t0 = time.monotonic()
+        sess = d.client.start(session_id="bigprof", principal_arn="a", tags={TAG: users.bob},
+                              run_as_enabled=True, shell_profile=profile,
+                              terminal=("xterm", 24, 80))
+        assert time.monotonic() - t0 < 3  # started, though nobody reads the terminal yet
+        rec = d.wait_event("bigprof", "session.ended", timeout=8)
+        assert rec["reason"] == "max_duration"
+        sess.close()
+        assert _wait_gone(users.bob) == []
+
+
+def test_the_profile_is_not_on_the_command_line(daemon: DaemonProc, users: Users) -> None:
+    sess = daemon.client.start(session_id="secret-prof", principal_arn="a",
+                               tags={TAG: users.alice}, run_as_enabled=True,
+                               shell_profile="export API_TOKEN=s3cr3t-value",
+                               command='echo "token=$API_TOKEN"; cat /proc/$$/cmdline; sleep 1')
+    assert sess.stdin is not None
+    os.close(sess.stdin)
+    sess.stdin = None
+    out = _read_all(sess.stdout)
+    sess.wait()
+    sess.close()
+    assert b"token=s3cr3t-value" in out
+    assert out.count(b"s3cr3t-value") == 1  # not in argv
+
+
+def test_when_the_shell_exits_its_process_group_is_hung_up(daemon: DaemonProc,
+                                                           users: Users) -> None:
+    proc = run_as(daemon, users.alice, "sh", "-c", "sleep 300 >/dev/null 2>&1 & echo $!")
+    pid = int(proc.stdout)
+    deadline = time.monotonic() + 3
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _tiny_tmpfs(path: str, size: str) -> None:
+    os.makedirs(path, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                   check=True)
+
+
+def test_no_room_for_the_session_record_is_a_clean_denial(users: Users) -> None:
+    with running() as d:
+        _tiny_tmpfs(d.state_dir, "4k")
+        try:
+            subprocess.run(["dd", "if=/dev/zero", f"of={d.state_dir}/filler", "bs=1k"],
+                           capture_output=True)  # fills it (and fails: no space left)
+            proc = d.cli("session", "--session-id", "nospace", "--run-as", "--tag",
+                         f"{TAG}={users.bob}", "--", "sleep", "30")
+            assert proc.returncode == 255
+            assert b"internal_error" in proc.stderr
+            assert d.events("nospace") == ["session.requested", "session.denied"]
+            assert _wait_gone(users.bob) == []
+            assert d.client.ping()["type"] == "pong"
+        finally:
+            subprocess.run(["umount", d.state_dir], check=True)
+
+
+def test_a_broken_daemon_log_does_not_stop_the_daemon(users: Users) -> None:
+    d = make_daemon()
+    r, w = os.pipe()
+    env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    d.proc = subprocess.Popen([sys_executable(), "-m", "agent", "serve", "--config",
+                               d.config_path], cwd=REPO_DIR, env=env, stdout=w, stderr=w)
+    os.close(w)
+    try:
+        d.log_path = "/dev/null"
+        d.wait_ready()
+        os.close(r)  # the log reader goes away (journald restarting)
+        for _ in range(5):
+            _raw(d, _frame(b"{bad json"))
+        assert d.client.ping()["type"] == "pong"
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
+        d.cleanup()

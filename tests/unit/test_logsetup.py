@@ -30,3 +30,18 @@ def test_key_value_for_a_terminal() -> None:
     assert "level='warning'" in line
     assert "event='config.reloaded'" in line
     assert "path='/etc/x'" in line
+
+
+def test_a_broken_log_stream_does_not_raise() -> None:
+    import structlog
+
+    class Broken(io.StringIO):
+        def write(self, s: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    configure("json", "info", Broken())
+    structlog.get_logger().info("request.rejected", reason="bad_request")
+    structlog.get_logger().exception("connection.failed")
