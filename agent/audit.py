@@ -20,11 +20,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-FIELDS = (
-    "ts", "event", "session_id", "principal", "user", "uid", "source", "reason",
-    "exit_status", "peer_uid",
-)
-
 
 @dataclass(frozen=True)
 class AuditLog:

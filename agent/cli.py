@@ -395,14 +395,20 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         sys.stdout.write("no live sessions\n")
         return EXIT_OK
     head = ("ID", "USER", "UID", "SOURCE", "PID", "STARTED", "PRINCIPAL")
-    table = [head] + [
-        (str(r["id"]), str(r["user"]), str(r["uid"]), str(r["source"]), str(r["pid"]),
-         str(r["started_at"]), str(r["principal"])) for r in rows
-    ]
+    keys = ("id", "user", "uid", "source", "pid", "started_at", "principal")
+    table = [head] + [tuple(_printable(str(r[k])) for k in keys) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(head))]
     for row in table:
         sys.stdout.write("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() + "\n")
     return EXIT_OK
+
+
+def _printable(text: str) -> str:
+    """TEXT with control and other non-printable characters escaped (safe on a terminal)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256
+                   else f"\\u{ord(c):04x}" for c in text)
 
 
 def cmd_terminate(args: argparse.Namespace) -> int:

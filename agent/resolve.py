@@ -28,9 +28,6 @@ class Resolution:
     account: Optional[Account]  # None when denied, or when ssm-user is still to be created
     report: Optional[Report]
 
-    @property
-    def needs_ssm_user(self) -> bool:
-        return self.allowed and self.account is None
 
     def error(self) -> AgentError:
         return error_for(self.reason or "internal_error", self.message or "denied")

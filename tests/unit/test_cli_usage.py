@@ -70,3 +70,10 @@ def test_agent_errors_are_reported_not_tracebacks(capsys: pytest.CaptureFixture[
     err = capsys.readouterr().err
     assert err.startswith("runas-agent: activation_failed: ")
     assert "Traceback" not in err
+
+
+def test_printable_escapes_terminal_controls() -> None:
+    from agent.cli import _printable
+
+    assert _printable("arn:aws:iam::1:role/x") == "arn:aws:iam::1:role/x"
+    assert _printable("a\x1b[2Jb\u202e") == "a\\x1b[2Jb\\u202e"
