@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +23,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from tests.support import isolation  # noqa: E402
+from tests.support import isolation, load  # noqa: E402
 from tests.support.daemon import DaemonProc, make_daemon  # noqa: E402
 
 TYPE_CHECKING = False
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 SSHD = "/usr/sbin/sshd"
-TAG = "SSMSessionRunAs"
 
 
 # -- set-up ---------------------------------------------------------------------------------
@@ -62,14 +59,6 @@ def ensure_environment(script: str, argv: Sequence[str], need_sshd: bool = False
     os.execv(venv_python, [venv_python, script, *argv])
 
 
-def raise_nofile(want: int = 20000) -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(want, hard) if hard != resource.RLIM_INFINITY else want
-    if soft < target:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
 def run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
@@ -82,6 +71,13 @@ def create_user(name: str, shell: str = "/bin/sh") -> None:
 
 def enter_isolation() -> isolation.Isolation:
     return isolation.enter()
+
+
+def leave_isolation(iso: isolation.Isolation) -> None:
+    """The namespace's scratch tmpfs is mounted on an empty directory of the host's /tmp:
+    remove that directory as the host sees it."""
+    subprocess.run(["nsenter", f"--mount=/proc/{os.getpid()}/fd/{iso.host_ns_fd}", "--",
+                    "rmdir", "--", iso.scratch], capture_output=True, check=False)
 
 
 def bench_daemon(audit_dir: Optional[str] = None,
@@ -219,24 +215,15 @@ def _tail(path: str) -> str:
         return ""
 
 
-# -- the daemon's resources -----------------------------------------------------------------
+# -- the daemon's resources and sessions ---------------------------------------------------
 
 
 def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+    return load.Usage.of(pid).fds
 
 
 def rss_mb(pid: int) -> float:
-    import psutil
-
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
-
-
-def supervisors(daemon_pid: int) -> list[int]:
-    """The daemon's live session supervisors (its children)."""
-    import psutil
-
-    return [p.pid for p in psutil.Process(daemon_pid).children()]
+    return load.Usage.of(pid).rss_kb / 1024
 
 
 def uss_mb(pids: Sequence[int]) -> list[float]:
@@ -251,9 +238,6 @@ def uss_mb(pids: Sequence[int]) -> list[float]:
     return out
 
 
-# -- sessions -------------------------------------------------------------------------------
-
-
 @dataclass
 class Ids:
     prefix: str
@@ -266,33 +250,11 @@ class Ids:
 
 def agent_true(client: Any, user: str, sid: str, pty: bool = False) -> dict[str, Any]:
     """One session running `true` through a warm client: request -> exit status."""
-    sess = client.start(session_id=sid, principal_arn="arn:bench", tags={TAG: user},
-                        run_as_enabled=True, command="true",
-                        terminal=("xterm", 24, 80) if pty else None)
+    sess = load.start(client, user, sid, "true", ("xterm", 24, 80) if pty else None)
     try:
         return dict(sess.wait())
     finally:
         sess.close()
-
-
-def hold(client: Any, user: str, sid: str, command: str = "sleep 3600") -> Any:
-    """A live session that stays until closed; only its control socket is kept open."""
-    sess = client.start(session_id=sid, principal_arn="arn:bench", tags={TAG: user},
-                        run_as_enabled=True, command=command)
-    for fd in (sess.stdin, sess.stdout, sess.stderr):
-        if fd is not None:
-            os.close(fd)
-    sess.stdin = sess.stdout = sess.stderr = None
-    return sess
-
-
-def wait_no_supervisors(daemon_pid: int, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    left = supervisors(daemon_pid)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = supervisors(daemon_pid)
-    return len(left)
 
 
 # -- statistics ------------------------------------------------------------------------------
@@ -352,10 +314,3 @@ def machine() -> dict[str, Any]:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=False)
-
-
-def kill_pid(pid: int, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
