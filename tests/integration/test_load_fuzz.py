@@ -77,8 +77,9 @@ def test_concurrent_sessions_are_held_and_end_cleanly(daemon: DaemonProc, users:
         assert load.wait_until(lambda: len(load.children_of(_pid(daemon))) == 100, 20)
         assert load.still_running(held) == 100
         assert len(daemon.client.sessions()) == 100
-        # The daemon holds nothing per session: its fds do not grow with live sessions.
-        assert load.Usage.of(_pid(daemon)).fds == before.fds
+        # The daemon holds nothing per session: its fds do not grow with live sessions (it
+        # closes its end of the list connection a moment after answering).
+        assert load.wait_until(lambda: load.Usage.of(_pid(daemon)).fds == before.fds, 5)
     finally:
         statuses = load.end_all(held)
     assert Counter(s["reason"] for s in statuses) == {"terminated": 100}
@@ -92,16 +93,24 @@ def test_malformed_connections_are_refused_without_growth(daemon: DaemonProc) ->
     path = daemon.socket
     load.hammer(path, 300, seed=1)  # warm up whatever the daemon allocates once
     before = _settled(daemon)
-    audit_size = os.path.getsize(daemon.audit_path)
+    audit_size = _size(daemon.audit_path)
     counts = load.hammer(path, 2000, seed=2)
     assert set(counts) <= {"bad_request", "closed"}, counts
     assert counts["bad_request"] > 1000
     assert daemon.client.ping()["type"] == "pong"
+    # The daemon closes its end of the last connection a moment after the client has read it.
+    assert load.wait_until(lambda: load.Usage.of(_pid(daemon)).fds == before.fds, 5)
     after = load.Usage.of(_pid(daemon))
     assert after.children == 0  # nothing was forked for them
-    assert after.fds == before.fds
     assert after.rss_kb - before.rss_kb < RSS_SLACK_KB, (before, after)
-    assert os.path.getsize(daemon.audit_path) == audit_size
+    assert _size(daemon.audit_path) == audit_size
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
 
 
 def test_hostile_names_are_refused_by_the_daemon(daemon: DaemonProc, users: Users) -> None:
