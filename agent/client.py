@@ -53,7 +53,10 @@ class _Reader:
     def read(self) -> Optional[dict[str, Any]]:
         """The next message, or None at end of stream."""
         while not self.queue:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
+            except ConnectionResetError:  # the daemon died holding unread bytes: a hang-up
+                return None
             for fd in fds:
                 os.set_inheritable(fd, False)
             self.fds.extend(fds)
