@@ -6,7 +6,6 @@ import errno
 import os
 import selectors
 import signal
-import sys
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -178,7 +177,3 @@ def _copy_file_to(src: int, dst: int) -> None:
             _write_all(dst, data)
         except BrokenPipeError:
             return
-
-
-def main_stdio_is_tty() -> bool:
-    return os.isatty(sys.stdin.fileno())
