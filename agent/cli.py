@@ -282,6 +282,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.server import Daemon, bind_socket
 
     cfg = _load(args.config)
+    # structlog's import pulls in asyncio, and asyncio would load ssl (OpenSSL, ~1.2 MB of
+    # resident memory in the daemon and in every supervisor). Nothing here speaks TLS.
+    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
     logsetup.configure(cfg.logging.format, cfg.logging.level)
     import structlog
 
