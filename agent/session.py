@@ -220,7 +220,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             child_fds, client_fds = (in_r, out_w, err_w), (in_w, out_r, err_r)
-        login = _pam_login(ctx, account, pty.slave_path if pty is not None else None)
+        login = _pam_login(ctx, account, pty.slave_path if pty is not None else None,
+                           ruser=req.principal.arn)
         extra: dict[str, str] = {}
         if login is not None:
             pam = login.pam
@@ -263,15 +264,16 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     return Started(account, source, pid, None, None, client_fds, pam, b"")
 
 
-def _pam_login(ctx: Context, account: Account, tty: Optional[str]) -> Any:
+def _pam_login(ctx: Context, account: Account, tty: Optional[str], *, ruser: str) -> Any:
     """PAM's account and session stages in this process (loginuid, limits, environment are set
-    here and inherited by the shell), or None when PAM is off or its service is not installed."""
+    here and inherited by the shell), or None when PAM is off or its service is not installed.
+    PAM_RUSER is the principal that asked for the session."""
     from agent import pam
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    return pam.login(service, account.name, account.gid, tty=tty)
+    return pam.login(service, account.name, account.gid, tty=tty, ruser=ruser)
 
 
 def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:

@@ -181,7 +181,8 @@ def test_run_as_user_missing(daemon: DaemonProc, users: Users) -> None:
 
 
 def test_exec_failure_is_an_error_not_a_hang(daemon: DaemonProc, users: Users) -> None:
-    shell = "/usr/local/bin/broken-shell"
+    os.makedirs("/var/lib/runas-test", exist_ok=True)
+    shell = "/var/lib/runas-test/broken-shell"
     with open(shell, "w") as fh:
         fh.write("#!/nonexistent/interpreter\n")
     os.chmod(shell, 0o755)
@@ -968,3 +969,31 @@ def test_a_broken_daemon_log_does_not_stop_the_daemon(users: Users) -> None:
     finally:
         d.stop()
         d.cleanup()
+
+
+def test_pam_items_name_the_principal_and_the_terminal(daemon: DaemonProc, users: Users,
+                                                       pam_service: str) -> None:
+    os.makedirs("/var/lib/runas-test", exist_ok=True)
+    script, seen = "/var/lib/runas-test/pamseen", "/var/lib/runas-test/pamseen.out"
+    with open(script, "w") as fh:
+        fh.write(f'#!/bin/sh\necho "$PAM_TYPE user=$PAM_USER ruser=$PAM_RUSER tty=$PAM_TTY" '
+                 f'>> {seen}\n')
+    os.chmod(script, 0o755)
+    with open(pam_service, "a") as fh:
+        fh.write(f"session optional pam_exec.so {script}\n")
+    sess = daemon.client.start(session_id="pam-items", principal_arn="arn:aws:iam::1:role/Ops",
+                               tags={TAG: users.alice}, run_as_enabled=True, command="true",
+                               terminal=("xterm", 24, 80))
+    sess.wait()
+    sess.close()
+    deadline = time.monotonic() + 5  # the PAM session closes right after the exit is reported
+    lines: list[str] = []
+    while time.monotonic() < deadline and not any(x.startswith("close_session") for x in lines):
+        time.sleep(0.05)
+        with open(seen) as fh:
+            lines = fh.read().splitlines()
+    opened = next(line for line in lines if line.startswith("open_session"))
+    assert f"user={users.alice}" in opened
+    assert "ruser=arn:aws:iam::1:role/Ops" in opened
+    assert "tty=/dev/pts/" in opened
+    assert any(line.startswith("close_session") for line in lines)

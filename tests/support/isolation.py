@@ -21,7 +21,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Parts of /var that the host itself churns (package caches), and this checkout (pytest writes
 # its cache there), left out of the fingerprint.
 _FINGERPRINT_SKIP = ("/var/cache", "/var/tmp", REPO)
-FINGERPRINT_ROOTS = ("/etc", "/home", "/var")
+# /usr/local/{bin,sbin} are not overlaid: a test that writes there would change the host.
+FINGERPRINT_ROOTS = ("/etc", "/home", "/var", "/usr/local/bin", "/usr/local/sbin")
 
 
 def fingerprint(roots: tuple[str, ...] = FINGERPRINT_ROOTS) -> dict[str, str]:
