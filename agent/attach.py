@@ -1,4 +1,8 @@
-"""Attach the local terminal or standard streams to a started session (the CLI's `session`)."""
+"""Attach the local terminal or standard streams to a started session (the CLI's `session`).
+
+Input to the session is buffered and written without blocking, so a command that writes a lot
+before reading its input (or a large paste into a terminal) never deadlocks against us.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,13 @@ import signal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Optional
+
     from agent.client import Session
 
 EOT = b"\x04"
+CHUNK = 65536
+MAX_BUFFERED = 1 << 20  # stop reading our stdin while this much waits for the session
 
 
 def exit_code(status: dict[str, object]) -> int:
@@ -27,6 +35,128 @@ def exit_code(status: dict[str, object]) -> int:
 def _write_all(fd: int, data: bytes) -> None:
     while data:
         data = data[os.write(fd, data):]
+
+
+def _read(fd: int) -> Optional[bytes]:
+    """Read what is there: None when nothing is (EAGAIN); b"" at end of input, also for a PTY
+    whose other side is gone (EIO)."""
+    try:
+        return os.read(fd, CHUNK)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            return b""
+        raise
+
+
+class _Input:
+    """What we read from our stdin, on its way into the session's input fd."""
+
+    def __init__(self, sel: selectors.BaseSelector, src: int, dst: int, *, eof: bytes = b"",
+                 close_dst: bool = True) -> None:
+        self.sel, self.src, self.dst = sel, src, dst
+        self.eof_marker = eof  # written at end of input instead of closing (a PTY's ^D)
+        self.close_dst = close_dst
+        self.buf = b""
+        self.src_open = True
+        self.dst_open = True
+        self.watching_dst = False
+        self.paused = False  # not reading SRC: too much is buffered
+        self.file_mode = False  # SRC is a regular file: always readable, cannot be polled
+        os.set_blocking(dst, False)
+        try:
+            sel.register(src, selectors.EVENT_READ, self)
+        except (ValueError, OSError):
+            self.file_mode = True
+
+    @property
+    def done(self) -> bool:
+        return not self.dst_open
+
+    def want_file_read(self) -> bool:
+        return self.file_mode and self.src_open and len(self.buf) < MAX_BUFFERED
+
+    def on_src(self) -> None:
+        data = _read(self.src)
+        if data is None:
+            return
+        if data:
+            self.buf += data
+        else:
+            self._src_closed()
+        self._update()
+
+    def on_dst(self) -> None:
+        self._update()
+
+    def _src_closed(self) -> None:
+        self.src_open = False
+        if not self.file_mode:
+            self.sel.unregister(self.src)
+        self.buf += self.eof_marker
+
+    def _update(self) -> None:
+        if not self.dst_open:
+            return
+        while self.buf:
+            try:
+                n = os.write(self.dst, self.buf)
+            except BlockingIOError:
+                break
+            except OSError:  # the session stopped reading its input for good (EPIPE)
+                self.buf = b""
+                self._close_dst()
+                return
+            self.buf = self.buf[n:]
+        if not self.src_open and not self.buf and self.close_dst:
+            self._close_dst()  # all of our input has reached the session: send it EOF
+            return
+        want = bool(self.buf)
+        if want != self.watching_dst:
+            if want:
+                self.sel.register(self.dst, selectors.EVENT_WRITE, ("input-dst", self))
+            else:
+                self.sel.unregister(self.dst)
+            self.watching_dst = want
+        if self.src_open and not self.file_mode:
+            # Back-pressure: stop reading stdin while too much waits for the session.
+            mask = selectors.EVENT_READ
+            if len(self.buf) >= MAX_BUFFERED and not self.paused:
+                self.sel.unregister(self.src)
+                self.paused = True
+            elif len(self.buf) < MAX_BUFFERED and self.paused:
+                self.sel.register(self.src, mask, self)
+                self.paused = False
+
+    def _close_dst(self) -> None:
+        if self.watching_dst:
+            self.sel.unregister(self.dst)
+            self.watching_dst = False
+        if self.src_open and not self.file_mode and not self.paused:
+            self.sel.unregister(self.src)
+        self.src_open = False
+        self.dst_open = False
+        os.close(self.dst)
+
+
+def _dispatch_input(key: selectors.SelectorKey) -> bool:
+    """Handle an event that belongs to an _Input; False if KEY is not one of them."""
+    if isinstance(key.data, _Input):
+        key.data.on_src()
+        return True
+    if isinstance(key.data, tuple) and key.data[0] == "input-dst":
+        key.data[1].on_dst()
+        return True
+    return False
+
+
+def _select(sel: selectors.BaseSelector, inp: Optional[_Input],
+            timeout: Optional[float] = None) -> list[tuple[selectors.SelectorKey, int]]:
+    if inp is not None and inp.want_file_read():
+        inp.on_src()  # a regular file is always ready
+        timeout = 0.0
+    return sel.select(timeout)
 
 
 def relay_pty(sess: Session, stdin: int = 0, stdout: int = 1) -> dict[str, object]:
@@ -47,37 +177,33 @@ def relay_pty(sess: Session, stdin: int = 0, stdout: int = 1) -> dict[str, objec
         tty.setraw(stdin, termios.TCSADRAIN)  # keep typeahead (TCSAFLUSH would discard it)
     sel = selectors.DefaultSelector()
     sel.register(master, selectors.EVENT_READ, "master")
-    sel.register(stdin, selectors.EVENT_READ, "stdin")
     sel.register(sess.control_fd, selectors.EVENT_READ, "control")
     sel.register(wake_r, selectors.EVENT_READ, "wake")
+    # At end of our input the terminal gets ^D, as when a user types it; the master stays open.
+    inp = _Input(sel, stdin, os.dup(master), eof=EOT, close_dst=False)
     status = None
     try:
         while status is None:
-            for key, _ in sel.select():
+            for key, _ in _select(sel, inp):
+                if _dispatch_input(key):
+                    continue
                 if key.data == "master":
-                    try:
-                        data = os.read(master, 65536)
-                    except OSError as exc:
-                        if exc.errno != errno.EIO:
-                            raise
-                        data = b""
+                    data = _read(master)
+                    if data is None:
+                        continue
                     if data:
                         _write_all(stdout, data)
                     else:
                         sel.unregister(master)
-                elif key.data == "stdin":
-                    data = os.read(stdin, 65536)
-                    if data:
-                        _write_all(master, data)
-                    else:
-                        sel.unregister(stdin)
-                        _write_all(master, EOT)
                 elif key.data == "wake":
                     os.read(wake_r, 512)
                     if is_tty:
                         size = os.get_terminal_size(stdin)
                         if size.lines > 0 and size.columns > 0:  # 0x0: size unknown
-                            sess.resize(size.lines, size.columns)
+                            try:
+                                sess.resize(size.lines, size.columns)
+                            except OSError:
+                                pass  # the session is ending; its exit comes next
                 else:
                     status = sess.poll()
         _drain(master, stdout)
@@ -87,6 +213,8 @@ def relay_pty(sess: Session, stdin: int = 0, stdout: int = 1) -> dict[str, objec
 
             termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
         sel.close()
+        if inp.dst_open:
+            os.close(inp.dst)
         signal.signal(signal.SIGWINCH, old_winch)
         signal.set_wakeup_fd(old_wakeup)
         os.close(wake_r)
@@ -100,10 +228,9 @@ def _drain(fd: int, out: int, timeout: float = 0.2) -> None:
     sel.register(fd, selectors.EVENT_READ)
     try:
         while sel.select(timeout):
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                return
+            data = _read(fd)
+            if data is None:
+                continue
             if not data:
                 return
             _write_all(out, data)
@@ -121,59 +248,34 @@ def relay_pipes(sess: Session, stdin: int = 0, stdout: int = 1, stderr: int = 2
     outputs = {sess.stdout: stdout, sess.stderr: stderr}
     for fd in outputs:
         sel.register(fd, selectors.EVENT_READ, "out")
-    stdin_open = True
-    try:
-        sel.register(stdin, selectors.EVENT_READ, "stdin")
-    except (ValueError, OSError, PermissionError):
-        stdin_open = False  # e.g. a regular file or /dev/null: read it all below
-        _copy_file_to(stdin, sess.stdin)
-    if not stdin_open:
-        os.close(sess.stdin)
-        sess.stdin = None
     sel.register(sess.control_fd, selectors.EVENT_READ, "control")
+    inp = _Input(sel, stdin, sess.stdin)
+    sess.stdin = None  # the _Input owns it now
     status = None
     open_outputs = len(outputs)
     try:
         while status is None or open_outputs:
-            events = sel.select(None if status is None else 2.0)
+            events = _select(sel, inp, None if status is None else 2.0)
             if not events and status is not None:
                 break  # a background process still holds the pipes open
             for key, _ in events:
-                fd = key.fd
+                if _dispatch_input(key):
+                    continue
                 if key.data == "out":
-                    data = os.read(fd, 65536)
+                    data = _read(key.fd)
+                    if data is None:
+                        continue
                     if data:
-                        _write_all(outputs[fd], data)
+                        _write_all(outputs[key.fd], data)
                     else:
-                        sel.unregister(fd)
+                        sel.unregister(key.fd)
                         open_outputs -= 1
-                elif key.data == "stdin":
-                    data = os.read(stdin, 65536)
-                    if data and sess.stdin is not None:
-                        try:
-                            _write_all(sess.stdin, data)
-                        except BrokenPipeError:
-                            data = b""
-                    if not data:
-                        sel.unregister(stdin)
-                        if sess.stdin is not None:
-                            os.close(sess.stdin)
-                            sess.stdin = None
                 else:
                     status = sess.poll()
                     if status is not None:
                         sel.unregister(sess.control_fd)
     finally:
         sel.close()
+        if inp.dst_open:
+            os.close(inp.dst)
     return status if status is not None else sess.wait()
-
-
-def _copy_file_to(src: int, dst: int) -> None:
-    while True:
-        data = os.read(src, 65536)
-        if not data:
-            return
-        try:
-            _write_all(dst, data)
-        except BrokenPipeError:
-            return

@@ -31,9 +31,22 @@ def _tag(text: str) -> tuple[str, str]:
     return key, value
 
 
+class _Tags(argparse.Action):
+    """--tag KEY=VALUE, repeatable, into a dict; a key given twice is a usage error."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: Optional[str] = None) -> None:
+        tags = dict(getattr(namespace, self.dest) or {})
+        key, value = values
+        if key in tags:
+            parser.error(f"--tag {key} given twice")
+        tags[key] = value
+        setattr(namespace, self.dest, tags)
+
+
 def _add_prefs(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--tag", action="append", type=_tag, default=[], metavar="KEY=VALUE",
+        "--tag", action=_Tags, type=_tag, default={}, metavar="KEY=VALUE",
         help="a tag of the principal (repeatable); the one that matters is SSMSessionRunAs",
     )
     g = p.add_mutually_exclusive_group()
@@ -231,11 +244,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     from agent.resolve import resolve
 
     cfg = _load(args.config)
-    tags: dict[str, str] = {}
-    for key, value in args.tag:
-        if key in tags:
-            return _usage(f"--tag {key} given twice")
-        tags[key] = value
+    tags: dict[str, str] = args.tag
     enabled = cfg.run_as.enabled if args.run_as is None else args.run_as
     default = cfg.run_as.default_user if args.default_user is None else args.default_user
     res = resolve(cfg, platform.current(), run_as_enabled=enabled, tags=tags, default_user=default)
@@ -342,11 +351,7 @@ def cmd_session(args: argparse.Namespace) -> int:
     if words and words[0] == "--":
         words = words[1:]
     command = shlex.join(words) if words else None
-    tags: dict[str, str] = {}
-    for key, value in args.tag:
-        if key in tags:
-            return _usage(f"--tag {key} given twice")
-        tags[key] = value
+    tags: dict[str, str] = args.tag
     want_pty = command is None or args.tty
     terminal = None
     if want_pty:
@@ -358,7 +363,9 @@ def cmd_session(args: argparse.Namespace) -> int:
             rows = cols = 0
         # A terminal that does not know its size (0x0) gets the classic 24x80.
         terminal = (term, rows or 24, cols or 80)
-    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
+    from agent.environ import ALLOWED_CLIENT_ENV
+
+    env = {k: v for k, v in os.environ.items() if k in ALLOWED_CLIENT_ENV}
     try:
         me = pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
@@ -375,6 +382,9 @@ def cmd_session(args: argparse.Namespace) -> int:
         return 255
     try:
         status = attach.relay_pty(sess) if terminal else attach.relay_pipes(sess)
+    except (AgentError, OSError) as exc:
+        sys.stderr.write(f"runas-agent: {getattr(exc, 'reason', 'internal_error')}: {exc}\n")
+        return 255
     finally:
         sess.close()
     if status.get("reason") == "lost":

@@ -57,6 +57,10 @@ class _Reader:
                 data, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, 8)
             except ConnectionResetError:  # the daemon died holding unread bytes: a hang-up
                 return None
+            except socket.timeout:
+                raise InternalError("the agent did not answer in time") from None
+            except OSError as exc:
+                raise InternalError(f"reading from the agent: {exc.strerror or exc}") from None
             for fd in fds:
                 os.set_inheritable(fd, False)
             self.fds.extend(fds)
@@ -72,6 +76,8 @@ def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
         sock.sendall(protocol.encode(msg))
     except (BrokenPipeError, ConnectionResetError):
         pass
+    except OSError as exc:  # includes the socket's timeout
+        raise InternalError(f"writing to the agent: {exc.strerror or exc}") from None
 
 
 def _raise_if_error(msg: Optional[dict[str, Any]]) -> dict[str, Any]:
@@ -142,7 +148,9 @@ class Session:
 @dataclass(frozen=True)
 class Client:
     path: str = DEFAULT_SOCKET
-    timeout: Optional[float] = 30.0
+    timeout: Optional[float] = 30.0  # connecting, and answers to ping/list/terminate
+    # A start may take long legitimately (creating ssm-user under a lock, PAM, a slow directory).
+    start_timeout: Optional[float] = 300.0
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
         sock = _connect(self.path, self.timeout)
@@ -182,6 +190,7 @@ class Client:
             {"term": terminal[0], "rows": terminal[1], "cols": terminal[2]},
         }
         sock = _connect(self.path, self.timeout)
+        sock.settimeout(self.start_timeout)
         reader = _Reader(sock)
         try:
             _send(sock, msg)

@@ -334,14 +334,15 @@ class Daemon:
         limit = self.cfg.session.max_sessions
         if self._live_sessions() >= limit:
             exc = LimitReached(f"the node's limit of {limit} live sessions is reached")
-            try:
-                self.audit.record("session.denied", session_id=req.session_id,
-                                  principal=req.principal.arn, peer_uid=conn.peer.uid,
-                                  reason=exc.reason)
-            except AgentError:
-                pass
+            self._audit_denied(conn, req, exc)
             raise exc
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN (process limit), ENOMEM
+            self.log.error("session.fork_failed", session_id=req.session_id, error=str(exc))
+            err = LimitReached(f"cannot start a session process: {exc.strerror or exc}")
+            self._audit_denied(conn, req, err)
+            raise err from None
         if pid == 0:  # the supervisor
             code = 1
             try:
@@ -356,6 +357,16 @@ class Daemon:
                 os._exit(code)
         self._children.add(pid)
         conn.sock.close()
+
+    def _audit_denied(self, conn: _Conn, req: protocol.StartRequest, exc: AgentError) -> None:
+        """A start the daemon refuses itself: requested and denied, as a supervisor records."""
+        base = {"session_id": req.session_id, "principal": req.principal.arn,
+                "peer_uid": conn.peer.uid}
+        try:
+            self.audit.record("session.requested", **base)
+            self.audit.record("session.denied", **base, reason=exc.reason)
+        except AgentError as audit_exc:
+            self.log.error("audit.failed", error=str(audit_exc))
 
     def _become_supervisor(self, sel: selectors.BaseSelector, conn: _Conn,
                            req: protocol.StartRequest) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import select
 import selectors
 import signal
 import socket
@@ -217,11 +218,13 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             child_fds, client_fds = (pty.slave,) * 3, (pty.master,)
         else:
             in_r, in_w = os.pipe()
+            child_fds, client_fds = (in_r,), (in_w,)
             out_r, out_w = os.pipe()
+            child_fds, client_fds = (in_r, out_w), (in_w, out_r)
             err_r, err_w = os.pipe()
             child_fds, client_fds = (in_r, out_w, err_w), (in_w, out_r, err_r)
         login = _pam_login(ctx, account, pty.slave_path if pty is not None else None,
-                           ruser=req.principal.arn)
+                           ruser=req.principal.arn or None)
         extra: dict[str, str] = {}
         if login is not None:
             pam = login.pam
@@ -254,7 +257,10 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         for fd in set(child_fds) | set(client_fds):
             os.close(fd)
         if pam is not None:
-            pam.close()
+            try:
+                pam.close()
+            except AgentError as exc:  # the error that got us here is the one to report
+                _warn(f"closing the PAM session: {exc}")
         raise
     for fd in set(child_fds):
         os.close(fd)
@@ -264,7 +270,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     return Started(account, source, pid, None, None, client_fds, pam, b"")
 
 
-def _pam_login(ctx: Context, account: Account, tty: Optional[str], *, ruser: str) -> Any:
+def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
+               ruser: Optional[str]) -> Any:
     """PAM's account and session stages in this process (loginuid, limits, environment are set
     here and inherited by the shell), or None when PAM is off or its service is not installed.
     PAM_RUSER is the principal that asked for the session."""
@@ -313,7 +320,10 @@ def _feed(fd: int, data: bytes) -> int:
     if pid == 0:
         try:
             while data:
-                data = data[os.write(fd, data):]
+                try:
+                    data = data[os.write(fd, data):]
+                except BlockingIOError:  # the client made the shared master non-blocking
+                    select.select([], [fd], [], 1.0)
         finally:
             os._exit(0)
     return pid

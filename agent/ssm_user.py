@@ -56,10 +56,12 @@ class Paths:
 
     @classmethod
     def for_platform(cls, platform_name: str) -> Paths:
+        # Beside the state file, in the agent's private directory (not in the socket's
+        # directory, whose mode the transport's group depends on).
         if platform_name == "darwin":
-            return cls(lock="/var/run/runas-agent/ssm-user.lock",
+            return cls(lock="/var/db/runas-agent/ssm-user.lock",
                        state="/var/db/runas-agent/ssm-user.created")
-        return cls(lock="/run/runas-agent/ssm-user.lock",
+        return cls(lock="/var/lib/runas-agent/ssm-user.lock",
                    state="/var/lib/runas-agent/ssm-user.created")
 
     def visudo_path(self) -> Optional[str]:
@@ -98,6 +100,25 @@ def ensure(
     spec = NewUser(NAME, cfg.ssm_user.shell, cfg.ssm_user.uid, cfg.ssm_user.system,
                    cfg.ssm_user.home)
     _require_root()
+    # Fast path (every Run As off session comes here): a shared look, never waiting, that
+    # finds the account there and no drop-in pending. Anything else, or a creator holding the
+    # lock right now, takes the exclusive path below.
+    try:
+        look = _lock(paths.lock, 0, shared=True)
+    except BlockingIOError:
+        look = None
+    if look is not None:
+        try:
+            pw = _lookup(NAME)
+            settled = pw is not None and not (
+                cfg.ssm_user.sudoers
+                and _created_state(paths.state, pw.pw_uid) == SUDOERS_PENDING)
+        finally:
+            os.close(look)
+        if settled:
+            return EnsureResult(created=False,
+                                account=accounts.require(NAME, cfg.policy, platform),
+                                sudoers_written=False)
     created = False
     written = False
     lock_fd = _lock(paths.lock)
@@ -237,10 +258,12 @@ def _require_root() -> None:
         raise SsmUserFailed(f"creating or changing {NAME} needs root", hint="run it as root")
 
 
-def _lock(path: str, timeout: float = LOCK_TIMEOUT) -> int:
-    """Take the exclusive ssm-user lock (an flock, released when the fd closes or we die)."""
+def _lock(path: str, timeout: float = LOCK_TIMEOUT, *, shared: bool = False) -> int:
+    """Take the ssm-user lock (an flock, released when the fd closes or we die): exclusive to
+    create or change, shared to look (timeout 0: raise BlockingIOError if it is held)."""
     import fcntl
 
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     _private_dir(os.path.dirname(path))
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -250,9 +273,12 @@ def _lock(path: str, timeout: float = LOCK_TIMEOUT) -> int:
     pause = 0.002
     while True:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
             return fd
         except BlockingIOError:
+            if timeout == 0:
+                os.close(fd)
+                raise
             if time.monotonic() >= deadline:
                 os.close(fd)
                 raise SsmUserFailed(

@@ -997,3 +997,29 @@ def test_pam_items_name_the_principal_and_the_terminal(daemon: DaemonProc, users
     assert "ruser=arn:aws:iam::1:role/Ops" in opened
     assert "tty=/dev/pts/" in opened
     assert any(line.startswith("close_session") for line in lines)
+
+
+def test_large_input_never_deadlocks(daemon: DaemonProc, users: Users,
+                                     tmp_path: os.PathLike[str]) -> None:
+    """`cat` writes as much as it reads: the client must read while it writes."""
+    data = os.urandom(3 * 1024 * 1024)
+    proc = run_as(daemon, users.alice, "cat", input=data)  # stdin is a pipe
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data
+    path = os.path.join(str(tmp_path), "big")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    with open(path, "rb") as fh:  # stdin is a regular file (cannot be polled)
+        proc = subprocess.run(
+            [sys_executable(), "-m", "agent", "session", "--socket", daemon.socket, "--run-as",
+             "--tag", f"{TAG}={users.alice}", "--", "cat"],
+            cwd=REPO_DIR, stdin=fh, capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == data
+
+
+def test_large_paste_into_a_terminal(daemon: DaemonProc, users: Users) -> None:
+    lines = b"".join(b"%06d %s\n" % (i, b"x" * 90) for i in range(3000))
+    proc = run_as(daemon, users.alice, "wc", "-l", tty=True, input=lines)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == b"3000"

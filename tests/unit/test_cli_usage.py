@@ -26,10 +26,12 @@ def test_bad_arguments_exit_2(argv: list[str]) -> None:
 
 
 def test_duplicate_tag_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["resolve", "--run-as", "--tag", "SSMSessionRunAs=a", "--tag", "SSMSessionRunAs=b",
-               "--config", "/dev/null"])
-    assert rc == 2
-    assert "given twice" in capsys.readouterr().err
+    for cmd in ("resolve", "session"):
+        with pytest.raises(SystemExit) as info:
+            main([cmd, "--run-as", "--tag", "SSMSessionRunAs=a", "--tag", "SSMSessionRunAs=b",
+                  "--config", "/dev/null"])
+        assert info.value.code == 2
+        assert "--tag SSMSessionRunAs given twice" in capsys.readouterr().err
 
 
 def test_config_error_exits_2(tmp_path: "object", capsys: pytest.CaptureFixture[str]) -> None:
