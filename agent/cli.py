@@ -132,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_session)
 
     p = sub.add_parser("sessions", help="list live sessions",
-                       description="List the node's live sessions.")
+                       description="List the node's live sessions (also those started before "
+                       "the daemon's last restart). Exit 0, or 255 when the agent cannot be "
+                       "reached or fails.")
     p.add_argument("--socket", metavar="PATH", help=sock_help)
     p.add_argument("--config", metavar="PATH", help=cfg_help)
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -140,7 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("terminate", help="end a live session",
                        description="End a live session: SIGHUP to its processes, SIGKILL "
-                       "after the grace period. Exit 0 when the daemon accepted the request.")
+                       "after the grace period. Exit 0 when the daemon accepted the request, 1 "
+                       "when there is no such live session, 255 when the agent cannot be "
+                       "reached or fails.")
     p.add_argument("session_id", metavar="SESSION_ID")
     p.add_argument("--socket", metavar="PATH", help=sock_help)
     p.add_argument("--config", metavar="PATH", help=cfg_help)

@@ -35,37 +35,6 @@ UNREACHABLE = "unreachable"
 TERMINATED = "terminated"
 ACTIVATION_FAILED = "activation_failed"
 
-REASONS = frozenset(
-    {
-        INVALID_NAME,
-        USER_NOT_FOUND,
-        NAME_MISMATCH,
-        ROOT_REFUSED,
-        SHELL_DISABLED,
-        DENIED_BY_POLICY,
-        DIRECTORY_USER_REFUSED,
-        RUN_AS_USER_MISSING,
-        LOOKUP_FAILED,
-        UNAUTHORIZED,
-        BAD_REQUEST,
-        LIMIT_REACHED,
-        INTERNAL_ERROR,
-        CONFIG_ERROR,
-        COMMAND_FAILED,
-        SPAWN_FAILED,
-        SESSION_EXISTS,
-        SESSION_NOT_FOUND,
-        ACCOUNT_REFUSED,
-        PAM_FAILED,
-        LOGIN_RECORD_FAILED,
-        SSM_USER_FAILED,
-        INSTALL_FAILED,
-        AUDIT_FAILED,
-        UNREACHABLE,
-        TERMINATED,
-        ACTIVATION_FAILED,
-    }
-)
 
 
 class AgentError(Exception):
@@ -246,6 +215,9 @@ _BY_REASON = {
         ActivationFailed,
     )
 }
+
+
+REASONS = frozenset(_BY_REASON)
 
 
 def error_for(reason: str, message: str) -> AgentError:

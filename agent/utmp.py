@@ -9,8 +9,10 @@ as OpenSSH does. None of these files is created here: they belong to the system
 macOS: pututxline alone; it also appends to the wtmpx log and updates lastlogx itself.
 
 The records follow OpenSSH and login(1): ut_line is the terminal path without "/dev/", ut_id its
-last four characters, ut_pid the shell's pid; the logout record is a DEAD_PROCESS entry with the
-same line and id (utmp entry replaced, a wtmp entry appended: `last` pairs them by line).
+last four characters, ut_pid the session's process (runas-agent passes its per-session
+supervisor, which lives exactly as long as the session); the logout record is a DEAD_PROCESS
+entry with the same line and id (utmp entry replaced, a wtmp entry appended: `last` pairs them
+by line).
 
 Accounting never stops a session: every target is attempted, and what failed is raised together
 as LoginRecordFailed for the caller to log.
