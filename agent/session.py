@@ -151,7 +151,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         user, uid = account.name, account.uid
         if sig.terminate:
             raise Terminated("the session was terminated before its shell started")
-        started = _start(req, ctx, account, source)
+        started = _start(req, ctx, account, source, base=base)
     except AgentError as exc:
         if claimed:
             ctx.registry.remove(req.session_id)
@@ -202,8 +202,11 @@ def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:
     return ctx.cfg.run_as.shell_profile if prof is None else prof
 
 
-def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str) -> Started:
-    """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure."""
+def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str, *,
+           base: dict[str, Any]) -> Started:
+    """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure.
+    `session.started` is on record before the shell is exec'd: if it cannot be written, the
+    shell never runs (AuditFailed)."""
     from agent import environ, spawn
 
     pty = None
@@ -246,9 +249,15 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
             _login_record(ctx, os.getpid(), account, pty.slave_path)
+        tty_path = pty.slave_path if pty is not None else None
+
+        def record_start(pid: int) -> None:
+            ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
+                             source=source, pid=pid, tty=tty_path)
+
         try:
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
-                                              tty=pty is not None))
+                                              tty=pty is not None), before_exec=record_start)
         except BaseException:
             if pty is not None:
                 _logout_record(ctx, os.getpid(), pty.slave_path)
@@ -367,15 +376,6 @@ class _Supervision:
         from agent.registry import process_start_time
 
         st = self.st
-        try:
-            self.ctx.audit.record("session.started", **self.base, user=st.account.name,
-                                  uid=st.account.uid, source=st.source, pid=st.pid,
-                                  tty=st.slave_path)
-        except AuditFailed as exc:
-            # Never a session without a record: stop it before the client can use it.
-            _reply_error(self.conn, exc)
-            self.end("audit_failed", notify=False)
-            return 1
         # Listed, counted and terminable from now on (raises InternalError: the session ends).
         self.ctx.registry.publish({
             "id": self.req.session_id, "pid": os.getpid(),

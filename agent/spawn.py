@@ -43,6 +43,8 @@ SPAWN_TIMEOUT = 30.0  # seconds for the child to reach exec (a hung NFS home, sa
 CHDIR_WARNING = b"could not chdir to HOME, starting in /"
 _EXIT_FAILED = 127
 _REPORT_MAX = 1024
+_AT_GATE = b"\x06"  # the child's word, with a gate, that it is ready to exec
+_GO = b"g"
 
 
 @dataclass(frozen=True)
@@ -178,20 +180,27 @@ def verify(ops: Syscalls, ident: Identity) -> None:
 
 
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
-          syscalls: Optional[Syscalls] = None) -> int:
+          syscalls: Optional[Syscalls] = None,
+          before_exec: Optional[Callable[[int], None]] = None) -> int:
     """Start PLAN's process; return its pid (leader of a new session and process group).
 
     Raises BadRequest for a plan that cannot be run (NUL in the command, a bad environment),
     RootRefused for uid 0, SpawnFailed (StageFailed with .stage and .errno) when the child
     fails before exec or does not reach exec within TIMEOUT seconds (it is then killed); a
     failed child is reaped here. Call from a single-threaded process; the caller keeps (and
-    closes) the plan's fds."""
+    closes) the plan's fds.
+
+    BEFORE_EXEC(pid), if given, runs once the child is ready to exec (dropped, verified, in its
+    directory) and before it does: the child waits at a gate. If it raises, the child is killed
+    without running anything and the error propagates (e.g. an audit record that could not be
+    made durable: nothing runs unrecorded)."""
     prep = _prepare(plan)
     ops = Syscalls.real() if syscalls is None else syscalls
     _require_single_thread()
     r, w = _report_pipe()
+    gate_r, gate_w = _report_pipe() if before_exec is not None else (-1, -1)
     try:
-        bound = _fd_bound(w)
+        bound = _fd_bound(max(w, gate_r, gate_w))
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             pid = os.fork()
@@ -199,19 +208,26 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             raise SpawnFailed(f"fork failed: [Errno {exc.errno}] {exc.strerror}") from exc
         if pid == 0:
-            _child(prep, ops, w, bound)
+            _child(prep, ops, w, bound, gate_r)
         try:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             os.close(w)
             w = -1
-            report = _read_report(r, time.monotonic() + timeout)
-        except BaseException:  # a signal handler raised, say: no half-started session
+            deadline = time.monotonic() + timeout
+            report = _read_report(r, deadline, until_gate=before_exec is not None)
+            if before_exec is not None and report == _AT_GATE:
+                before_exec(pid)
+                os.write(gate_w, _GO)
+                report = _read_report(r, deadline)
+            elif before_exec is not None and report == b"":
+                report = b"gate\x000\x00the child ended before it was ready to exec"
+        except BaseException:  # a signal handler or BEFORE_EXEC raised: nothing runs
             _kill_and_reap(pid)
             raise
     finally:
-        os.close(r)
-        if w != -1:
-            os.close(w)
+        for fd in (r, w, gate_r, gate_w):
+            if fd != -1:
+                os.close(fd)
     if report is None:
         _kill_and_reap(pid)
         raise StageFailed("exec", 0, f"the child did not reach exec within {timeout:g}s",
@@ -324,8 +340,9 @@ def _fd_bound(w: int) -> int:
         return 65536
 
 
-def _read_report(fd: int, deadline: float) -> Optional[bytes]:
-    """What the child wrote before EOF, or None if the deadline passed first."""
+def _read_report(fd: int, deadline: float, *, until_gate: bool = False) -> Optional[bytes]:
+    """What the child wrote before EOF, or None if the deadline passed first. UNTIL_GATE:
+    return _AT_GATE as soon as the child says it waits at the gate."""
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     chunks: list[bytes] = []
@@ -337,6 +354,8 @@ def _read_report(fd: int, deadline: float) -> Optional[bytes]:
         if not poller.poll(max(1, int(left * 1000))):
             continue
         chunk = os.read(fd, _REPORT_MAX)
+        if until_gate and not chunks and chunk == _AT_GATE:
+            return _AT_GATE
         if not chunk or size > _REPORT_MAX:
             return b"".join(chunks)
         chunks.append(chunk)
@@ -389,7 +408,7 @@ def _controlling_tty(ops: Syscalls, fd: int) -> None:
         _step("controlling tty", fcntl.ioctl, fd, termios.TIOCSCTTY, 0)
 
 
-def _child(p: _Prepared, ops: Syscalls, report: int, bound: int) -> NoReturn:
+def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> NoReturn:
     stage = "signals"
     try:
         for sig in p.signals:
@@ -411,14 +430,22 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int) -> NoReturn:
         become(ops, p.ident)
         verify(ops, p.ident)
         stage = "close fds"
-        os.closerange(3, report)
-        os.closerange(report + 1, bound)
+        low = 3
+        for keep in sorted(fd for fd in (report, gate) if fd != -1):
+            os.closerange(low, keep)
+            low = keep + 1
+        os.closerange(low, bound)
         stage = "chdir"
         try:
             os.chdir(p.home)
         except OSError as exc:
             _warn(p.chdir_warning + os.strerror(exc.errno or 0).encode() + b")\n")
             os.chdir(b"/")
+        if gate != -1:
+            stage = "gate"
+            os.write(report, _AT_GATE)
+            if os.read(gate, 1) != _GO:  # the parent gave up (or died): run nothing
+                os._exit(_EXIT_FAILED)
         stage = "exec"
         os.execve(p.path, p.argv, p.env)  # noqa: S606 - the account's shell, by design
     except BaseException as exc:  # nothing may escape the child

@@ -228,12 +228,9 @@ def test_audit_disk_full_refuses_sessions(users: Users, ran_dir: str) -> None:
 
 def test_audit_disk_filling_up_under_sessions(users: Users, ran_dir: str) -> None:
     """The disk fills while sessions start: each one runs fully recorded or is refused with
-    audit_failed; a command never runs without its session.requested on record; a session the
-    client could use always has session.started; no partial line.
-
-    Known gap (docs/reliability.md): when session.started is the record that no longer fits,
-    the shell has already been exec'd; it is stopped at once and the client is refused, but its
-    command may have begun with only session.requested on record."""
+    audit_failed; a command never runs without its session.requested and session.started on
+    record (the shell waits at spawn's gate until session.started is durable); no partial
+    line."""
     d = make_daemon()
     _small_audit_fs(d, "16k")
     d.start()
@@ -256,7 +253,8 @@ def test_audit_disk_filling_up_under_sessions(users: Users, ran_dir: str) -> Non
         _all_lines_parse(d.audit_path)
         events = _events(d)
         for sid in _ran(ran_dir):
-            assert events[sid][0] == "session.requested", (sid, events.get(sid))
+            assert events[sid][:2] == ["session.requested", "session.started"], \
+                (sid, events.get(sid))
         for sid, reason in seen.items():
             if reason == "exited":
                 assert events[sid][:2] == ["session.requested", "session.started"]

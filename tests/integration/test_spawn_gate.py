@@ -1,0 +1,88 @@
+"""spawn's exec gate: BEFORE_EXEC runs while the child, already the account, waits to exec;
+if it raises, nothing of the session's command ever runs."""
+
+import os
+import pwd
+
+import pytest
+
+from agent import accounts
+from agent.config import PolicyConfig
+from agent.environ import build_env
+from agent.errors import AuditFailed
+from agent.platform.linux import Linux
+from agent.spawn import SpawnPlan, spawn
+from tests.conftest import Users
+from tests.support.procio import wait_exit
+
+pytestmark = pytest.mark.privileged
+
+
+def _marker(name: str) -> str:
+    """A path the session's account may create (under the overlaid /var)."""
+    d = "/var/lib/runas-test/gate"
+    os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o1777)
+    path = os.path.join(d, name)
+    if os.path.exists(path):
+        os.unlink(path)
+    return path
+
+
+def _plan(user: str, command: str) -> SpawnPlan:
+    acct = accounts.require(user, PolicyConfig(), Linux())
+    env = build_env(acct, term=None, client_env={})
+    null = os.open("/dev/null", os.O_RDWR)
+    return SpawnPlan(acct, command, env, null, null, null, tty=False)
+
+
+def test_before_exec_sees_the_dropped_child_before_it_runs(users: Users) -> None:
+    marker = _marker("seen")
+    seen: dict[str, object] = {}
+
+    def look(pid: int) -> None:
+        with open(f"/proc/{pid}/status") as fh:
+            seen["uid"] = next(x for x in fh if x.startswith("Uid:")).split()[1:]
+        seen["ran_yet"] = os.path.exists(marker)
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            seen["cmdline"] = fh.read()
+
+    plan = _plan(users.alice, f"touch {marker}")
+    pid = spawn(plan, before_exec=look)
+    assert wait_exit(pid, 10) == 0
+    uid = str(pwd.getpwnam(users.alice).pw_uid)
+    assert seen["uid"] == [uid] * 4  # already the account, all four ids
+    assert seen["ran_yet"] is False  # ...but nothing of the command had run
+    assert isinstance(seen["cmdline"], bytes)
+    assert b"touch" not in seen["cmdline"]  # (still the forked Python, not the shell)
+    assert os.path.exists(marker)
+
+
+def test_a_failing_before_exec_means_nothing_runs(users: Users) -> None:
+    marker = _marker("refused")
+    pids: list[int] = []
+
+    def refuse(pid: int) -> None:
+        pids.append(pid)
+        raise AuditFailed("no space left for session.started")
+
+    with pytest.raises(AuditFailed):
+        spawn(_plan(users.alice, f"touch {marker}"), before_exec=refuse)
+    assert len(pids) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pids[0], os.WNOHANG)  # killed and reaped by spawn
+    assert not os.path.exists(marker)
+
+
+def test_a_child_failing_before_the_gate_is_reported(users: Users) -> None:
+    from agent.errors import SpawnFailed
+
+    calls: list[int] = []
+    plan = _plan(users.alice, "true")
+    import dataclasses
+
+    broken = dataclasses.replace(plan, account=dataclasses.replace(plan.account,
+                                                                  shell="/nonexistent/sh"))
+    with pytest.raises(SpawnFailed):
+        spawn(broken, before_exec=calls.append)
+    assert calls  # exec failure comes after the gate: the hook ran, the exec then failed
