@@ -487,10 +487,12 @@ class Login:
 def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
           ruser: Optional[str] = None, rhost: Optional[str] = None,
           lib: Optional[Libpam] = None,
+          groups: Optional[Sequence[int]] = None,
           setgroups: Callable[[Sequence[int]], None] = os.setgroups,
           getgroups: Callable[[], list[int]] = os.getgroups) -> Login:
     """Steps 1-6 of the module's call order, in the calling (per-session, root) process.
 
+    GROUPS: the account's group list when the caller has it already (else getgrouplist).
     On any failure the handle is closed before the error is raised. The caller forks the child
     with `groups`, merges `environment`, and calls `pam.close()` when the session ends.
     """
@@ -498,13 +500,13 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     try:
         pam.acct_mgmt()
         try:
-            setgroups(os.getgrouplist(user, gid))
+            setgroups(list(groups) if groups is not None else os.getgrouplist(user, gid))
         except OSError as exc:
             raise PamFailed(f"setting the groups of {user} before pam_setcred: "
                             f"{exc.strerror}") from exc
         pam.establish_credentials()
         pam.open_session()
-        groups = tuple(getgroups())
+        with_credentials = tuple(getgroups())
         env = pam.environment()
     except BaseException:
         try:
@@ -512,4 +514,4 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
         except PamFailed:
             pass  # the first failure is the one to report
         raise
-    return Login(pam, groups, env)
+    return Login(pam, with_credentials, env)

@@ -26,6 +26,7 @@ from agent.errors import (
     LimitReached,
     Unauthorized,
 )
+from agent.session import drain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Daemon:
             if key.data == "listen":
                 self._accept(sel)
             elif key.data == "wake":
-                _drain(key.fd)
+                drain(key.fd)
             elif mask & selectors.EVENT_WRITE:
                 self._writable(sel, key.data)
             else:
@@ -471,14 +472,6 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
     if isinstance(out["command"], str) and len(out["command"]) > LIST_COMMAND_MAX:
         out["command"] = out["command"][:LIST_COMMAND_MAX] + "..."
     return out
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 def _group_ids(names: tuple[str, ...], log: Any) -> frozenset[int]:

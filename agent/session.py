@@ -289,7 +289,8 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    return pam.login(service, account.name, account.gid, tty=tty, ruser=ruser)
+    return pam.login(service, account.name, account.gid, tty=tty, ruser=ruser,
+                     groups=account.groups)
 
 
 def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:
