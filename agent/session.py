@@ -191,7 +191,8 @@ def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
         # also finishes a drop-in that a crash left pending), then use the validated account.
         from agent import ssm_user
 
-        return ssm_user.ensure(cfg, ctx.platform, audit=ctx.audit).account, res.source
+        return (ssm_user.ensure(cfg, ctx.platform, audit=ctx.audit, known=res.account).account,
+                res.source)
     if res.account is None:  # pragma: no cover - resolve() returns an account when allowed
         raise InternalError("resolution allowed without an account")
     return res.account, res.source

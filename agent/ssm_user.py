@@ -86,6 +86,7 @@ def ensure(
     audit: Optional[AuditLog] = None,
     paths: Optional[Paths] = None,
     before_rename: Optional[Callable[[str], None]] = None,
+    known: Optional[Account] = None,
 ) -> EnsureResult:
     """Make sure ssm-user exists (creating it once, under the lock) and return it, validated.
 
@@ -116,9 +117,12 @@ def ensure(
         finally:
             os.close(look)
         if settled:
-            return EnsureResult(created=False,
-                                account=accounts.require(NAME, cfg.policy, platform),
-                                sudoers_written=False)
+            # KNOWN: the caller validated the account already (the session's resolution);
+            # it is the same account if the uid still matches.
+            account = (known if known is not None and pw is not None
+                       and known.uid == pw.pw_uid
+                       else accounts.require(NAME, cfg.policy, platform))
+            return EnsureResult(created=False, account=account, sudoers_written=False)
     created = False
     written = False
     lock_fd = _lock(paths.lock)

@@ -606,17 +606,23 @@ def test_sighup_reloads_config(users: Users) -> None:
 
 
 def test_shell_profile_runs_before_a_command(daemon: DaemonProc, users: Users) -> None:
-    sess = daemon.client.start(session_id="prof-cmd", principal_arn="a",
-                               tags={TAG: users.alice}, run_as_enabled=True,
-                               shell_profile="GREETING=hi; cd /tmp",
-                               command='echo "$GREETING $(pwd)"')
+    out = _command_output(daemon, "prof-cmd", users.alice, 'echo "$GREETING $(pwd)"',
+                          shell_profile="GREETING=hi; cd /tmp")
+    assert out == b"hi /tmp\n"
+
+
+def _command_output(d: DaemonProc, sid: str, user: str, command: str,
+                    shell_profile: str) -> bytes:
+    """Run COMMAND as USER with no input (through the client library); its stdout."""
+    sess = d.client.start(session_id=sid, principal_arn="a", tags={TAG: user},
+                          run_as_enabled=True, shell_profile=shell_profile, command=command)
     assert sess.stdin is not None
     os.close(sess.stdin)
     sess.stdin = None
     out = _read_all(sess.stdout)
     sess.wait()
     sess.close()
-    assert out == b"hi /tmp\n"
+    return out
 
 
 def test_interactive_session_on_a_terminal(daemon: DaemonProc, users: Users) -> None:
@@ -904,16 +910,9 @@ def test_a_huge_shell_profile_does_not_block_the_supervisor(users: Users) -> Non
 
 
 def test_the_profile_is_not_on_the_command_line(daemon: DaemonProc, users: Users) -> None:
-    sess = daemon.client.start(session_id="secret-prof", principal_arn="a",
-                               tags={TAG: users.alice}, run_as_enabled=True,
-                               shell_profile="export API_TOKEN=s3cr3t-value",
-                               command='echo "token=$API_TOKEN"; cat /proc/$$/cmdline; sleep 1')
-    assert sess.stdin is not None
-    os.close(sess.stdin)
-    sess.stdin = None
-    out = _read_all(sess.stdout)
-    sess.wait()
-    sess.close()
+    out = _command_output(daemon, "secret-prof", users.alice,
+                          'echo "token=$API_TOKEN"; cat /proc/$$/cmdline; sleep 1',
+                          shell_profile="export API_TOKEN=s3cr3t-value")
     assert b"token=s3cr3t-value" in out
     assert out.count(b"s3cr3t-value") == 1  # not in argv
 
