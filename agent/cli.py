@@ -280,8 +280,19 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if args.path is None and not os.path.exists(DEFAULT_PATH):
         sys.stdout.write(f"{DEFAULT_PATH}: no file; the embedded defaults apply\n")
         return EXIT_OK
-    load_config(args.path or DEFAULT_PATH)
+    cfg = load_config(args.path or DEFAULT_PATH)
     sys.stdout.write(f"{args.path or DEFAULT_PATH}: ok\n")
+    if cfg.session.end_mode == "all":
+        from agent import cgroup
+
+        found: Any = (cgroup.probe() if sys.platform == "linux" else
+                      cgroup.Unavailable(f"no cgroups on {sys.platform}"))
+        if isinstance(found, cgroup.Unavailable):
+            sys.stdout.write(f"session.end_mode: {found.describe()} (the process walk ends "
+                             "what a session left; a process that keeps forking can escape it)\n")
+        else:
+            sys.stdout.write(f"session.end_mode: all: each session in its own {found.describe()}"
+                             "\n")
     return EXIT_OK
 
 

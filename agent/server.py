@@ -64,6 +64,8 @@ class Daemon:
     on_ready: Callable[[], None] = lambda: None
     on_stopping: Callable[[], None] = lambda: None
     sys_platform: str = sys.platform
+    cgroups: Any = None  # agent.cgroup.Setup once set up for end mode `all`
+    _cgroups_tried: bool = False
     _conns: dict[int, _Conn] = field(default_factory=dict)
     _children: set[int] = field(default_factory=set)
     # Supervisors of sessions started before this daemon process (pid -> start time); only they
@@ -93,6 +95,7 @@ class Daemon:
         live = self.registry.live(include_starting=True)
         self._foreign = {int(r["pid"]): r.get("pid_start") for r in live}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
+        self._setup_cgroups()
         prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
         self.on_ready()
         try:
@@ -108,6 +111,10 @@ class Daemon:
         finally:
             self.on_stopping()
             self.log.info("daemon.stopping", live_sessions=len(self._children))
+            if self.cgroups is not None:
+                from agent import cgroup
+
+                cgroup.release(self.cgroups)
             for c in list(self._conns.values()):
                 self._close(sel, c)
             sel.close()
@@ -154,7 +161,29 @@ class Daemon:
             cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
         self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
+        self._setup_cgroups()
         self.log.info("config.reloaded")
+
+    def _setup_cgroups(self) -> None:
+        """For end mode `all` (once): the sessions' cgroups, or a warning that ending every
+        process of a session is best-effort here (the process walk)."""
+        if self.cfg.session.end_mode != "all" or self._cgroups_tried:
+            return
+        self._cgroups_tried = True
+        from agent import cgroup
+
+        if self.sys_platform != "linux":
+            self.log.warning("cgroup.unavailable", detail=f"{cgroup.BEST_EFFORT}: no cgroups "
+                             f"on {self.sys_platform}; sessions end with the process walk")
+            return
+        got = cgroup.setup()
+        if isinstance(got, cgroup.Unavailable):
+            self.log.warning("cgroup.unavailable", detail=got.describe() + "; sessions end "
+                             "with the process walk")
+            return
+        self.cgroups = got
+        self.log.info("cgroup.ready", kind=got.kind, sessions=got.dir(got.layout.sessions),
+                      daemon=got.dir(got.layout.daemon))
 
     # -- connections ------------------------------------------------------------------------
 
@@ -384,7 +413,7 @@ class Daemon:
         for other in self._conns.values():
             other.sock.close()
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
-                              self.sys_platform)
+                              self.sys_platform, self.cgroups)
         return session.run(conn.sock, req, ctx, sig)
 
     def _reap(self) -> None:

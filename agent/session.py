@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 from agent import protocol
-from agent.errors import AgentError, AuditFailed, InternalError, Terminated
+from agent.errors import AgentError, AuditFailed, InternalError, SpawnFailed, Terminated
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from agent.accounts import Account
     from agent.audit import AuditLog
+    from agent.cgroup import SessionCgroup, Setup
     from agent.config import Config
     from agent.peer import Peer
     from agent.platform import Platform
@@ -55,6 +56,7 @@ class Context:
     registry: Registry
     peer: Peer
     sys_platform: str
+    cgroups: Optional[Setup] = None  # where sessions get their cgroup (agent.cgroup.setup)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class Started:
     client_fds: tuple[int, ...]
     pam: Any  # agent.pam.PamSession or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
+    cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
 
 
 class Signals:
@@ -212,6 +215,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
     pty = None
     pam: Any = None
+    cgroup: Optional[SessionCgroup] = None
     child_fds: tuple[int, ...] = ()
     client_fds: tuple[int, ...] = ()
     try:
@@ -246,6 +250,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
         if ctx.cfg.session.end_mode == "all":
             _become_subreaper(ctx.sys_platform)
+            cgroup = _open_cgroup(ctx, req.session_id)
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
@@ -253,6 +258,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         tty_path = pty.slave_path if pty is not None else None
 
         def record_start(pid: int) -> None:
+            if cgroup is not None:
+                _adopt(cgroup, pid)
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
                              source=source, pid=pid, tty=tty_path)
 
@@ -266,6 +273,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     except BaseException:
         for fd in set(child_fds) | set(client_fds):
             os.close(fd)
+        if cgroup is not None:
+            _remove_cgroup(cgroup)
         if pam is not None:
             try:
                 pam.close()
@@ -276,8 +285,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         os.close(fd)
     if pty is not None:
         return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
-                       typed_profile)
-    return Started(account, source, pid, None, None, client_fds, pam, b"")
+                       typed_profile, cgroup)
+    return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup)
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
@@ -312,6 +321,33 @@ def _logout_record(ctx: Context, pid: int, tty: str) -> None:
         utmp.logout_record(pid, tty, sys_platform=ctx.sys_platform)
     except AgentError as exc:
         _warn(f"logout record: {exc}")
+
+
+def _open_cgroup(ctx: Context, session_id: str) -> Optional[SessionCgroup]:
+    """The session's own cgroup (None where cgroups are not usable: the process walk ends the
+    session then). Raises SpawnFailed: with cgroups usable, no session runs outside one."""
+    if ctx.cgroups is None:
+        return None
+    from agent import cgroup
+
+    try:
+        return cgroup.open_session(ctx.cgroups, session_id)
+    except OSError as exc:
+        raise SpawnFailed(f"could not create the session's cgroup: {exc}") from exc
+
+
+def _adopt(cg: SessionCgroup, pid: int) -> None:
+    try:
+        cg.adopt(pid)
+    except OSError as exc:
+        raise SpawnFailed(f"could not move the session into its cgroup {cg.path}: {exc}") from exc
+
+
+def _remove_cgroup(cg: SessionCgroup) -> None:
+    try:
+        cg.remove()
+    except OSError as exc:
+        _warn(f"removing the session's cgroup {cg.path}: {exc}")
 
 
 def _become_subreaper(sys_platform: str) -> None:
@@ -588,8 +624,13 @@ class _Supervision:
         if self.feeder is not None:  # still our unreaped child: its pid cannot be reused
             os.kill(self.feeder, signal.SIGKILL)
         if self.cfg.end_mode == "all":
-            _kill_descendants(max(0.0, deadline - time.monotonic()))
+            grace = max(0.0, deadline - time.monotonic())
+            cg = self.st.cgroup
+            if cg is None or not cg.end(grace):
+                _kill_descendants(grace)
         _reap_all()
+        if self.st.cgroup is not None:
+            _remove_cgroup(self.st.cgroup)
 
     def _release(self) -> None:
         st = self.st
