@@ -299,7 +299,7 @@ class SessionCgroup:
         if self.home is not None:
             _write(self.home, "cgroup.procs", str(os.getpid()))
             return
-        _write(self.path, "cgroup.procs" if self.kind == V2 else "tasks", str(pid))
+        _write(self.path, "cgroup.procs", str(pid))
 
     def members(self) -> list[int]:
         try:

@@ -20,7 +20,7 @@ import pytest
 
 from agent import cgroup
 from tests.conftest import REPO, Users, run_cli, sh, write_config
-from tests.support.daemon import DaemonProc, running
+from tests.support.daemon import DaemonProc, make_daemon, running
 
 pytestmark = pytest.mark.privileged
 
@@ -293,3 +293,140 @@ def test_config_check_says_which(tmp_path: object) -> None:
          path], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert f"session.end_mode: {cgroup.BEST_EFFORT}" in proc.stdout
+
+
+def test_a_logind_scope_is_the_sessions_cgroup(hopper: tuple[str, int],
+                                               no_cgroups_left: str) -> None:
+    """Where PAM put the session into a logind scope (pam_systemd does; here pam_exec moves the
+    supervisor into a `session-N.scope` the way logind would), the session runs and ends in
+    that scope, and the supervisor leaves it before the shell runs."""
+    user, uid = hopper
+    mount = no_cgroups_left
+    top = f"runas-test-{os.getpid()}"
+    scope = f"/{top}/user.slice/session-7.scope"
+    script = "/etc/runas-test-scope.sh"
+    with open(script, "w") as fh:
+        fh.write(f"#!/bin/sh\nexec echo $PPID > {mount}{scope}/cgroup.procs\n")
+    os.chmod(script, 0o755)
+    with open("/etc/pam.d/runas-test-scope", "w") as fh:
+        fh.write("account required pam_permit.so\n"
+                 f"session required pam_exec.so type=open_session {script}\n")
+    os.makedirs(mount + scope)
+    gen = f"/home/{user}/gen-scope"
+    try:
+        cfg = _daemon_config()
+        cfg["session"].update(pam=True, pam_service="runas-test-scope")
+        with running(cfg) as d:
+            line = _session_cgroup(d, "scope-0", user)
+            assert line == f"0::{scope}", line
+            sess = d.client.start(
+                session_id="scope-1", principal_arn="a", tags={TAG: user}, run_as_enabled=True,
+                command=f"python3 hop.py {gen} </dev/null >/dev/null 2>&1 & sleep 60")
+            supervisor = int(d.client.sessions()[0]["pid"])
+            with open(f"/proc/{supervisor}/cgroup") as fh:
+                assert "0::/\n" in fh.read()  # back where the daemon is
+            deadline = time.monotonic() + 10
+            while (_read_int(gen) or 0) < 200 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert (_read_int(gen) or 0) >= 200, "the hopper never got going"
+            sess.terminate()
+            assert sess.wait()["reason"] == "terminated"
+            sess.close()
+            assert _procs_of(uid) == [], _describe(_procs_of(uid))
+            with open(f"{mount}{scope}/cgroup.procs") as fh:
+                assert fh.read() == ""
+            # Not the agent's to remove (logind removes its scopes); no cgroup of its own.
+            assert os.path.isdir(mount + scope)
+            assert [p for p in _runas_cgroups(mount) if "session-" in p] == [mount + scope]
+    finally:
+        _kill_all_of(uid)
+        os.unlink("/etc/pam.d/runas-test-scope")
+        os.unlink(script)
+        for path in (scope, f"/{top}/user.slice", f"/{top}"):
+            _rmdir(mount + path)
+
+
+def _rmdir(path: str) -> None:
+    for _ in range(100):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _daemon_without(mounts: str, config: dict[str, dict[str, object]]) -> Iterator[DaemonProc]:
+    """A daemon in a mount namespace where MOUNTS (cgroup mount points) are unmounted."""
+    d = make_daemon(config)
+    d.log_path = os.path.join(d.workdir, "daemon.log")
+    with open(d.log_path, "ab") as log:
+        d.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+             f'umount -l {mounts} && exec "$0" -m agent serve --config "$1"', sys.executable,
+             d.config_path], cwd=REPO, stdout=log, stderr=log, start_new_session=True,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"})
+    try:
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
+
+
+def test_the_v1_freezer_where_v2_is_not_usable(hopper: tuple[str, int],
+                                               no_cgroups_left: str) -> None:
+    """Only the v1 freezer usable (the cgroup2 mount hidden): the session runs in a freezer
+    cgroup, and the hopper is frozen, killed, thawed."""
+    user, uid = hopper
+    freezer = "/sys/fs/cgroup/freezer"
+    if not os.path.isdir(freezer):
+        pytest.skip("no v1 freezer hierarchy on this machine")
+    assert _runas_cgroups(freezer) == []
+    gen = f"/home/{user}/gen-freezer"
+    try:
+        with _daemon_without(no_cgroups_left, _daemon_config()) as d:
+            assert '"kind": "freezer"' in d.log(), d.log()
+            out = d.cli("session", "--run-as", "--tag", f"{TAG}={user}", "--", "cat",
+                        "/proc/self/cgroup")
+            where = [x for x in out.stdout.decode().splitlines() if ":freezer:" in x]
+            assert len(where) == 1, out
+            assert where[0].split(":", 2)[2].startswith(
+                f"/{cgroup.ROOT_UNIT}/{cgroup.SESSIONS}/session-"), out
+            for i in range(2):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(gen)
+                sess = d.client.start(
+                    session_id=f"fz-{i}", principal_arn="a", tags={TAG: user},
+                    run_as_enabled=True,
+                    command=f"python3 hop.py {gen} </dev/null >/dev/null 2>&1 & sleep 60")
+                deadline = time.monotonic() + 10
+                while (_read_int(gen) or 0) < 200 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert (_read_int(gen) or 0) >= 200, "the hopper never got going"
+                sess.terminate()
+                assert sess.wait()["reason"] == "terminated"
+                sess.close()
+                assert _procs_of(uid) == [], _describe(_procs_of(uid))
+                d.wait_event(f"fz-{i}", "session.ended")
+        assert _runas_cgroups(freezer) == []
+    finally:
+        _kill_all_of(uid)
+
+
+def test_no_usable_cgroup_is_said_and_sessions_still_end(hopper: tuple[str, int],
+                                                         no_cgroups_left: str) -> None:
+    user, uid = hopper
+    with _daemon_without("/sys/fs/cgroup", _daemon_config()) as d:
+        assert "cgroup.unavailable" in d.log()
+        assert cgroup.BEST_EFFORT in d.log()
+        sess = d.client.start(session_id="walk-1", principal_arn="a", tags={TAG: user},
+                              run_as_enabled=True,
+                              command="setsid sleep 300 </dev/null >/dev/null 2>&1 & sleep 60")
+        time.sleep(0.3)
+        sess.terminate()
+        assert sess.wait()["reason"] == "terminated"
+        sess.close()
+        assert _procs_of(uid) == []
