@@ -24,3 +24,14 @@ def test_host_untouched(isolated: Isolated, users: Users) -> None:
     assert "/home/alice" not in after
     with open("/etc/passwd") as fh:
         assert "zz-probe:" in fh.read()
+
+
+def test_no_cgroups_left() -> None:
+    """No session, daemon or test cgroup of the agent's is left in any hierarchy."""
+    import os
+
+    left = []
+    for dirpath, dirnames, _ in os.walk("/sys/fs/cgroup"):  # every hierarchy, v1 and v2
+        left += [os.path.join(dirpath, d) for d in dirnames
+                 if d.startswith(("runas-", "session-")) and "runas" in dirpath + d]
+    assert left == []
