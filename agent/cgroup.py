@@ -403,6 +403,7 @@ class SessionCgroup:
                 if exc.errno != errno.EBUSY:
                     raise
             time.sleep(0.01)  # the last members' exits are still being accounted
+        raise OSError(errno.EBUSY, "still in use", self.path)
 
 
 def own_path(kind: str, proc: str = "/proc") -> Optional[str]:

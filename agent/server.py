@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
     from agent.audit import AuditLog
+    from agent.cgroup import Setup
     from agent.config import Config
     from agent.peer import Peer
     from agent.platform import Platform
@@ -64,7 +65,7 @@ class Daemon:
     on_ready: Callable[[], None] = lambda: None
     on_stopping: Callable[[], None] = lambda: None
     sys_platform: str = sys.platform
-    cgroups: Any = None  # agent.cgroup.Setup once set up for end mode `all`
+    cgroups: Optional[Setup] = None  # set up for end mode `all` (agent.cgroup)
     _cgroups_tried: bool = False
     _conns: dict[int, _Conn] = field(default_factory=dict)
     _children: set[int] = field(default_factory=set)
