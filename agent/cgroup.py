@@ -264,6 +264,47 @@ def setup(proc: str = "/proc") -> Union[Setup, Unavailable]:
     return Unavailable("; ".join(reasons))
 
 
+def sweep(s: Setup) -> int:
+    """End and remove the session cgroups whose supervisor is gone (killed before it could end
+    its session); returns how many. A supervisor still running keeps its own."""
+    sessions = s.dir(s.layout.sessions)
+    try:
+        names = os.listdir(sessions)
+    except OSError:
+        return 0
+    swept = 0
+    for name in names:
+        pid = supervisor_of(name)
+        if pid is None or _alive(pid):
+            continue
+        left = SessionCgroup(s.kind, os.path.join(sessions, name), True, None)
+        if left.end(0.0):
+            try:
+                left.remove()
+            except OSError:
+                continue
+            swept += 1
+    return swept
+
+
+def supervisor_of(name: str) -> Optional[int]:
+    """The supervisor's pid in a session cgroup's name (session_name), or None."""
+    if not name.startswith("session-"):
+        return None
+    tail = name.rsplit("-", 1)[1]
+    return int(tail) if tail.isdigit() and tail[0] != "0" else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def release(s: Setup) -> None:
     """When the daemon stops: remove the sessions directory (and a unit the daemon created) if
     no session uses them any more."""

@@ -184,7 +184,7 @@ class Daemon:
             return
         self.cgroups = got
         self.log.info("cgroup.ready", kind=got.kind, sessions=got.dir(got.layout.sessions),
-                      daemon=got.dir(got.layout.daemon))
+                      daemon=got.dir(got.layout.daemon), swept=cgroup.sweep(got))
 
     # -- connections ------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import subprocess
 import sys
 import time
@@ -430,3 +431,29 @@ def test_no_usable_cgroup_is_said_and_sessions_still_end(hopper: tuple[str, int]
         assert sess.wait()["reason"] == "terminated"
         sess.close()
         assert _procs_of(uid) == []
+
+
+def test_a_dead_supervisors_cgroup_is_swept(hopper: tuple[str, int],
+                                            no_cgroups_left: str) -> None:
+    """A session cgroup whose supervisor is gone (killed before it could end the session):
+    the daemon ends and removes it at start-up."""
+    uid = hopper[1]
+    mount = no_cgroups_left
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    left = os.path.join(mount, cgroup.ROOT_UNIT, cgroup.SESSIONS,
+                        cgroup.session_name("crashed", gone.pid))
+    os.makedirs(left)
+    try:
+        orphan = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}",
+                                   "--clear-groups", "--", "sleep", "300"],
+                                  start_new_session=True)
+        _move(orphan.pid, left)
+        with running(_daemon_config()) as d:
+            assert '"swept": 1' in d.log(), d.log()
+            assert orphan.wait(5) in (-signal.SIGHUP, -signal.SIGKILL)
+            assert not os.path.exists(left)
+    finally:
+        _kill_all_of(uid)
+        for path in (left, os.path.dirname(left), os.path.dirname(os.path.dirname(left))):
+            _rmdir(path)

@@ -109,6 +109,14 @@ def test_session_names_are_never_interface_files() -> None:
     assert "/" not in cgroup.session_name("a/b", 1)
 
 
+def test_supervisor_of_a_session_cgroup() -> None:
+    assert cgroup.supervisor_of(cgroup.session_name("a-b-c", 4242)) == 4242
+    assert cgroup.supervisor_of("session-x-") is None
+    assert cgroup.supervisor_of("session-x-01") is None
+    assert cgroup.supervisor_of("cgroup.procs") is None
+    assert cgroup.supervisor_of("other-12") is None
+
+
 def test_hierarchies_best_first() -> None:
     mounts = cgroup.parse_mountinfo(HYBRID_MOUNTINFO)
     found = cgroup.find_hierarchies(mounts, cgroup.parse_proc_cgroup(HYBRID_CGROUP))
