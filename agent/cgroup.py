@@ -244,7 +244,7 @@ def probe(proc: str = "/proc") -> Union[Setup, Unavailable]:
 
 def setup(proc: str = "/proc") -> Union[Setup, Unavailable]:
     """Prepare the daemon's cgroup subtree (module docstring) and move the daemon into its
-    place; Unavailable (nothing changed) when no hierarchy can be used."""
+    place; Unavailable (nothing left behind) when no hierarchy can be used."""
     found = _hierarchies(proc)
     if isinstance(found, Unavailable):
         return found
@@ -259,6 +259,9 @@ def setup(proc: str = "/proc") -> Union[Setup, Unavailable]:
                 _write(s.dir(lay.daemon), "cgroup.procs", str(os.getpid()))
         except OSError as exc:
             reasons.append(f"{h.kind}: {exc.strerror or exc} ({exc.filename or s.mount})")
+            if lay.daemon != h.own:
+                _rmdir_quietly(s.dir(lay.daemon))
+            release(s)  # what it made, if empty
             continue
         return s
     return Unavailable("; ".join(reasons))
@@ -314,6 +317,13 @@ def release(s: Setup) -> None:
             os.rmdir(s.dir(path))
         except OSError:
             return
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
 
 
 def _write(directory: str, name: str, value: str) -> None:
