@@ -598,6 +598,29 @@ def test_killed_first_session_is_finished_by_the_next_ensure(
     assert (proc.returncode, proc.stdout) == (0, "0\n")
 
 
+@pytest.mark.parametrize(("mode", "user_owned"), [
+    pytest.param(0o770, False, id="group-writable"),
+    pytest.param(0o1777, False, id="world-writable"),
+    pytest.param(0o700, True, id="owned-by-a-user"),
+])
+def test_a_lock_directory_others_could_write_is_refused_before_anything_is_created(
+    clean: None, users: Users, tmp_path: Path, mode: int, user_owned: bool,
+) -> None:
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    lock_dir.chmod(mode)
+    if user_owned:
+        os.chown(lock_dir, pwd.getpwnam(users.alice).pw_uid, -1)
+    paths = _linux_paths(lock=str(lock_dir / "ssm-user.lock"))
+    with pytest.raises(SsmUserFailed) as info:
+        ssm_user.ensure(Config(), Linux(), paths=paths)
+    assert info.value.message == (f"{lock_dir} is not a directory owned by root and "
+                                  "writable only by it")
+    assert os.listdir(lock_dir) == []
+    assert not _exists()
+    assert not os.path.exists(DROP_IN)
+
+
 def test_uid_zero_and_a_bad_shell_are_refused_before_anything_is_created(
     clean: None,
 ) -> None:
