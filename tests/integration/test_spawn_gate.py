@@ -65,7 +65,7 @@ def test_before_exec_sees_the_dropped_child_before_it_runs(users: Users) -> None
     assert wait_exit(pid, 10) == 0
     uid = str(pwd.getpwnam(users.alice).pw_uid)
     assert seen["uid"] == [uid] * 4  # already the account, all four ids
-    assert seen["ran_yet"] is False  # ...but nothing of the command had run
+    assert seen["ran_yet"] is False, "the command ran before BEFORE_EXEC returned"
     assert isinstance(seen["cmdline"], bytes)
     assert b"touch" not in seen["cmdline"]  # (still the forked Python, not the shell)
     assert os.path.exists(marker)
@@ -85,7 +85,7 @@ def test_a_failing_before_exec_means_nothing_runs(users: Users) -> None:
     assert len(pids) == 1
     with pytest.raises(ChildProcessError):
         os.waitpid(pids[0], os.WNOHANG)  # killed and reaped by spawn
-    assert not os.path.exists(marker)
+    assert not os.path.exists(marker), "the command ran although BEFORE_EXEC failed"
 
 
 def test_a_child_failing_before_the_gate_is_reported(users: Users) -> None:
