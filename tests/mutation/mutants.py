@@ -199,5 +199,6 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("ssm-user-lock-shared", "agent/ssm_user.py",
            "    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX\n",
            "    mode = fcntl.LOCK_SH\n",
-           (f"{_SSM}::test_twenty_simultaneous_first_sessions_create_it_once",)),
+           (f"{_SSM}::test_the_creator_waits_for_a_session_holding_the_lock_shared",
+            f"{_SSM}::test_twenty_simultaneous_first_sessions_create_it_once")),
 )
