@@ -61,7 +61,8 @@ class Users:
     bob: str = "bob"  # local, /bin/sh
     nolog: str = "nolog"  # /usr/sbin/nologin
     nofalse: str = "nofalse"  # /bin/false
-    toor: str = "toor"  # uid 0 alias
+    toor: str = "toor"  # uid 0 alias (primary group 0)
+    zero: str = "zero"  # uid 0 alias whose primary group is its own, not 0
     dirk: str = "dirk"  # directory-only (libnss-extrausers)
     missing: str = "nobody-here"
     devs_group: str = "devs"
@@ -88,6 +89,9 @@ def users(isolated: Isolated) -> Users:
     sh("useradd", "-m", "-s", "/usr/sbin/nologin", "--", u.nolog)
     sh("useradd", "-m", "-s", "/bin/false", "--", u.nofalse)
     sh("useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", "/root", "-s", "/bin/bash", "--", u.toor)
+    sh("groupadd", u.zero)
+    sh("useradd", "-o", "-u", "0", "-g", u.zero, "-M", "-d", "/root", "-s", "/bin/bash", "--",
+       u.zero)
     add_directory_user(u.dirk, 5001)
     return u
 

@@ -56,12 +56,15 @@ def test_directory_user_refused_by_policy(users: Users, tmp_path: Path) -> None:
     assert rc == 0
 
 
-@pytest.mark.parametrize("who", ["root", "toor"])
+@pytest.mark.parametrize("who", ["root", "toor", "zero"])
 def test_uid_zero_refused_whatever_the_name(users: Users, who: str) -> None:
+    if who == "zero":  # refused for its uid alone: its primary group is not 0
+        assert grp.getgrgid(pwd.getpwnam(who).pw_gid).gr_name == users.zero
     rc, out = run_json("check", who)
     assert rc == 1
     assert out["reason"] == "root_refused"
     assert out["uid"] == 0
+    assert out["message"] == "uid 0: root is never a session target, whatever its name"
     proc = run_cli("check", who)
     assert proc.returncode == 1
     assert "root_refused" in proc.stdout.splitlines()[-1]

@@ -6,12 +6,14 @@ import grp
 import json
 import os
 import pwd
+import random
 import signal
 import socket
 import struct
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -312,38 +314,43 @@ def _frame(body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+def _hostile(payload: bytes, name: str, *, answered: bool = True) -> Any:
+    return pytest.param(payload, answered, id=name)
+
+
 @pytest.mark.parametrize(
-    "payload",
+    ("payload", "answered"),
     [
-        struct.pack(">I", 10_000_000) + b"x" * 100,  # oversize
-        _frame(b"{\"v\":1,\"type\":\"ping\"")[:-3],  # truncated
-        _frame(b"{not json"),
-        _frame(b"[1,2,3]"),
-        _frame(b"{\"v\":1,\"type\":\"start\",\"session_id\":5}"),
-        _frame(b"{\"v\":1,\"type\":\"rm -rf\"}"),
-        _frame(b"{\"v\":99,\"type\":\"ping\"}"),
-        os.urandom(3000),
-        b"",
-        _frame(b"{\"v\":1,\"type\":\"ping\"}") * 2,
-        _frame(b"[" * 60000),
-        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a",'
-               b'"tags":{"\\ud800":1}}}'),
-        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"\\ud800"},'
-               b'"command":"true"}'),
-        _frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a"},'
-               b'"env":{"\\udfff":5}}'),
+        _hostile(struct.pack(">I", 10_000_000) + b"x" * 100, "oversize"),
+        # The client stops writing before the frame is complete: the daemon closes, silently.
+        _hostile(_frame(b"{\"v\":1,\"type\":\"ping\"")[:-3], "truncated", answered=False),
+        _hostile(_frame(b"{not json"), "invalid-json"),
+        _hostile(_frame(b"[1,2,3]"), "not-object"),
+        _hostile(_frame(b"{\"v\":1,\"type\":\"start\",\"session_id\":5}"), "wrong-type"),
+        _hostile(_frame(b"{\"v\":1,\"type\":\"rm -rf\"}"), "unknown-op"),
+        _hostile(_frame(b"{\"v\":99,\"type\":\"ping\"}"), "version"),
+        # Seeded, so the test is the same every run: a header far above the frame limit.
+        _hostile(random.Random(0).randbytes(3000), "random"),
+        _hostile(b"", "empty", answered=False),
+        _hostile(_frame(b"{\"v\":1,\"type\":\"ping\"}") * 2, "two-frames"),
+        _hostile(_frame(b"[" * 60000), "deep-nesting"),
+        _hostile(_frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a",'
+                        b'"tags":{"\\ud800":1}}}'), "surrogate-tag"),
+        _hostile(_frame(b'{"v":1,"type":"start","session_id":"x",'
+                        b'"principal":{"arn":"\\ud800"},"command":"true"}'), "surrogate-arn"),
+        _hostile(_frame(b'{"v":1,"type":"start","session_id":"x","principal":{"arn":"a"},'
+                        b'"env":{"\\udfff":5}}'), "surrogate-env"),
     ],
-    ids=["oversize", "truncated", "invalid-json", "not-object", "wrong-type", "unknown-op",
-         "version", "random", "empty", "two-frames", "deep-nesting", "surrogate-tag",
-         "surrogate-arn", "surrogate-env"],
 )
 def test_hostile_frames_leave_the_daemon_serving(daemon: DaemonProc, users: Users,
-                                                 payload: bytes) -> None:
+                                                 payload: bytes, answered: bool) -> None:
     out = _raw(daemon, payload)
-    if out:
+    if answered:
         rep = _reply(out)
         assert rep["type"] == "error"
         assert rep["reason"] == "bad_request"
+    else:
+        assert out == b""
     assert daemon.client.ping()["type"] == "pong"
     assert daemon.proc is not None
     assert daemon.proc.poll() is None
@@ -361,6 +368,97 @@ def test_slow_client_cannot_hold_the_daemon(daemon: DaemonProc, users: Users) ->
     slow.close()
     assert _reply(data)["reason"] == "bad_request"
     assert time.monotonic() - t0 < 4.0
+
+
+def _padded_ping(size: int) -> bytes:
+    """A valid ping frame whose body is SIZE bytes (JSON allows the trailing blanks)."""
+    body = b'{"v":1,"type":"ping"}'
+    return _frame(body + b" " * (size - len(body)))
+
+
+def test_the_configured_frame_limit_is_the_one_enforced(users: Users) -> None:
+    with running({"limits": {"max_frame": 1024}}) as d:
+        assert _reply(_raw(d, _padded_ping(1024)))["type"] == "pong"
+        rep = _reply(_raw(d, _padded_ping(4096)))  # under the default limit, over this one
+        assert (rep["type"], rep.get("reason")) == ("error", "bad_request")
+        assert "exceeds the limit of 1024" in str(rep["message"])
+        assert d.client.ping()["type"] == "pong"
+
+
+# -- directories the daemon trusts --------------------------------------------------------------
+
+# (mode, owned by alice instead of root): each one someone other than root could write into.
+UNSAFE_DIRS = [
+    pytest.param(0o775, False, id="group-writable"),
+    pytest.param(0o1777, False, id="world-writable"),
+    pytest.param(0o700, True, id="owned-by-a-user"),
+]
+
+
+def _unsafe_dir(path: str, mode: int, user_owned: bool, user: str) -> None:
+    os.makedirs(path)
+    os.chmod(path, mode)
+    if user_owned:
+        os.chown(path, pwd.getpwnam(user).pw_uid, -1)
+
+
+def _serve_refused(d: DaemonProc) -> str:
+    """Run `serve`, which must refuse to start: its output. A daemon that binds its socket
+    instead is stopped and the test fails."""
+    proc = subprocess.Popen([sys_executable(), "-m", "agent", "serve", "--config",
+                             d.config_path], cwd=REPO_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={"PATH": "/usr/bin:/bin"})
+    deadline = time.monotonic() + 30
+    while proc.poll() is None and time.monotonic() < deadline:
+        if os.path.exists(d.socket):
+            break
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the daemon bound {d.socket} instead of refusing its directory")
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    proc.stdout.close()
+    assert proc.returncode == 2, out
+    return out
+
+
+@pytest.mark.parametrize(("mode", "user_owned"), UNSAFE_DIRS)
+def test_the_daemon_refuses_a_socket_directory_others_could_write(
+        users: Users, mode: int, user_owned: bool) -> None:
+    d = make_daemon()
+    sock_dir = os.path.dirname(d.socket)
+    _unsafe_dir(sock_dir, mode, user_owned, users.alice)
+    out = _serve_refused(d)
+    assert f"{sock_dir}: must be a directory owned by root and not writable by group or " \
+        "others" in out
+    assert os.listdir(sock_dir) == []
+
+
+@pytest.mark.parametrize(("mode", "user_owned"), UNSAFE_DIRS)
+def test_sessions_are_refused_with_a_registry_directory_others_could_write(
+        users: Users, mode: int, user_owned: bool) -> None:
+    d = make_daemon()
+    out_dir = os.path.join(d.workdir, "out")
+    os.mkdir(out_dir)
+    os.chmod(out_dir, 0o1777)
+    marker = os.path.join(out_dir, "ran")
+    _unsafe_dir(d.state_dir, mode, user_owned, users.alice)
+    d.start()
+    try:
+        with pytest.raises(AgentError) as info:
+            d.client.start(session_id="reg-dir", principal_arn="a", tags={TAG: users.alice},
+                           run_as_enabled=True, command=f"touch {marker}")
+        assert info.value.reason == "internal_error"
+        assert f"{d.state_dir} must be a directory of the agent's user, mode 0700" \
+            in str(info.value)
+        assert d.events("reg-dir") == ["session.requested", "session.denied"]
+        assert os.listdir(d.state_dir) == []
+        assert not os.path.exists(marker)
+    finally:
+        d.stop()
+        d.cleanup()
 
 
 # -- peers ------------------------------------------------------------------------------------

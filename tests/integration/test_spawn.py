@@ -7,6 +7,7 @@ working directory, controlling terminal, signals, exit status.
 
 import dataclasses
 import errno
+import fcntl
 import grp
 import os
 import pwd
@@ -65,12 +66,15 @@ def extra_users(users: Users) -> Users:
 
 @pytest.fixture
 def clean_parent(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
-    """Make the parent dirty: marker and loader variables in os.environ, an inheritable fd
-    (CLOEXEC would hide a missing closerange), SIGUSR1 ignored and SIGUSR2 blocked."""
+    """Make the parent dirty: marker and loader variables in os.environ, inheritable fds
+    (CLOEXEC would hide a missing closerange) below and above the fds spawn opens for itself,
+    SIGUSR1 ignored and SIGUSR2 blocked."""
     for name, value in MARKERS.items():
         monkeypatch.setenv(name, value)
     fd = os.open("/etc/passwd", os.O_RDONLY)
     os.set_inheritable(fd, True)
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD, 200)  # inheritable, like fd
+    assert os.get_inheritable(high)
     old_usr1 = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
     try:
@@ -78,6 +82,7 @@ def clean_parent(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         signal.signal(signal.SIGUSR1, old_usr1)
+        os.close(high)
         os.close(fd)
 
 

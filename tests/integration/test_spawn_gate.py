@@ -1,8 +1,12 @@
 """spawn's exec gate: BEFORE_EXEC runs while the child, already the account, waits to exec;
-if it raises, nothing of the session's command ever runs."""
+if it raises, nothing of the session's command ever runs.
+
+The hooks here are slow on purpose (a record that takes its time to become durable): the child
+must still wait for them, so the order of the gate, not who wins a race, decides what runs."""
 
 import os
 import pwd
+import time
 
 import pytest
 
@@ -29,6 +33,14 @@ def _marker(name: str) -> str:
     return path
 
 
+def _slow_record(marker: str, seconds: float = 1.0) -> None:
+    """Take SECONDS, as a slow audit record would; return early if MARKER appears (the command
+    ran although its record was not made yet)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not os.path.exists(marker):
+        time.sleep(0.01)
+
+
 def _plan(user: str, command: str) -> SpawnPlan:
     acct = accounts.require(user, PolicyConfig(), Linux())
     env = build_env(acct, term=None, client_env={})
@@ -43,6 +55,7 @@ def test_before_exec_sees_the_dropped_child_before_it_runs(users: Users) -> None
     def look(pid: int) -> None:
         with open(f"/proc/{pid}/status") as fh:
             seen["uid"] = next(x for x in fh if x.startswith("Uid:")).split()[1:]
+        _slow_record(marker)
         seen["ran_yet"] = os.path.exists(marker)
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             seen["cmdline"] = fh.read()
@@ -52,7 +65,7 @@ def test_before_exec_sees_the_dropped_child_before_it_runs(users: Users) -> None
     assert wait_exit(pid, 10) == 0
     uid = str(pwd.getpwnam(users.alice).pw_uid)
     assert seen["uid"] == [uid] * 4  # already the account, all four ids
-    assert seen["ran_yet"] is False  # ...but nothing of the command had run
+    assert seen["ran_yet"] is False, "the command ran before BEFORE_EXEC returned"
     assert isinstance(seen["cmdline"], bytes)
     assert b"touch" not in seen["cmdline"]  # (still the forked Python, not the shell)
     assert os.path.exists(marker)
@@ -64,6 +77,7 @@ def test_a_failing_before_exec_means_nothing_runs(users: Users) -> None:
 
     def refuse(pid: int) -> None:
         pids.append(pid)
+        _slow_record(marker)
         raise AuditFailed("no space left for session.started")
 
     with pytest.raises(AuditFailed):
@@ -71,7 +85,7 @@ def test_a_failing_before_exec_means_nothing_runs(users: Users) -> None:
     assert len(pids) == 1
     with pytest.raises(ChildProcessError):
         os.waitpid(pids[0], os.WNOHANG)  # killed and reaped by spawn
-    assert not os.path.exists(marker)
+    assert not os.path.exists(marker), "the command ran although BEFORE_EXEC failed"
 
 
 def test_a_child_failing_before_the_gate_is_reported(users: Users) -> None:

@@ -16,6 +16,7 @@ How the faults are forced:
 """
 
 import dataclasses
+import fcntl
 import grp
 import json
 import os
@@ -24,6 +25,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -286,6 +288,32 @@ def test_twenty_simultaneous_first_sessions_create_it_once(
     assert _events(cfg_path) == ["ssm_user.created", "sudoers.written"]
     proc = _sudo_as_ssm_user()
     assert (proc.returncode, proc.stdout) == (0, "0\n")
+
+
+def test_the_creator_waits_for_a_session_holding_the_lock_shared(
+    clean: None, cfg_path: str
+) -> None:
+    """A session looking at ssm-user holds the lock shared; creating the account needs it
+    exclusive, so `ensure` waits (up to 5 s here) and creates it only once the look is over."""
+    lock = ssm_user.Paths.for_platform("linux").lock
+    os.makedirs(os.path.dirname(lock), mode=0o700, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        proc = subprocess.Popen([sys.executable, "-m", "agent", "ssm-user", "ensure", "--json",
+                                 "--config", cfg_path], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "ensure finished while the lock was held shared"
+        assert not _exists()
+    finally:
+        os.close(fd)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert (proc.returncode, stderr) == (0, b"")
+    assert json.loads(stdout)["created"] is True
+    assert _exists()
 
 
 def test_an_existing_ssm_user_is_not_modified_and_gets_no_drop_in(
@@ -596,6 +624,29 @@ def test_killed_first_session_is_finished_by_the_next_ensure(
         assert fh.read() == GOLDEN
     proc = _sudo_as_ssm_user()
     assert (proc.returncode, proc.stdout) == (0, "0\n")
+
+
+@pytest.mark.parametrize(("mode", "user_owned"), [
+    pytest.param(0o770, False, id="group-writable"),
+    pytest.param(0o1777, False, id="world-writable"),
+    pytest.param(0o700, True, id="owned-by-a-user"),
+])
+def test_a_lock_directory_others_could_write_is_refused_before_anything_is_created(
+    clean: None, users: Users, tmp_path: Path, mode: int, user_owned: bool,
+) -> None:
+    lock_dir = tmp_path / "locks"
+    lock_dir.mkdir()
+    lock_dir.chmod(mode)
+    if user_owned:
+        os.chown(lock_dir, pwd.getpwnam(users.alice).pw_uid, -1)
+    paths = _linux_paths(lock=str(lock_dir / "ssm-user.lock"))
+    with pytest.raises(SsmUserFailed) as info:
+        ssm_user.ensure(Config(), Linux(), paths=paths)
+    assert info.value.message == (f"{lock_dir} is not a directory owned by root and "
+                                  "writable only by it")
+    assert os.listdir(lock_dir) == []
+    assert not _exists()
+    assert not os.path.exists(DROP_IN)
 
 
 def test_uid_zero_and_a_bad_shell_are_refused_before_anything_is_created(

@@ -83,3 +83,24 @@ def test_control_characters_are_escaped(tmp_path: Path) -> None:
     raw.decode("ascii")
     assert b"\x1b" not in raw
     assert json.loads(raw)["principal"] == "arn:\x1b[2J\u202e"
+
+
+def test_every_record_is_fsynced_before_record_returns(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real fsync, observed at its call: each record() returns only after the log file,
+    already holding that record, was flushed to disk."""
+    path = tmp_path / "audit" / "audit.log"
+    real_fsync = os.fsync
+    synced: list[tuple[str, bytes]] = []
+
+    def observed_fsync(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), path.read_bytes()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", observed_fsync)
+    log = AuditLog(str(path))
+    for n, event in enumerate(("session.requested", "session.started", "session.ended"), 1):
+        log.record(event, session_id="s1")
+        on_disk = path.read_bytes()
+        assert len(on_disk.splitlines()) == n
+        assert (str(path), on_disk) in synced, f"{event} was not fsynced before record returned"

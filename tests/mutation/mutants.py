@@ -1,0 +1,204 @@
+"""The security mutants `scripts/mutants` applies, one at a time, to a scratch copy of the tree.
+
+Each mutant is a plausible bug in a security check: OLD, found exactly once in FILE, is replaced
+by NEW, and running TESTS (pytest node ids or files, relative to the tree) must then fail. A
+mutant whose OLD no longer occurs exactly once is stale and fails the run: update it with the
+code it mutates. To add one, append an entry:
+
+    Mutant("short-id", "agent/module.py",
+           "the exact code as it is",
+           "the same code with the check broken",
+           ("tests/unit/test_x.py::test_that_notices",)),
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Mutant(NamedTuple):
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+_SPAWN_IT = "tests/integration/test_spawn.py"
+_SPAWN_UT = "tests/unit/test_spawn.py"
+_DAEMON = "tests/integration/test_daemon.py"
+_SSM = "tests/integration/test_ssm_user.py"
+_CHECK = "tests/integration/test_check.py"
+_DROP_ORDER = f"{_SPAWN_UT}::test_linux_drop_order_groups_then_gid_then_uid_and_verify_passes"
+
+MUTANTS: tuple[Mutant, ...] = (
+    # -- nothing runs unrecorded -----------------------------------------------------------------
+    Mutant("gate-opens-before-the-record", "agent/spawn.py",
+           "before_exec(pid)\n                os.write(gate_w, _GO)\n",
+           "os.write(gate_w, _GO)\n                before_exec(pid)\n",
+           ("tests/integration/test_spawn_gate.py",)),
+    Mutant("audit-record-not-fsynced", "agent/audit.py",
+           "                os.fsync(fd)\n",
+           "",
+           ("tests/unit/test_audit.py::test_every_record_is_fsynced_before_record_returns",)),
+    # -- directories only root may write ---------------------------------------------------------
+    Mutant("socket-dir-any-directory", "agent/server.py",
+           "if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:",
+           "if not stat.S_ISDIR(st.st_mode):",
+           (f"{_DAEMON}::test_the_daemon_refuses_a_socket_directory_others_could_write",)),
+    Mutant("lock-dir-any-directory", "agent/ssm_user.py",
+           "if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:",
+           "if not stat.S_ISDIR(st.st_mode):",
+           (f"{_SSM}::test_a_lock_directory_others_could_write_is_refused_before_anything_is_"
+            "created",)),
+    Mutant("registry-dir-any-directory", "agent/registry.py",
+           "if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:",
+           "if not stat.S_ISDIR(st.st_mode):",
+           (f"{_DAEMON}::test_sessions_are_refused_with_a_registry_directory_others_could_write",)),
+    # -- the frame limit -------------------------------------------------------------------------
+    Mutant("daemon-ignores-configured-frame-limit", "agent/server.py",
+           "protocol.FrameDecoder(self.cfg.limits.max_frame)",
+           "protocol.FrameDecoder()",
+           (f"{_DAEMON}::test_the_configured_frame_limit_is_the_one_enforced",)),
+    Mutant("no-frame-limit", "agent/protocol.py",
+           "        if size > self.max_frame:\n",
+           "        if False:\n",
+           ("tests/unit/test_protocol.py::test_an_oversize_header_breaks_the_stream_for_good",
+            f"{_DAEMON}::test_hostile_frames_leave_the_daemon_serving")),
+    Mutant("bad-frames-answered-with-silence", "agent/server.py",
+           "            sock.send(protocol.encode(protocol.error_reply(exc.reason, str(exc))))\n",
+           "            pass\n",
+           (f"{_DAEMON}::test_hostile_frames_leave_the_daemon_serving",)),
+    # -- root is never a target ------------------------------------------------------------------
+    Mutant("check-accepts-uid-0", "agent/accounts.py",
+           "    if pw.pw_uid == 0:\n",
+           "    if False:\n",
+           (f"{_CHECK}::test_uid_zero_refused_whatever_the_name",)),
+    Mutant("check-accepts-primary-group-0", "agent/accounts.py",
+           "    elif pw.pw_gid == 0:\n",
+           "    elif False:\n",
+           (f"{_CHECK}::test_primary_group_zero_is_refused",)),
+    Mutant("spawn-accepts-uid-0", "agent/spawn.py",
+           "        if account.uid == 0:\n            raise RootRefused",
+           "        if False:\n            raise RootRefused",
+           (f"{_SPAWN_UT}::test_identity_refuses_root_and_group_zero",
+            f"{_SPAWN_IT}::test_root_and_bad_plans_are_refused_before_fork")),
+    # -- the privilege drop and its verification -------------------------------------------------
+    Mutant("drop-keeps-root-groups", "agent/spawn.py",
+           '    _step("setgroups", ops.setgroups, ident.groups)\n',
+           "",
+           (_DROP_ORDER, f"{_SPAWN_IT}::test_ids_and_groups_are_exactly_the_targets")),
+    Mutant("drop-uid-before-gid", "agent/spawn.py",
+           '    _step("setresgid", ops.setresgid, ident.gid, ident.gid, ident.gid)\n'
+           '    _step("setresuid", ops.setresuid, ident.uid, ident.uid, ident.uid)\n',
+           '    _step("setresuid", ops.setresuid, ident.uid, ident.uid, ident.uid)\n'
+           '    _step("setresgid", ops.setresgid, ident.gid, ident.gid, ident.gid)\n',
+           (_DROP_ORDER,)),
+    Mutant("verify-ignores-uids", "agent/spawn.py",
+           "    if uids != (ident.uid,) * len(uids):\n",
+           "    if False:\n",
+           (f"{_SPAWN_UT}::test_verify_catches_every_mismatch",)),
+    Mutant("verify-ignores-groups", "agent/spawn.py",
+           "    if groups != list(ident.groups):\n",
+           "    if False:\n",
+           (f"{_SPAWN_UT}::test_verify_catches_every_mismatch",)),
+    Mutant("verify-lets-root-back", "agent/spawn.py",
+           'raise StageFailed("verify", 0, f"{call}(0) succeeded: root could be regained")',
+           "continue",
+           (f"{_SPAWN_UT}::test_verify_wants_eperm_from_setuid_0",
+            f"{_SPAWN_IT}::test_setuid_back_to_root_succeeding_is_fatal")),
+    # -- what the session's process inherits -----------------------------------------------------
+    Mutant("fds-above-the-report-pipe-left-open", "agent/spawn.py",
+           "        os.closerange(low, bound)\n",
+           "        os.closerange(low, low)\n",
+           (f"{_SPAWN_IT}::test_only_stdio_is_open",)),
+    Mutant("fds-below-the-report-pipe-left-open", "agent/spawn.py",
+           "            os.closerange(low, keep)\n",
+           "            pass\n",
+           (f"{_SPAWN_IT}::test_only_stdio_is_open",)),
+    Mutant("chdir-as-root", "agent/spawn.py",
+           '        become(ops, p.ident)\n'
+           '        verify(ops, p.ident)\n'
+           '        stage = "close fds"\n'
+           '        low = 3\n'
+           '        for keep in sorted(fd for fd in (report, gate) if fd != -1):\n'
+           '            os.closerange(low, keep)\n'
+           '            low = keep + 1\n'
+           '        os.closerange(low, bound)\n'
+           '        stage = "chdir"\n'
+           '        try:\n'
+           '            os.chdir(p.home)\n',
+           '        os.chdir(p.home)\n'
+           '        become(ops, p.ident)\n'
+           '        verify(ops, p.ident)\n'
+           '        stage = "close fds"\n'
+           '        low = 3\n'
+           '        for keep in sorted(fd for fd in (report, gate) if fd != -1):\n'
+           '            os.closerange(low, keep)\n'
+           '            low = keep + 1\n'
+           '        os.closerange(low, bound)\n'
+           '        stage = "chdir"\n'
+           '        try:\n'
+           '            pass\n',
+           (f"{_SPAWN_IT}::test_home_only_root_can_enter_proves_chdir_after_the_drop",)),
+    Mutant("env-forbidden-names-pass", "agent/environ.py",
+           "    return name.upper().startswith(FORBIDDEN_PREFIXES)\n",
+           "    return False\n",
+           ("tests/unit/test_environ.py::test_extra_is_merged_last_but_never_identity_or_forbidden",)),
+    Mutant("env-client-names-all-pass", "agent/environ.py",
+           "        if name in ALLOWED_CLIENT_ENV:\n",
+           "        if True:\n",
+           ("tests/unit/test_environ.py::test_locale_and_tz_from_the_client_others_dropped",)),
+    Mutant("tty-owned-by-root", "agent/terminal.py",
+           "os.fchown(slave, account.uid, gid)",
+           "os.fchown(slave, 0, gid)",
+           (f"{_SPAWN_IT}::test_pty_slave_ownership_mode_size_and_cloexec",)),
+    Mutant("tty-world-writable", "agent/terminal.py",
+           "TTY_MODE = 0o620\n",
+           "TTY_MODE = 0o666\n",
+           (f"{_SPAWN_IT}::test_pty_slave_ownership_mode_size_and_cloexec",)),
+    # -- who may use the socket ------------------------------------------------------------------
+    Mutant("peer-any-uid", "agent/peer.py",
+           "    if peer.uid == 0 or peer.uid in set(allowed_uids):\n",
+           "    if True:\n",
+           (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
+    Mutant("peer-any-group", "agent/peer.py",
+           "    return peer.gid in gids or bool(gids.intersection(peer.groups))\n",
+           "    return True\n",
+           (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
+    # -- the Run As decision ---------------------------------------------------------------------
+    Mutant("refused-tag-user-falls-back", "agent/resolve.py",
+           "    if report.account is None:\n",
+           "    if report.account is None and not default_user:\n",
+           ("tests/integration/test_resolve.py::test_tag_user_refused_never_falls_back",)),
+    Mutant("deny-users-ignored", "agent/accounts.py",
+           "    if user in policy.deny_users:\n"
+           '        return f"{user!r} is in policy.deny_users"\n'
+           "    for denied in policy.deny_users:\n",
+           "    if False:\n"
+           '        return f"{user!r} is in policy.deny_users"\n'
+           "    for denied in ():\n",
+           (f"{_CHECK}::test_node_policy_restricts",)),
+    Mutant("deny-users-alias-passes", "agent/accounts.py",
+           "            if pwd.getpwnam(denied).pw_uid == uid:\n",
+           "            if False:\n",
+           (f"{_CHECK}::test_deny_list_covers_uid_aliases",)),
+    # -- ssm-user and its sudoers drop-in --------------------------------------------------------
+    Mutant("drop-in-world-readable", "agent/sudoers.py",
+           "DROP_IN_MODE = 0o440\n",
+           "DROP_IN_MODE = 0o644\n",
+           (f"{_SSM}::test_ensure_creates_the_account_and_the_drop_in",)),
+    Mutant("drop-in-not-validated", "agent/ssm_user.py",
+           "    validate = visudo_validator(visudo, runner) if visudo is not None else None\n",
+           "    validate = None\n",
+           (f"{_SSM}::test_visudo_refusing_keeps_the_previous_drop_in",)),
+    Mutant("visudo-not-strict", "agent/ssm_user.py",
+           "ok, why = _visudo_check(visudo, runner, path, strict=True)",
+           "ok, why = _visudo_check(visudo, runner, path, strict=False)",
+           (f"{_SSM}::test_real_visudo_refuses_bad_content",)),
+    Mutant("ssm-user-lock-shared", "agent/ssm_user.py",
+           "    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX\n",
+           "    mode = fcntl.LOCK_SH\n",
+           (f"{_SSM}::test_the_creator_waits_for_a_session_holding_the_lock_shared",
+            f"{_SSM}::test_twenty_simultaneous_first_sessions_create_it_once")),
+)
