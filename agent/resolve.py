@@ -30,7 +30,10 @@ class Resolution:
 
 
     def error(self) -> AgentError:
-        return error_for(self.reason or "internal_error", self.message or "denied")
+        err = error_for(self.reason or "internal_error", self.message or "denied")
+        if self.report is not None and self.report.reason == self.reason:
+            err.hint = self.report.hint  # what to do, e.g. about an unsafe ssm-user home
+        return err
 
 
 def resolve(
