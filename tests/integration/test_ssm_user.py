@@ -720,6 +720,11 @@ def test_ssm_user_re_created_over_a_leftover_home_another_user_owns_is_refused(
             1, False, "ssm_user_unsafe", False)
         assert any("ssm_user_unsafe" in p and "/home/ssm-user" in p for p in st["problems"])
 
+        # resolve says what the session met.
+        proc = run_cli("resolve", "--no-run-as", "--json", "--config", d.config_path)
+        res = json.loads(proc.stdout)
+        assert (proc.returncode, res["allowed"], res["reason"]) == (1, False, "ssm_user_unsafe")
+
         # Again, and with the CLI's own ensure: refused each time, nothing created.
         assert _login_shell(d, "leftover-2")[0] == "ssm_user_unsafe"
         rc, out, err = _ensure(d.config_path)
