@@ -2,6 +2,7 @@
 
 `inspect()` runs every check and reports each one (the `check` command shows them all);
 `require()` returns a usable Account or raises the typed error of the first failed check.
+ssm-user's home must also be one the agent can trust (agent.homedir): `ssm_user_unsafe`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from agent.errors import (
     NAME_MISMATCH,
     ROOT_REFUSED,
     SHELL_DISABLED,
+    SSM_USER_UNSAFE,
     USER_NOT_FOUND,
     AgentError,
     InvalidName,
     error_for,
 )
+from agent.policy import SSM_USER
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -244,8 +247,17 @@ def inspect(name: Union[str, bytes], policy: PolicyConfig, platform: Platform) -
             hint="give the account a login shell, or set policy.allow_disabled_shells: true",
         )
 
-    if os.path.isdir(pw.pw_dir):
-        b.ok("home", pw.pw_dir)
+    unsafe = None
+    if user == SSM_USER:
+        # ssm-user may hold sudo: a home someone else can write (or wrote) is refused.
+        from agent import homedir
+
+        unsafe = homedir.problem(pw.pw_dir, pw.pw_uid, user)
+    if unsafe is not None:
+        b.fail("home", SSM_USER_UNSAFE, unsafe.message, unsafe.hint)
+    elif os.path.isdir(pw.pw_dir):
+        b.ok("home", pw.pw_dir if user != SSM_USER else f"{pw.pw_dir} (only {user} and root "
+             "can write it and the directories above it)")
     else:
         b.warn("home", f"{pw.pw_dir} is not a directory here; sessions start in /")
 

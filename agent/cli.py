@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     usub.required = True
     for name, func, text, desc in (
         ("status", cmd_ssm_user_status, "show the account, the drop-in and what sudo grants",
-         "Show whether ssm-user exists (uid, shell, home), whether the agent created it, the "
+         "Show whether ssm-user exists (uid, shell, home, and whether that home can be trusted: "
+         "if not, the reason is ssm_user_unsafe), whether the agent created it, the "
          "drop-in (present, mode, owner, valid for visudo, expected content), whether sudo "
          "grants it root, and whether /etc/sudoers includes /etc/sudoers.d. Read-only. Exit 0 "
          "when all is well, 1 when there is a problem (listed; a missing account is one), 2 on "

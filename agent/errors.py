@@ -29,6 +29,7 @@ ACCOUNT_REFUSED = "account_refused"
 PAM_FAILED = "pam_failed"
 LOGIN_RECORD_FAILED = "login_record_failed"
 SSM_USER_FAILED = "ssm_user_failed"
+SSM_USER_UNSAFE = "ssm_user_unsafe"
 INSTALL_FAILED = "install_failed"
 AUDIT_FAILED = "audit_failed"
 UNREACHABLE = "unreachable"
@@ -153,6 +154,14 @@ class SsmUserFailed(AgentError):
     reason = SSM_USER_FAILED
 
 
+class SsmUserUnsafe(AgentError):
+    """ssm-user's home cannot be trusted (it exists already, is a symlink, is another user's, or
+    others can write it or a directory above it): no session runs as ssm-user and no drop-in is
+    written until it is fixed."""
+
+    reason = SSM_USER_UNSAFE
+
+
 class InstallFailed(AgentError):
     """A file could not be installed or removed atomically; the previous file (or none) remains."""
 
@@ -208,6 +217,7 @@ _BY_REASON = {
         PamFailed,
         LoginRecordFailed,
         SsmUserFailed,
+        SsmUserUnsafe,
         InstallFailed,
         AuditFailed,
         Unreachable,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agent import accounts, policy
-from agent.errors import USER_NOT_FOUND, AgentError, error_for
+from agent.errors import SSM_USER_UNSAFE, USER_NOT_FOUND, AgentError, error_for
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -27,10 +27,15 @@ class Resolution:
     steps: tuple[str, ...]
     account: Optional[Account]  # None when denied, or when ssm-user is still to be created
     report: Optional[Report]
-
+    hint: Optional[str] = None  # what to do, when the denial is not the report's own
 
     def error(self) -> AgentError:
-        return error_for(self.reason or "internal_error", self.message or "denied")
+        err = error_for(self.reason or "internal_error", self.message or "denied")
+        if self.hint is not None:
+            err.hint = self.hint
+        elif self.report is not None and self.report.reason == self.reason:
+            err.hint = self.report.hint
+        return err
 
 
 def resolve(
@@ -54,6 +59,21 @@ def resolve(
 
     report = accounts.inspect(outcome.user, cfg.policy, platform)
     if outcome.source == policy.SOURCE_SSM_USER and report.reason == USER_NOT_FOUND:
+        from agent import homedir
+
+        home = (cfg.ssm_user.home if cfg.ssm_user.home is not None
+                else platform.default_home(outcome.user))
+        unsafe = homedir.problem(home, None, outcome.user)
+        if unsafe is not None:
+            # What creating it would meet: refused before anything is created.
+            steps.append(f"ssm-user does not exist yet, and creating it is refused: "
+                         f"{unsafe.message}")
+            steps.append(f"DENY {SSM_USER_UNSAFE}")
+            return Resolution(
+                False, outcome.user, outcome.source, SSM_USER_UNSAFE,
+                f"{outcome.user} is refused: {unsafe.message}", tuple(steps), None, report,
+                unsafe.hint,
+            )
         steps.append("ssm-user does not exist yet: it is created on the first session")
         steps.append("ALLOW ssm-user")
         return Resolution(

@@ -5,6 +5,11 @@
 account is never modified. The drop-in is written only for an account the agent itself created,
 and only when `ssm_user.sudoers` is on; an admin's own ssm-user keeps whatever rights it has.
 
+Nothing is created, granted or run for an ssm-user whose home the agent cannot trust (see
+agent.homedir): a home path that exists before the account does (say, one that `userdel`
+without -r left and a later account now owns), a symlink, another user's directory, or one
+that others can write is refused with `ssm_user_unsafe`, and the drop-in is left alone.
+
 A small state file records that the agent created the account and where the drop-in stands
 (`pending` until it is written, then `written`; `revoked` after `revoke_sudo`; `off` when the
 config said no). If writing the drop-in fails (full disk, visudo refusing) or the process is
@@ -20,8 +25,14 @@ import stat
 import time
 from dataclasses import dataclass
 
-from agent import fsutil, sudoers
-from agent.errors import AgentError, CommandFailed, SsmUserFailed
+from agent import fsutil, homedir, sudoers
+from agent.errors import (
+    SSM_USER_UNSAFE,
+    AgentError,
+    CommandFailed,
+    SsmUserFailed,
+    SsmUserUnsafe,
+)
 from agent.runner import run, which
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
@@ -90,9 +101,11 @@ def ensure(
 ) -> EnsureResult:
     """Make sure ssm-user exists (creating it once, under the lock) and return it, validated.
 
-    Raises SsmUserFailed (what happened and what to do), AuditFailed when a record cannot be
-    made durable, or the account check's typed error when the account exists but cannot be a
-    session target (e.g. an admin's ssm-user with a disabled shell).
+    Raises SsmUserFailed (what happened and what to do), SsmUserUnsafe when its home cannot be
+    trusted (agent.homedir: then no drop-in is written, and nothing is created when the home
+    path exists before the account does), AuditFailed when a record cannot be made durable, or
+    the account check's typed error when the account exists but cannot be a session target
+    (e.g. an admin's ssm-user with a disabled shell).
     """
     from agent import accounts
     from agent.platform import NewUser
@@ -111,7 +124,9 @@ def ensure(
     if look is not None:
         try:
             pw = _lookup(NAME)
-            settled = pw is not None and not (
+            # The home: one lstat here; anything short of a clean directory of the account's
+            # (or root's) takes the exclusive path, which checks it all and refuses.
+            settled = pw is not None and homedir.quick(pw.pw_dir, pw.pw_uid) and not (
                 cfg.ssm_user.sudoers
                 and _created_state(paths.state, pw.pw_uid) == SUDOERS_PENDING)
         finally:
@@ -130,6 +145,10 @@ def ensure(
         pw = _lookup(NAME)
         if pw is None:
             _check_spec(spec)
+            # Before useradd: `useradd -m` over an existing directory leaves its owner and its
+            # contents (a leftover home, now another account's) as they are.
+            home = spec.home if spec.home is not None else platform.default_home(NAME)
+            _require_trusted(home, None)
             if platform.create_user(spec, runner):
                 pw = _lookup(NAME)
                 if pw is None:
@@ -146,6 +165,9 @@ def ensure(
                 pw = _lookup(NAME)
                 if pw is None:
                     raise SsmUserFailed(f"{NAME} was reported to exist but cannot be found")
+        # Whatever the state file says (even `written`, for an earlier account of that name):
+        # nothing is granted to, and no session runs as, an ssm-user whose home is not trusted.
+        _require_trusted(pw.pw_dir, pw.pw_uid)
         state_now = _created_state(paths.state, pw.pw_uid)
         if cfg.ssm_user.sudoers and state_now == SUDOERS_PENDING:
             written = _install_drop_in(paths, runner, before_rename)
@@ -201,11 +223,20 @@ def status(
     out: dict[str, Any] = {
         "user": NAME, "exists": pw is not None, "uid": None, "gid": None, "shell": None,
         "home": None, "home_owned": None, "usable": None, "reason": None,
-        "created_by_agent": None, "sudoers_state": None,
+        "home_trusted": None, "created_by_agent": None, "sudoers_state": None,
     }
+    created_uid = None
     if pw is None:
         problems.append(f"{NAME} does not exist: the first session with Run As off creates it, "
                         "or run `runas-agent ssm-user ensure`")
+        # The verdict `ensure` would give before creating it.
+        home = cfg.ssm_user.home if cfg.ssm_user.home is not None else platform.default_home(NAME)
+        unsafe = homedir.problem(home, None, NAME)
+        out.update(home=home, home_trusted=unsafe is None)
+        if unsafe is not None:
+            out["reason"] = SSM_USER_UNSAFE
+            problems.append(f"creating {NAME} is refused: {SSM_USER_UNSAFE}: {unsafe.message} "
+                            f"(fix: {unsafe.hint})")
     else:
         out.update(uid=pw.pw_uid, gid=pw.pw_gid, shell=pw.pw_shell, home=pw.pw_dir)
         try:
@@ -213,12 +244,17 @@ def status(
             out["home_owned"] = stat.S_ISDIR(home_st.st_mode) and home_st.st_uid == pw.pw_uid
         except OSError:
             out["home_owned"] = False
-        if not out["home_owned"]:
+        unsafe = homedir.problem(pw.pw_dir, pw.pw_uid, NAME)
+        out["home_trusted"] = unsafe is None
+        if unsafe is not None:
+            problems.append(f"{NAME} cannot be a session target: {SSM_USER_UNSAFE}: "
+                            f"{unsafe.message} (fix: {unsafe.hint})")
+        elif not out["home_owned"]:
             problems.append(f"home {pw.pw_dir} is missing or not owned by {NAME}")
         report = accounts.inspect(NAME, cfg.policy, platform)
         out["usable"] = report.usable
         out["reason"] = report.reason
-        if not report.usable:
+        if not report.usable and report.reason != SSM_USER_UNSAFE:
             problems.append(f"{NAME} cannot be a session target: {report.reason}: "
                             f"{report.message}")
         try:
@@ -229,6 +265,8 @@ def status(
             owned = created is not None and created.get("uid") == pw.pw_uid
             out["created_by_agent"] = owned
             out["sudoers_state"] = created.get("sudoers") if created and owned else None
+            if created is not None and not owned and isinstance(created.get("uid"), int):
+                created_uid = created["uid"]
 
     drop_in = _drop_in_status(paths, runner)
     out["sudoers"] = drop_in
@@ -250,6 +288,12 @@ def status(
                             f"{os.path.dirname(paths.drop_in)}` with visudo)")
         if out["sudo_ok"] is False:
             problems.append(f"sudo does not grant {NAME} root without a password")
+        if created_uid is not None and pw is not None:
+            problems.append(
+                f"{paths.drop_in} was written for the {NAME} the agent created (uid "
+                f"{created_uid}), which is gone; it now grants the {NAME} of uid {pw.pw_uid}, "
+                "which the agent did not create (check that account, then keep the drop-in "
+                "or run `runas-agent ssm-user revoke-sudo`)")
     out["problems"] = problems
     return out
 
@@ -316,6 +360,14 @@ def _private_dir(path: str) -> None:
 
 
 # -- the account and the state file -------------------------------------------------------
+
+
+def _require_trusted(home: str, uid: Optional[int]) -> None:
+    """Raise SsmUserUnsafe when HOME cannot be trusted as ssm-user's (UID None: before it is
+    created, so HOME must not exist yet)."""
+    found = homedir.problem(home, uid, NAME)
+    if found is not None:
+        raise SsmUserUnsafe(f"{NAME} is refused: {found.message}", hint=found.hint)
 
 
 def _lookup(name: str) -> Optional[pwd.struct_passwd]:
@@ -520,8 +572,12 @@ def format_status(out: dict[str, Any]) -> str:
         lines.append(f"  created by the agent: {created}")
         lines.append(f"  usable as a session target: {yes(out['usable'])}"
                      + (f" ({out['reason']})" if out["reason"] else ""))
+        lines.append(f"  home can be trusted: {yes(out['home_trusted'])}")
     else:
         lines.append(f"{out['user']}: does not exist")
+        if out["home_trusted"] is False:
+            lines.append(f"  its home {out['home']} cannot be trusted: creating it is refused "
+                         f"({out['reason']})")
     d = out["sudoers"]
     if d["present"]:
         valid = yes(d["valid"], "not checked (no visudo, or not root)")

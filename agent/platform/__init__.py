@@ -19,6 +19,10 @@ if TYPE_CHECKING:
             """'local' when the account is in the node's own user database, else 'directory'."""
             ...
 
+        def default_home(self, name: str) -> str:
+            """The home create_user gives NAME when the spec names none."""
+            ...
+
         def create_user(self, spec: NewUser, runner: Runner) -> bool:
             """Create a local account; False (nothing changed) when the name is already taken.
 

@@ -30,13 +30,16 @@ class Darwin:
         done = self.runner([DSCL, ".", "-read", f"/Users/{name}", "UniqueID"], check=False)
         return "local" if done.returncode == 0 else "directory"
 
+    def default_home(self, name: str) -> str:
+        return f"/Users/{name}"
+
     def create_user(self, spec: NewUser, runner: Runner) -> bool:
         """Create a local account with dscl and its home with createhomedir.
 
         All or nothing: if any step fails the record is deleted again. An existing record is
         never touched (False). Primary group staff (20), no password (`*`), hidden when system.
         """
-        record = f"/Users/{spec.name}"
+        record = f"/Users/{spec.name}"  # the record's path, and the default home
         if _dscl(runner, ".", "-read", record, "RecordName").returncode == 0:
             return False
         uid = _pick_uid(runner, spec)

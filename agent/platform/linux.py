@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 import pwd
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ class Linux:
     passwd_path: str = "/etc/passwd"  # noqa: S105 - a path, not a password
     name: str = "linux"
     useradd: str = USERADD
+    useradd_defaults: str = "/etc/default/useradd"
 
     def account_source(self, name: str) -> str:
         """'local' when NAME is in /etc/passwd (the files backend), else 'directory'."""
@@ -34,6 +36,23 @@ class Linux:
         except OSError as exc:
             raise LookupFailed(f"cannot read {self.passwd_path}: {exc.strerror}") from exc
         return "directory"
+
+    def default_home(self, name: str) -> str:
+        """BASE/NAME, BASE being HOME= in useradd's defaults file (/home when unset), as
+        `useradd` without --home-dir or --base-dir chooses."""
+        base = "/home"
+        try:
+            with open(self.useradd_defaults, encoding="utf-8", errors="replace") as fh:
+                lines = fh.read().splitlines()
+        except FileNotFoundError:
+            lines = []
+        except OSError as exc:
+            raise SsmUserFailed(f"cannot read {self.useradd_defaults}: {exc.strerror}") from exc
+        for line in lines:
+            key, sep, value = line.strip().partition("=")
+            if sep and key.strip() == "HOME" and value.strip().strip('"'):
+                base = value.strip().strip('"')
+        return posixpath.join(base, name)
 
     def create_user(self, spec: NewUser, runner: Runner) -> bool:
         """`useradd` a local account with its own group and a home it owns (-m).

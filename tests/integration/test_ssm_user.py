@@ -21,23 +21,26 @@ import grp
 import json
 import os
 import pwd
+import select
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 from agent import fsutil, ssm_user
 from agent.config import Config, SsmUserConfig
-from agent.errors import InstallFailed, SsmUserFailed
+from agent.errors import AgentError, InstallFailed, SsmUserFailed
 from agent.platform.linux import Linux
 from agent.runner import run
-from tests.conftest import REPO, Isolated, Users, run_cli, write_config
+from tests.conftest import REPO, Isolated, Users, run_cli, run_json, write_config
+from tests.support.daemon import DaemonProc, running
 
 pytestmark = pytest.mark.privileged
 
@@ -657,3 +660,182 @@ def test_uid_zero_and_a_bad_shell_are_refused_before_anything_is_created(
             ssm_user.ensure(Config(ssm_user=ssm), Linux())
         assert not _exists()
         assert not os.path.exists(DROP_IN)
+
+
+# -- a home the agent cannot trust ------------------------------------------------------------
+
+
+@pytest.fixture
+def carol(clean: None) -> Iterator[Path]:
+    """Cleans up after the leftover-home sequence (carol, the leftover home); yields a
+    directory anyone may write, where a payload leaves its marker."""
+    marks = Path(tempfile.mkdtemp(prefix="ssm-marks-", dir="/run"))
+    marks.chmod(0o1777)
+    try:
+        yield marks
+    finally:
+        subprocess.run(["userdel", "-f", "--", "carol"], capture_output=True)
+        _wipe()
+        subprocess.run(["rm", "-rf", "--", "/home/ssm-user", str(marks)], check=True)
+
+
+def _login_shell(d: DaemonProc, session_id: str) -> "tuple[Optional[str], bytes]":
+    """A Run-As-off PTY session: a login shell (it reads ~/.profile), told to exit.
+    (reason, output): reason is None when the shell ran, else the refusal's reason code."""
+    try:
+        sess = d.client.start(session_id=session_id, principal_arn="arn:test",
+                              run_as_enabled=False, terminal=("xterm", 24, 80))
+    except AgentError as exc:
+        return exc.reason, str(exc).encode()
+    assert sess.master is not None
+    out = b""
+    deadline = time.monotonic() + 15
+    typed = False
+    while b"shell-ran\r\n" not in out:
+        if not typed and out.rstrip().endswith(b"$"):  # the prompt: the shell reads now
+            os.write(sess.master, b"echo shell-ran; exit 0\n")
+            typed = True
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sess.master], [], [], left)[0]:
+            sess.terminate()
+            break
+        try:
+            chunk = os.read(sess.master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    sess.wait()
+    sess.close()
+    return None, out
+
+
+def _plant(marks: Path) -> Path:
+    """carol, who owns the leftover home now, leaves a payload in its .profile (as herself)."""
+    ran = marks / "payload-ran"
+    payload = f"id -un >> {ran}; sudo -n id -u >> {ran} 2>&1\n"
+    proc = subprocess.run(
+        ["runuser", "-u", "carol", "--", "sh", "-c",
+         'printf "%s" "$1" > /home/ssm-user/.profile', "sh", payload],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert os.stat("/home/ssm-user/.profile").st_uid == pwd.getpwnam("carol").pw_uid
+    return ran
+
+
+def _drop_in_identity() -> "tuple[int, int, bytes]":
+    st = os.stat(DROP_IN)
+    with open(DROP_IN, "rb") as fh:
+        return st.st_ino, st.st_mtime_ns, fh.read()
+
+
+def test_ssm_user_re_created_over_a_leftover_home_another_user_owns_is_refused(
+    carol: Path
+) -> None:
+    """first session creates ssm-user (uid N, with sudo) -> `userdel ssm-user` without -r ->
+    `useradd carol` gets uid N and owns /home/ssm-user -> carol writes its .profile -> the next
+    Run-As-off login shell must not re-create ssm-user there: refused, the payload never runs,
+    the drop-in is not rewritten, sudo stays valid."""
+    with running() as d:
+        first = d.cli("session", "--no-run-as", "--", "sh", "-c", "id -u; sudo -n id -u")
+        assert first.returncode == 0, first.stderr
+        uid_n, root = first.stdout.decode().split()
+        assert root == "0"
+        before = _drop_in_identity()
+
+        # No -r: the home stays. (-f: a process of another namespace may have the uid.)
+        subprocess.run(["userdel", "-f", "--", NAME], check=True)
+        assert os.stat("/home/ssm-user").st_uid == int(uid_n)
+        subprocess.run(["useradd", "-M", "-u", uid_n, "-s", "/bin/bash", "--", "carol"],
+                       check=True)
+        ran = _plant(carol)
+
+        reason, detail = _login_shell(d, "leftover-1")
+        assert not ran.exists(), ran.read_text()
+        assert reason == "ssm_user_unsafe", detail
+        assert b"/home/ssm-user already exists (owned by uid " + uid_n.encode() + b" (carol))" \
+            in detail
+        assert not ran.exists(), ran.read_text()
+        assert not _exists()  # refused before useradd
+        assert _drop_in_identity() == before
+        _sudo_valid()
+        denied = [r for r in d.audit() if r["event"] == "session.denied"]
+        assert [r["reason"] for r in denied] == ["ssm_user_unsafe"]
+        assert [r["event"] for r in d.audit()].count("sudoers.written") == 1
+
+        # status gives the same verdict, with the fix.
+        rc, st = _status(d.config_path)
+        assert (rc, st["exists"], st["reason"], st["home_trusted"]) == (
+            1, False, "ssm_user_unsafe", False)
+        assert any("ssm_user_unsafe" in p and "/home/ssm-user" in p for p in st["problems"])
+
+        # resolve says what the session met.
+        proc = run_cli("resolve", "--no-run-as", "--json", "--config", d.config_path)
+        res = json.loads(proc.stdout)
+        assert (proc.returncode, res["allowed"], res["reason"]) == (1, False, "ssm_user_unsafe")
+
+        # Again, and with the CLI's own ensure: refused each time, nothing created.
+        assert _login_shell(d, "leftover-2")[0] == "ssm_user_unsafe"
+        rc, out, err = _ensure(d.config_path)
+        assert (rc, out["reason"]) == (1, "ssm_user_unsafe")
+        assert out["hint"]
+        assert "move it away" in err
+        assert not ran.exists()
+        assert not _exists()
+        assert _drop_in_identity() == before
+
+
+def test_an_existing_ssm_user_over_a_home_another_user_owns_is_refused(carol: Path) -> None:
+    """The same leftover home, but an admin re-created ssm-user by hand (a new uid, no -m),
+    while the drop-in the agent wrote for the old account is still there: sessions are
+    refused, the drop-in is not rewritten, and check and status say why."""
+    with running() as d:
+        first = d.cli("session", "--no-run-as", "--", "id", "-u")
+        assert first.returncode == 0, first.stderr
+        uid_n = first.stdout.decode().strip()
+        before = _drop_in_identity()
+        subprocess.run(["userdel", "-f", "--", NAME], check=True)  # no -r
+        subprocess.run(["useradd", "-M", "-u", uid_n, "-s", "/bin/bash", "--", "carol"],
+                       check=True)
+        ran = _plant(carol)
+        subprocess.run(["useradd", "-M", "-s", "/bin/bash", "--", NAME], check=True)
+        uid_m = pwd.getpwnam(NAME).pw_uid
+        assert uid_m != int(uid_n)
+
+        reason, detail = _login_shell(d, "leftover-3")
+        assert not ran.exists(), ran.read_text()
+        assert reason == "ssm_user_unsafe", detail
+        assert b"owned by uid " + uid_n.encode() + b" (carol)" in detail
+        assert _drop_in_identity() == before
+        _sudo_valid()
+        # A command session is refused the same way (no login shell, but still ssm-user).
+        cmd = d.cli("session", "--no-run-as", "--", "sudo", "-n", "id", "-u")
+        assert cmd.returncode == 255
+        assert b"ssm_user_unsafe" in cmd.stderr
+        assert cmd.stdout == b""
+
+        rc, chk = run_json("check", NAME)
+        assert (rc, chk["usable"], chk["reason"]) == (1, False, "ssm_user_unsafe")
+        home = [c for c in chk["checks"] if c["name"] == "home"]
+        assert home
+        assert home[0]["ok"] is False
+        assert "carol" in home[0]["detail"]
+        text = run_cli("check", NAME).stdout
+        assert "FAIL  home" in text
+        assert "refused: ssm_user_unsafe" in text
+        assert "fix:" in text
+
+        rc, st = _status(d.config_path)
+        assert (rc, st["reason"], st["home_trusted"], st["created_by_agent"]) == (
+            1, "ssm_user_unsafe", False, False)
+        assert any(p.startswith(f"{NAME} cannot be a session target: ssm_user_unsafe")
+                   for p in st["problems"])
+        assert any(f"(uid {uid_n}), which is gone" in p for p in st["problems"])
+        text = run_cli("ssm-user", "status", "--config", d.config_path).stdout
+        assert "home can be trusted: no" in text
+
+        rc, out, _ = _ensure(d.config_path)
+        assert (rc, out["reason"]) == (1, "ssm_user_unsafe")
+        assert _drop_in_identity() == before
+        assert not ran.exists()

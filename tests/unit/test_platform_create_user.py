@@ -5,6 +5,7 @@ small directory of records. The tests assert the directory's resulting state, no
 """
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Optional
 
 import pytest
@@ -134,3 +135,21 @@ def test_a_failed_step_leaves_no_partial_record(step: str) -> None:
         Darwin(fake).create_user(NewUser("ssm-user", "/bin/bash"), fake)
     assert fake.users == before
     assert fake.homes == {}
+
+
+# -- the home an account gets when the spec names none --------------------------------------
+
+
+def test_default_home_follows_useradd_defaults(tmp_path: Path) -> None:
+    from agent.platform.linux import Linux
+
+    defaults = tmp_path / "useradd"
+    linux = Linux(useradd_defaults=str(defaults))
+    assert linux.default_home("ssm-user") == "/home/ssm-user"  # no file: useradd's own default
+    defaults.write_text("# HOME=/elsewhere\nSHELL=/bin/sh\n")
+    assert linux.default_home("ssm-user") == "/home/ssm-user"
+    defaults.write_text("SHELL=/bin/sh\nHOME=/srv/homes\n")
+    assert linux.default_home("ssm-user") == "/srv/homes/ssm-user"
+    defaults.write_text('HOME="/u"\n')
+    assert linux.default_home("ssm-user") == "/u/ssm-user"
+    assert Darwin(FakeDirectory()).default_home("ssm-user") == "/Users/ssm-user"
