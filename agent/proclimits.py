@@ -91,7 +91,7 @@ def restore(own: ProcessLimits) -> tuple[str, ...]:
                 resource.setrlimit(r, (near, now_hard))
             except (OSError, ValueError):
                 near = current[r][0]
-            problems.append(f"resource limit {r} stays ({near}, {now_hard}) instead of "
+            problems.append(f"{_name(r)} stays ({near}, {now_hard}) instead of "
                             f"({soft}, {hard}): {exc}")
     for what, value in (("nice value", back.nice), ("umask", back.umask)):
         if value is None:
@@ -102,6 +102,12 @@ def restore(own: ProcessLimits) -> tuple[str, ...]:
         except OSError as exc:
             problems.append(f"{what} stays as PAM set it: {exc}")
     return tuple(problems)
+
+
+def _name(number: int) -> str:
+    names = sorted(n for n in dir(resource)
+                   if n.startswith("RLIMIT_") and getattr(resource, n) == number)
+    return names[0] if names else f"resource limit {number}"
 
 
 def _at_most(a: int, b: int) -> bool:

@@ -122,7 +122,7 @@ def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
                                 command="touch /tmp/pam-fsize-ran")
         assert err.value.reason == "audit_failed"
         assert not os.path.exists("/tmp/pam-fsize-ran")
-        assert "resource limit 1 stays" in daemon.log()
+        assert "RLIMIT_FSIZE stays (8192, 8192) instead of (-1, -1)" in daemon.log()
         return
     sess = daemon.client.start(
         session_id="pam-fsize", principal_arn="arn:aws:iam::1:role/A", tags={TAG: users.alice},
