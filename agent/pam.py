@@ -19,9 +19,13 @@ Call order, following OpenSSH (sshd.c and session.c), implemented by `login()`:
   5. pam_open_session: pam_loginuid writes this process's /proc/self/loginuid, pam_limits sets its
      rlimits, pam_systemd moves it into a login session scope, pam_keyinit gives it a fresh
      session keyring. Credentials come before the session, as pam_setcred(3) requires.
+     What the stages set in this process's resource limits, umask and nice value (pam_limits,
+     pam_umask) is captured and this process's own are put back (agent.proclimits), on success
+     and on failure alike: they are the session's, and would otherwise bind the supervisor (a
+     user's `hard fsize 8` and the supervisor could no longer append to the audit log).
   6. pam_getenvlist: the PAM environment, for the caller to merge into the session's.
-  7. (caller) fork the child: setgroups(groups from step 4), setresgid, setresuid, exec. The child
-     never calls into PAM and never ends the handle.
+  7. (caller) fork the child: the captured limits, setgroups(groups from step 4), setresgid,
+     setresuid, exec. The child never calls into PAM and never ends the handle.
   8. at the end, close(): pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
      established), pam_end, in that order, as sshd's cleanup does.
 
@@ -41,6 +45,8 @@ TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matte
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, Callable, Optional
+
+    from agent.proclimits import ProcessLimits
 
 DEFAULT_SERVICE = "runas-agent"
 PAM_DIR = "/etc/pam.d"
@@ -477,11 +483,15 @@ def conversation(lib: Libpam, messages: list[Message]) -> Callable[..., int]:
 
 @dataclass(frozen=True)
 class Login:
-    """A PAM session opened for a user: the live handle, the child's groups, the PAM env."""
+    """A PAM session opened for a user: the live handle, the child's groups, the PAM env, and
+    what the session stage set in the calling process's limits, umask and nice value (for the
+    child to apply before exec; the calling process has its own back)."""
 
     pam: PamSession
     groups: tuple[int, ...]
     environment: dict[str, str]
+    limits: ProcessLimits
+    unrestored: tuple[str, ...] = ()  # what of the calling process's own could not be put back
 
 
 def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
@@ -494,24 +504,36 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
 
     GROUPS: the account's group list when the caller has it already (else getgrouplist).
     On any failure the handle is closed before the error is raised. The caller forks the child
-    with `groups`, merges `environment`, and calls `pam.close()` when the session ends.
+    with `groups` and `limits`, merges `environment`, and calls `pam.close()` when the session
+    ends. The calling process's limits, umask and nice value are its own again on return, and
+    after a failure, as far as it may set them (`unrestored` says what stays as PAM set it: a
+    lowered hard limit, without CAP_SYS_RESOURCE).
     """
-    pam = PamSession.start(service, user, tty=tty, ruser=ruser, rhost=rhost, lib=lib)
+    from agent import proclimits
+
+    own = proclimits.capture()
     try:
-        pam.acct_mgmt()
+        pam = PamSession.start(service, user, tty=tty, ruser=ruser, rhost=rhost, lib=lib)
         try:
-            setgroups(list(groups) if groups is not None else os.getgrouplist(user, gid))
-        except OSError as exc:
-            raise PamFailed(f"setting the groups of {user} before pam_setcred: "
-                            f"{exc.strerror}") from exc
-        pam.establish_credentials()
-        pam.open_session()
-        with_credentials = tuple(getgroups())
-        env = pam.environment()
+            pam.acct_mgmt()
+            try:
+                setgroups(list(groups) if groups is not None else os.getgrouplist(user, gid))
+            except OSError as exc:
+                raise PamFailed(f"setting the groups of {user} before pam_setcred: "
+                                f"{exc.strerror}") from exc
+            pam.establish_credentials()
+            pam.open_session()
+            session = proclimits.capture()
+            unrestored = proclimits.restore(own)
+            with_credentials = tuple(getgroups())
+            env = pam.environment()
+        except BaseException:
+            try:
+                pam.close()
+            except PamFailed:
+                pass  # the first failure is the one to report
+            raise
     except BaseException:
-        try:
-            pam.close()
-        except PamFailed:
-            pass  # the first failure is the one to report
+        proclimits.restore(own)
         raise
-    return Login(pam, with_credentials, env)
+    return Login(pam, with_credentials, env, proclimits.changes(own, session), unrestored)

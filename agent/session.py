@@ -234,9 +234,11 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         login = _pam_login(ctx, account, pty.slave_path if pty is not None else None,
                            ruser=req.principal.arn or None)
         extra: dict[str, str] = {}
+        limits = None
         if login is not None:
             pam = login.pam
             extra = dict(login.environment)
+            limits = login.limits  # the session's; this supervisor has its own back
             account = dataclasses.replace(account, groups=tuple(sorted(set(login.groups))))
         command = req.command
         profile = _shell_profile(req, ctx)
@@ -265,7 +267,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
         try:
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
-                                              tty=pty is not None), before_exec=record_start)
+                                              tty=pty is not None, limits=limits),
+                              before_exec=record_start)
         except BaseException:
             if pty is not None:
                 _logout_record(ctx, os.getpid(), pty.slave_path)
@@ -291,16 +294,20 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
                ruser: Optional[str]) -> Any:
-    """PAM's account and session stages in this process (loginuid, limits, environment are set
-    here and inherited by the shell), or None when PAM is off or its service is not installed.
+    """PAM's account and session stages in this process (loginuid and the logind session are
+    set here and inherited by the shell; the limits, umask and nice value PAM sets come back in
+    the Login, for the shell only), or None when PAM is off or its service is not installed.
     PAM_RUSER is the principal that asked for the session."""
     from agent import pam
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    return pam.login(service, account.name, account.gid, tty=tty, ruser=ruser,
-                     groups=account.groups)
+    login = pam.login(service, account.name, account.gid, tty=tty, ruser=ruser,
+                      groups=account.groups)
+    for problem in login.unrestored:
+        _warn(f"after the PAM session stage of {account.name}: {problem}")
+    return login
 
 
 def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:

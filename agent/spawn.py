@@ -7,11 +7,15 @@ values only, in this order (design §5):
  1. every signal disposition back to default, the signal mask cleared;
  2. a new session; with a terminal, the slave becomes the controlling terminal;
  3. stdin/stdout/stderr onto 0/1/2;
- 4. supplementary groups, then gid, then uid (real, effective, saved);
- 5. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
- 6. every fd above 2 closed (the report pipe is close-on-exec);
- 7. chdir(home) as the user (root cannot enter a root-squashed NFS home), else a warning and /;
- 8. execve of the account's shell: a login shell (argv[0] "-bash"), or `shell -c COMMAND`.
+ 4. what the PAM session stage set for the session (resource limits, umask, nice value; the
+    supervisor has its own back), still as root: raising a hard limit or the priority needs it;
+ 5. supplementary groups, then gid, then uid (real, effective, saved);
+ 6. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
+ 7. a new session keyring, joined as the account so that it owns it (agent.keyring): the
+    daemon's keyring, and every other session's, out of reach;
+ 8. every fd above 2 closed (the report pipe is close-on-exec);
+ 9. chdir(home) as the user (root cannot enter a root-squashed NFS home), else a warning and /;
+10. execve of the account's shell: a login shell (argv[0] "-bash"), or `shell -c COMMAND`.
 
 A failure before exec reaches the parent through a close-on-exec pipe (EOF with no data: the
 exec happened) and is raised as SpawnFailed naming the stage and errno; the parent reaps that
@@ -29,8 +33,10 @@ import termios
 import time
 from dataclasses import dataclass
 
+from agent import keyring, proclimits
 from agent.environ import check_name, forbidden
 from agent.errors import BadRequest, InternalError, RootRefused, SpawnFailed
+from agent.proclimits import ProcessLimits
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -56,6 +62,7 @@ class SpawnPlan:
     stdout: int
     stderr: int
     tty: bool  # stdin is a PTY slave, to become the controlling terminal
+    limits: Optional[ProcessLimits] = None  # what PAM's session stage set (pam.Login.limits)
 
 
 class StageFailed(SpawnFailed):
@@ -89,9 +96,12 @@ class Syscalls:
     geteuid: Callable[[], int]
     getgroups: Callable[[], list[int]]
     login_tty: Optional[Callable[[int], None]]  # Python 3.11+
+    keyctl: Optional[Callable[[int, int, int], int]]  # None: no kernel keyrings (macOS)
 
     @classmethod
     def real(cls) -> Syscalls:
+        """The process's own calls. Raises SpawnFailed where the session keyring call is
+        unknown (a Linux machine without a known keyctl number)."""
         return cls(
             setgroups=os.setgroups,
             setresgid=getattr(os, "setresgid", None),
@@ -107,6 +117,7 @@ class Syscalls:
             geteuid=os.geteuid,
             getgroups=os.getgroups,
             login_tty=getattr(os, "login_tty", None),
+            keyctl=keyring.load(),
         )
 
 
@@ -177,6 +188,19 @@ def verify(ops: Syscalls, ident: Identity) -> None:
                 "verify", exc.errno or 0, f"{call}(0) failed, but not with EPERM"
             ) from None
         raise StageFailed("verify", 0, f"{call}(0) succeeded: root could be regained")
+
+
+def session_keyring(ops: Syscalls, ident: Identity) -> None:
+    """Join a new session keyring, owned by the account (call after the drop), with the
+    account's user keyring linked into it: what pam_keyinit does, PAM or not. Raises
+    StageFailed("session keyring") when that fails while keyrings are within reach (an account
+    at its key quota, kernel.keys.maxkeys, is refused: EDQUOT); nothing is done on macOS, or
+    where the kernel has no keyrings or keyctl is filtered for this process (agent.keyring)."""
+    if ident.darwin:
+        return
+    if ops.keyctl is None:
+        raise StageFailed("session keyring", 0, "no keyctl call on this platform")
+    _step("session keyring", keyring.join_fresh_session_keyring, ops.keyctl)
 
 
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
@@ -262,6 +286,7 @@ class _Prepared:
     tty: bool
     signals: tuple[int, ...]
     chdir_warning: bytes
+    limits: ProcessLimits
 
 
 def _prepare(plan: SpawnPlan) -> _Prepared:
@@ -301,7 +326,11 @@ def _prepare(plan: SpawnPlan) -> _Prepared:
         s for s in sorted(signal.valid_signals()) if s not in (signal.SIGKILL, signal.SIGSTOP)
     )
     warning = CHDIR_WARNING + b" (" + home + b": "
-    return _Prepared(ident, path, argv, env, home, stdio, bool(plan.tty), signals, warning)
+    limits = ProcessLimits() if plan.limits is None else plan.limits
+    if not isinstance(limits, ProcessLimits):
+        raise SpawnFailed("the session's limits are not a ProcessLimits")
+    return _Prepared(ident, path, argv, env, home, stdio, bool(plan.tty), signals, warning,
+                     limits)
 
 
 def _require_single_thread() -> None:
@@ -427,8 +456,12 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         stage = "stdio"
         for target, fd in enumerate(high):
             os.dup2(fd, target)
+        if not p.limits.empty:
+            stage = "limits"
+            proclimits.apply(p.limits)
         become(ops, p.ident)
         verify(ops, p.ident)
+        session_keyring(ops, p.ident)
         stage = "close fds"
         low = 3
         for keep in sorted(fd for fd in (report, gate) if fd != -1):

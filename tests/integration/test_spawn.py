@@ -15,7 +15,7 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Optional
 
@@ -648,3 +648,77 @@ def test_stdio_in_the_low_fds_is_handled(extra_users: Users) -> None:
     os.close(err_r)
     assert describe_status(wait_exit(pid)) == {"code": 0, "signal": None}
     assert (out, err) == (b"out\n", b"err\n")
+
+
+# -- the session keyring and the limits PAM set ------------------------------------------------
+
+
+def test_the_session_keyring_is_a_fresh_one_of_the_account(extra_users: Users) -> None:
+    alice = account("alice")
+    ran = run(alice, "keyctl rdescribe @s; keyctl show @s | grep -c -F \"_uid.$(id -u)\"")
+    assert ran.status["code"] == 0, ran.err
+    desc, linked = ran.out.split()
+    kind, uid, gid, _perm, name = desc.split(";")
+    assert (kind, int(uid), int(gid), name) == ("keyring", alice.uid, alice.gid, "_ses")
+    assert linked == "1"  # the user keyring, linked in as pam_keyinit does
+
+
+def _keyctl_refusing(code: int, *,
+                     probe: Optional[int] = None) -> Callable[[int, int, int], int]:
+    """keyctl refusing the join with CODE; the probe succeeds, or fails with PROBE."""
+    from agent import keyring
+
+    def keyctl(op: int, a2: int, a3: int) -> int:
+        if op == keyring.KEYCTL_GET_KEYRING_ID and probe is None:
+            return 1
+        raise OSError(probe if op == keyring.KEYCTL_GET_KEYRING_ID else code, "refused")
+
+    return keyctl
+
+
+def test_a_session_keyring_that_cannot_be_joined_refuses_the_session(
+        extra_users: Users) -> None:
+    marker = "/tmp/spawn-keyring-ran"
+    fake = dataclasses.replace(Syscalls.real(), keyctl=_keyctl_refusing(errno.EDQUOT))
+    with pytest.raises(StageFailed) as info:
+        run(account("alice"), f"touch {marker}", syscalls=fake)
+    assert (info.value.stage, info.value.errno) == ("session keyring", errno.EDQUOT)
+    assert not os.path.exists(marker)
+    fake = dataclasses.replace(Syscalls.real(), keyctl=_keyctl_refusing(errno.EPERM))
+    with pytest.raises(StageFailed, match="session keyring failed"):
+        run(account("alice"), f"touch {marker}", syscalls=fake)  # keyctl itself answers
+    assert not os.path.exists(marker)
+
+
+def test_keyctl_filtered_wholesale_still_starts_the_session(extra_users: Users) -> None:
+    fake = dataclasses.replace(Syscalls.real(),
+                               keyctl=_keyctl_refusing(errno.EPERM, probe=errno.EPERM))
+    assert run(account("alice"), "id -un", syscalls=fake).out == "alice\n"
+    fake = dataclasses.replace(Syscalls.real(), keyctl=_keyctl_refusing(errno.ENOSYS))
+    assert run(account("alice"), "id -un", syscalls=fake).out == "alice\n"
+
+
+def test_the_limits_pam_set_reach_the_session(extra_users: Users) -> None:
+    import resource
+
+    from agent.proclimits import ProcessLimits
+
+    alice = account("alice")
+    limits = ProcessLimits(((resource.RLIMIT_NOFILE, 321, 654),
+                            (resource.RLIMIT_FSIZE, 8192, 8192)), 0o027, 6)
+    command = "ulimit -n; ulimit -Hn; ulimit -f; umask; nice"
+    r, w = os.pipe()
+    try:
+        pid = spawn(SpawnPlan(alice, command, env_for(alice), 0, w, w, tty=False,
+                              limits=limits))
+    finally:
+        os.close(w)
+    (out,) = drain([r])
+    os.close(r)
+    assert describe_status(wait_exit(pid))["code"] == 0
+    assert out.decode().split() == ["321", "654", "8", "0027", "6"]
+    # One the kernel refuses (soft above hard): refused before anything runs.
+    bad = ProcessLimits(((resource.RLIMIT_NOFILE, 900, 800),))
+    with pytest.raises(StageFailed) as info:
+        spawn(SpawnPlan(alice, "true", env_for(alice), 0, 1, 2, tty=False, limits=bad))
+    assert info.value.stage == "limits"

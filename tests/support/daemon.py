@@ -45,13 +45,14 @@ class DaemonProc:
         return Client(self.socket, timeout=20)
 
     def start(self, extra_env: Optional[dict[str, str]] = None,
-              pass_fds: tuple[int, ...] = ()) -> None:
+              pass_fds: tuple[int, ...] = (), prefix: tuple[str, ...] = ()) -> None:
+        """PREFIX: a command that execs the daemon's argv given after it (same pid)."""
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
                "LC_ALL": "C.UTF-8", **MARKERS, **(extra_env or {})}
         self.log_path = os.path.join(self.workdir, "daemon.log")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the daemon keeps it
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "serve", "--config", self.config_path],
+            [*prefix, sys.executable, "-m", "agent", "serve", "--config", self.config_path],
             cwd=REPO, env=env, stdout=log, stderr=log, pass_fds=pass_fds,
             start_new_session=True,
         )

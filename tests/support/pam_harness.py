@@ -5,11 +5,12 @@
 
 It does what the supervisor does, in the same order: agent.pam.login() (start, account stage,
 groups, credentials, session, environment), then a child that becomes the session leader (with
-the PTY as controlling terminal when asked), drops privileges (setgroups, setresgid, setresuid,
-verified) and execs `/bin/sh -c COMMAND`; utmp/wtmp/lastlog records around a PTY session; at the
-end the PAM handle is closed. It prints one JSON object: what was refused, or the child's output
-and status, plus what the test needs to see of the supervisor itself (its loginuid, whether
-libpam was loaded, the PAM environment and messages).
+the PTY as controlling terminal when asked), applies the limits the session stage set, drops
+privileges (setgroups, setresgid, setresuid, verified) and execs `/bin/sh -c COMMAND`;
+utmp/wtmp/lastlog records around a PTY session; at the end the PAM handle is closed. It prints
+one JSON object: what was refused, or the child's output and status, plus what the test needs
+to see of the supervisor itself (its loginuid, whether libpam was loaded, the PAM environment
+and messages).
 """
 
 import grp
@@ -21,7 +22,7 @@ import sys
 from typing import Any, Optional
 
 from agent import pam as agent_pam
-from agent import utmp
+from agent import proclimits, utmp
 from agent.errors import AgentError, LoginRecordFailed
 
 PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -41,7 +42,8 @@ def _read_all(fd: int) -> bytes:
 
 
 def _child(go_r: int, out_fd: int, tty_fd: Optional[int], *, pw: pwd.struct_passwd,
-           groups: list[int], env: dict[str, str], command: str) -> None:
+           groups: list[int], env: dict[str, str], command: str,
+           limits: proclimits.ProcessLimits) -> None:
     """Runs in the forked child; never returns."""
     try:
         os.read(go_r, 1)  # wait until the supervisor has written the login record
@@ -64,6 +66,7 @@ def _child(go_r: int, out_fd: int, tty_fd: Optional[int], *, pw: pwd.struct_pass
             os.dup2(null, 0)
             os.dup2(out_fd, 1)
             os.dup2(out_fd, 2)
+        proclimits.apply(limits)
         os.setgroups(groups)
         os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
         os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
@@ -113,10 +116,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             return _finish(out)
         groups = list(login.groups)
         pam_env = login.environment
+        limits = login.limits
         out["messages"] = [[m.style, m.text] for m in login.pam.messages]
     else:
         groups = os.getgrouplist(user, pw.pw_gid)
         pam_env = {}
+        limits = proclimits.ProcessLimits()
     out["pam_env"] = pam_env
     out["groups"] = groups
     env = {"HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "SHELL": pw.pw_shell,
@@ -127,7 +132,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     go_r, go_w = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(go_r, wr, slave, pw=pw, groups=groups, env=env, command=spec["command"])
+        _child(go_r, wr, slave, pw=pw, groups=groups, env=env, command=spec["command"],
+               limits=limits)
     out["spawned"] = True
     os.close(wr)
     os.close(go_r)

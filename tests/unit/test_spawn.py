@@ -94,6 +94,7 @@ class Kernel:
             geteuid=lambda: self.uid[1],
             getgroups=lambda: list(self.groups),
             login_tty=None,
+            keyctl=None,
         )
         funcs.update(override)
         return Syscalls(**funcs)  # type: ignore[arg-type]

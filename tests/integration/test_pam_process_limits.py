@@ -1,0 +1,158 @@
+"""What PAM's session stage sets in the calling process (pam_limits: resource limits and the
+nice value; pam_umask: the umask) reaches the session's processes only, never the root
+supervisor that runs the stage.
+
+The attack replayed: `alice fsize 8` (8 KiB) in limits.d, and an audit log already larger than
+that. Had the supervisor kept alice's limit, it could not append `session.started`
+(`audit_failed: File too large`) and every alice session would be refused.
+
+Putting back a hard limit that PAM lowered needs CAP_SYS_RESOURCE. Root has it on a host and
+under the shipped unit; a container's bounding set may lack it, and then the supervisor keeps
+that hard limit: with `hard fsize 8` the audit write fails and the session is refused with
+nothing run (the supervisor never runs a session it cannot record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from agent.errors import AgentError
+from tests.conftest import Users
+from tests.support.daemon import REPO, DaemonProc, make_daemon
+
+pytestmark = pytest.mark.privileged
+
+TAG = "SSMSessionRunAs"
+SERVICE_FILE = os.path.join(REPO, "packaging", "pam", "runas-agent")
+LIMITS_FILE = "/etc/security/limits.d/runas-agent-fsize.conf"
+PAD_BYTES = 64 * 1024  # the audit log before the first session: eight times alice's fsize
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def _has_cap_sys_resource(pid: int) -> bool:
+    with open(f"/proc/{pid}/status") as fh:
+        eff = next(int(ln.split()[1], 16) for ln in fh if ln.startswith("CapEff:"))
+    return bool(eff & (1 << CAP_SYS_RESOURCE))
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]:
+    """The shipped PAM service plus pam_umask, alice's limits in limits.d (fsize: the kind given
+    by the test's parameter), and a daemon whose audit log is already past alice's fsize."""
+    with open(SERVICE_FILE) as fh:
+        service = fh.read()
+    with open("/etc/pam.d/runas-agent", "w") as fh:
+        fh.write(service + "session   optional    pam_umask.so umask=0077\n")
+    with open(LIMITS_FILE, "w") as fh:
+        fh.write(f"{users.alice} {request.param} fsize 8\n"
+                 f"{users.alice} soft nofile 1234\n{users.alice} hard nofile 2345\n"
+                 f"{users.alice} - priority 7\n")
+    d = make_daemon({"session": {"pam": True}})
+    os.makedirs(os.path.dirname(d.audit_path), mode=0o700)
+    with open(d.audit_path, "w") as fh:
+        n = 0
+        while fh.tell() < PAD_BYTES:
+            fh.write(json.dumps({"ts": "2026-01-01T00:00:00.000Z", "event": "test.padding",
+                                 "n": n}) + "\n")
+            n += 1
+    os.chmod(d.audit_path, 0o600)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
+        for path in (LIMITS_FILE, "/etc/pam.d/runas-agent"):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while token not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {token!r} in {data!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {token!r}: {data!r}"
+            data += chunk
+    return data
+
+
+def _proc(pid: int) -> dict[str, Any]:
+    """What /proc tells of a process's limits, umask and nice value."""
+    with open(f"/proc/{pid}/limits") as fh:
+        rows = fh.read().splitlines()[1:]
+    limits = {ln[:26].strip(): ln[26:].split()[:2] for ln in rows}
+    with open(f"/proc/{pid}/status") as fh:
+        umask = next(ln.split()[1] for ln in fh if ln.startswith("Umask:"))
+    with open(f"/proc/{pid}/stat") as fh:
+        nice = fh.read().rsplit(")", 1)[1].split()[16]  # field 19, counted after the comm
+    return {"limits": limits, "umask": umask, "nice": nice}
+
+
+PROBE = ('echo "fsize=$(ulimit -f) nofile=$(ulimit -n)/$(ulimit -Hn) nice=$(nice) '
+         'umask=$(umask)"; echo READY; read line || true')
+
+
+@pytest.mark.parametrize("daemon", ["soft", "hard"], indirect=True)
+def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
+                                                        users: Users) -> None:
+    assert daemon.proc is not None
+    with open(LIMITS_FILE) as fh:
+        hard = fh.readline().split()[1] == "hard"
+    can_raise = _has_cap_sys_resource(daemon.proc.pid)
+    size = os.stat(daemon.audit_path).st_size
+    assert size >= PAD_BYTES
+    if hard and not can_raise:
+        # The supervisor cannot get its own hard fsize back: refused, nothing run.
+        with pytest.raises(AgentError) as err:
+            daemon.client.start(session_id="pam-fsize", principal_arn="arn:aws:iam::1:role/A",
+                                tags={TAG: users.alice}, run_as_enabled=True,
+                                command="touch /tmp/pam-fsize-ran")
+        assert err.value.reason == "audit_failed"
+        assert not os.path.exists("/tmp/pam-fsize-ran")
+        assert "RLIMIT_FSIZE stays (8192, 8192) instead of (-1, -1)" in daemon.log()
+        return
+    sess = daemon.client.start(
+        session_id="pam-fsize", principal_arn="arn:aws:iam::1:role/A", tags={TAG: users.alice},
+        run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        assert sess.stdin is not None
+        out = _read_until(sess.stdout, b"READY\n").decode()
+        assert "fsize=8 nofile=1234/2345 nice=7 umask=0077" in out, out
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-fsize"]
+        supervisor, shell = _proc(record["pid"]), _proc(record["shell_pid"])
+        own = _proc(daemon.proc.pid)
+        # The session has what PAM set; its supervisor has the daemon's own back.
+        assert shell["limits"]["Max file size"][0] == "8192"
+        assert shell["limits"]["Max open files"] == ["1234", "2345"]
+        assert (shell["umask"], shell["nice"]) == ("0077", "7")
+        assert (supervisor["umask"], supervisor["nice"]) == (own["umask"], own["nice"])
+        assert supervisor["limits"]["Max file size"] == own["limits"]["Max file size"]
+        if can_raise:
+            assert supervisor["limits"] == own["limits"]
+        else:  # only the soft nofile could go back up, to the hard limit PAM left
+            assert supervisor["limits"]["Max open files"] == ["2345", "2345"]
+    finally:
+        if sess.stdin is not None:
+            os.close(sess.stdin)
+            sess.stdin = None
+        status = sess.wait()
+        sess.close()
+    assert status.get("code") == 0, status
+    daemon.wait_event("pam-fsize", "session.ended")
+    assert daemon.events("pam-fsize") == ["session.requested", "session.started",
+                                          "session.ended"]
+    assert os.stat(daemon.audit_path).st_size > size  # the audit log kept growing
