@@ -311,7 +311,8 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
 
 
 def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:
-    """utmp/wtmp/lastlog for a PTY session; a failure is logged, never fatal."""
+    """utmp/wtmp/lastlog for a PTY session; a failure is logged, never fatal. Takes at most
+    utmp.LOCK_WAIT more than the writes themselves, whatever locks other users hold."""
     from agent import utmp
 
     try:
@@ -322,6 +323,7 @@ def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:
 
 
 def _logout_record(ctx: Context, pid: int, tty: str) -> None:
+    """The end of a PTY session in utmp/wtmp, bounded and never fatal like _login_record."""
     from agent import utmp
 
     try:

@@ -1,9 +1,17 @@
-"""Login accounting for PTY sessions: utmp (`who`), wtmp (`last`) and lastlog, through libc.
+"""Login accounting for PTY sessions: utmp (`who`), wtmp (`last`) and lastlog.
 
-Linux (glibc): setutxent/pututxline/endutxent on the utmp file (/var/run/utmp), updwtmpx on
-/var/log/wtmp, and the lastlog entry (/var/log/lastlog, when the file exists: newer systems
-replaced it with lastlog2, which pam_lastlog2 maintains) written at uid * sizeof(struct lastlog),
-as OpenSSH does. None of these files is created here: they belong to the system
+Linux (glibc layout): the records are written here, not through libc. utmp (/var/run/utmp) and
+wtmp (/var/log/wtmp) are world-readable, and glibc's writers (pututxline, updwtmpx) wait up to
+10 s each for a write lock that any local user can keep from them by holding a read lock (as
+`who` does while it reads). Here each file gets a non-blocking write lock (fcntl F_SETLK, the
+lock glibc's readers and writers honour), retried for at most LOCK_WAIT seconds per record
+(utmp and wtmp share it); a file still locked after that is not written, and that is reported
+like any other failure. The updates are glibc's: in utmp, the entry of the same terminal
+(ut_id, or ut_line when either id is empty, among INIT/LOGIN/USER/DEAD entries) is replaced,
+else the entry is appended; to wtmp it is appended, after cutting off a partial entry at the
+end. The lastlog entry (/var/log/lastlog, when the file exists: newer systems replaced it with
+lastlog2, which pam_lastlog2 maintains) is written at uid * sizeof(struct lastlog), without a
+lock, as OpenSSH does. None of these files is created here: they belong to the system
 (systemd-update-utmp, the login package); a missing one is reported.
 
 macOS: pututxline alone; it also appends to the wtmpx log and updates lastlogx itself.
@@ -14,8 +22,8 @@ supervisor, which lives exactly as long as the session); the logout record is a 
 entry with the same line and id (utmp entry replaced, a wtmp entry appended: `last` pairs them
 by line).
 
-Accounting never stops a session: every target is attempted, and what failed is raised together
-as LoginRecordFailed for the caller to log.
+Accounting never stops a session, nor holds it up for more than LOCK_WAIT: every target is
+attempted, and what failed is raised together as LoginRecordFailed for the caller to log.
 """
 
 from __future__ import annotations
@@ -33,10 +41,15 @@ if TYPE_CHECKING:
 
 USER_PROCESS = 7
 DEAD_PROCESS = 8
+UTMP = "/var/run/utmp"  # glibc's _PATH_UTMP
 WTMP = "/var/log/wtmp"
 LASTLOG = "/var/log/lastlog"
 LINUX_UTMPX_SIZE = 384  # sizeof(struct utmpx), glibc on x86_64 and aarch64
 LASTLOG_SIZE = 292  # sizeof(struct lastlog): int32 time, line[32], host[256]
+LOCK_WAIT = 0.1  # seconds a record may wait for the utmp and wtmp locks, together
+LOCK_RETRY = 0.005  # seconds between two tries to take a lock
+# ut_type values whose utmp entries are found by terminal (ut_id / ut_line), as glibc does.
+BY_TERMINAL = (5, 6, USER_PROCESS, DEAD_PROCESS)  # INIT_PROCESS, LOGIN_PROCESS, ...
 
 
 @dataclass(frozen=True)
@@ -169,8 +182,8 @@ def lastlog_bytes(line: str, host: str, sec: int) -> bytes:
             + _field(line, 32).ljust(32, b"\0") + _field(host, 256).ljust(256, b"\0"))
 
 
-def load_libc(sys_platform: str = sys.platform) -> Any:
-    """The C library with the utmpx functions declared."""
+def load_libc() -> Any:
+    """The C library with the utmpx functions declared (macOS)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -180,23 +193,22 @@ def load_libc(sys_platform: str = sys.platform) -> Any:
     libc.endutxent.restype = None
     libc.pututxline.argtypes = [ctypes.c_void_p]
     libc.pututxline.restype = ctypes.c_void_p
-    if sys_platform != "darwin":
-        libc.updwtmpx.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-        libc.updwtmpx.restype = None
     return libc
 
 
 def login_record(pid: int, user: str, tty_path: str, host: str, *,
                  uid: Optional[int] = None, now: Optional[float] = None,
                  libc: Any = None, sys_platform: str = sys.platform,
-                 wtmp_path: str = WTMP, lastlog_path: str = LASTLOG) -> None:
+                 utmp_path: str = UTMP, wtmp_path: str = WTMP, lastlog_path: str = LASTLOG,
+                 lock_wait: float = LOCK_WAIT) -> None:
     """Record a login on TTY_PATH by USER, shell PID, from HOST: utmp, wtmp, and lastlog when
-    UID is given. Raises LoginRecordFailed naming every part that failed."""
+    UID is given. Waits at most LOCK_WAIT for locks others hold. Raises LoginRecordFailed
+    naming every part that failed."""
     import time
 
     when = time.time() if now is None else now
     record = login_entry(pid, user, tty_path, host, when)
-    problems = _write(record, libc, sys_platform, wtmp_path)
+    problems = _write(record, libc, sys_platform, utmp_path, wtmp_path, lock_wait=lock_wait)
     if uid is not None and sys_platform != "darwin":
         problems += _lastlog(uid, record, lastlog_path)
     if problems:
@@ -205,25 +217,131 @@ def login_record(pid: int, user: str, tty_path: str, host: str, *,
 
 def logout_record(pid: int, tty_path: str, *, now: Optional[float] = None,
                   libc: Any = None, sys_platform: str = sys.platform,
-                  wtmp_path: str = WTMP) -> None:
-    """Record the end of the session on TTY_PATH (shell PID): utmp entry dead, wtmp appended."""
+                  utmp_path: str = UTMP, wtmp_path: str = WTMP,
+                  lock_wait: float = LOCK_WAIT) -> None:
+    """Record the end of the session on TTY_PATH (shell PID): utmp entry dead, wtmp appended.
+    Waits at most LOCK_WAIT for locks others hold."""
     import time
 
     when = time.time() if now is None else now
-    problems = _write(logout_entry(pid, tty_path, when), libc, sys_platform, wtmp_path)
+    problems = _write(logout_entry(pid, tty_path, when), libc, sys_platform, utmp_path,
+                      wtmp_path, lock_wait=lock_wait)
     if problems:
         raise LoginRecordFailed(f"logout record for {tty_path}: " + "; ".join(problems))
 
 
-def _write(record: Record, libc: Any, sys_platform: str, wtmp_path: str) -> list[str]:
+def _write(record: Record, libc: Any, sys_platform: str, utmp_path: str, wtmp_path: str, *,
+           lock_wait: float) -> list[str]:
+    if sys_platform == "darwin":
+        return _write_darwin(record, libc)
+    import time
+
+    entry = bytes(pack(record, GLIBC))
+    deadline = time.monotonic() + lock_wait
+    problems: list[str] = []
+    for name, path, update in (("utmp", utmp_path, _put_utmp), ("wtmp", wtmp_path, _append)):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as exc:
+            problems.append(f"{name}: {exc.strerror} ({path})")
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                problems.append(f"{name}: {path}: not a regular file")
+            elif not _lock(fd, deadline):
+                problems.append(f"{name}: {path}: locked by another process for {lock_wait:g} s;"
+                                " not written")
+            else:
+                update(fd, entry, record)
+        except OSError as exc:
+            problems.append(f"{name}: {path}: {exc.strerror}")
+        finally:
+            os.close(fd)  # also releases the lock
+    return problems
+
+
+def _lock(fd: int, deadline: float) -> bool:
+    """Take a write lock on all of FD (the lock glibc's utmp functions use), trying until
+    DEADLINE (at least once, never blocking). False if someone else still holds one."""
+    import errno
+    import fcntl
+    import time
+
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, LOCK_RETRY))
+
+
+def same_terminal(entry: bytes, record: Record) -> bool:
+    """Whether the utmp ENTRY (glibc layout) is the slot of RECORD's terminal, as glibc's
+    getutxid finds it: an INIT, LOGIN, USER or DEAD entry with the same ut_id, or the same
+    ut_line when either id is empty."""
+    import struct
+
+    if struct.unpack_from("=h", entry, 0)[0] not in BY_TERMINAL:
+        return False
+    ours = _field(record.id, 4).split(b"\0", 1)[0]
+    theirs = entry[40:44].split(b"\0", 1)[0]
+    if ours and theirs:
+        return ours == theirs
+    return (entry[8:40].split(b"\0", 1)[0]
+            == _field(record.line, GLIBC.line_size).split(b"\0", 1)[0])
+
+
+def _put_utmp(fd: int, entry: bytes, record: Record) -> None:
+    """Replace the entry of RECORD's terminal in the locked utmp file FD, or append it."""
+    size = LINUX_UTMPX_SIZE
+    end = os.fstat(fd).st_size
+    offset = 0
+    while offset + size <= end:
+        block = os.pread(fd, size * 64, offset)
+        for at in range(0, len(block) - size + 1, size):
+            if same_terminal(block[at:at + size], record):
+                _pwrite_all(fd, entry, offset + at, append=False)
+                return
+        if len(block) < size:
+            break
+        offset += len(block) - len(block) % size
+    _append(fd, entry, record)
+
+
+def _append(fd: int, entry: bytes, record: Record) -> None:
+    """Append ENTRY to the locked utmp-format file FD, after cutting off a partial entry at
+    its end (what glibc's updwtmp does)."""
+    end = os.fstat(fd).st_size
+    offset = end - end % LINUX_UTMPX_SIZE
+    if offset != end:
+        os.ftruncate(fd, offset)
+    _pwrite_all(fd, entry, offset, append=True)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int, *, append: bool) -> None:
+    try:
+        written = os.pwrite(fd, data, offset)
+    except OSError:
+        if append:
+            os.ftruncate(fd, offset)
+        raise
+    if written != len(data):
+        if append:
+            os.ftruncate(fd, offset)  # never leave a partial entry behind
+        raise OSError(0, "short write")
+
+
+def _write_darwin(record: Record, libc: Any) -> list[str]:
     import ctypes
 
-    darwin = sys_platform == "darwin"
-    layout = DARWIN if darwin else GLIBC
     if libc is None:
-        libc = load_libc(sys_platform)
-    entry = pack(record, layout)
-    problems: list[str] = []
+        libc = load_libc()
+    entry = pack(record, DARWIN)
     libc.setutxent()
     try:
         ok = libc.pututxline(ctypes.byref(entry))
@@ -231,24 +349,8 @@ def _write(record: Record, libc: Any, sys_platform: str, wtmp_path: str) -> list
     finally:
         libc.endutxent()
     if not ok:
-        problems.append(f"utmp: {os.strerror(err) if err else 'pututxline failed'}")
-    if darwin:
-        return problems  # pututxline also wrote the wtmpx log and lastlogx
-    # updwtmpx reports nothing: check the file exists first and grew after.
-    try:
-        before = os.stat(wtmp_path).st_size
-    except OSError as exc:
-        problems.append(f"wtmp: {wtmp_path}: {exc.strerror}")
-        return problems
-    libc.updwtmpx(wtmp_path.encode(), ctypes.byref(entry))
-    try:
-        grew = os.stat(wtmp_path).st_size >= before + ctypes.sizeof(entry)
-    except OSError as exc:
-        problems.append(f"wtmp: {wtmp_path}: {exc.strerror}")
-        return problems
-    if not grew:
-        problems.append(f"wtmp: {wtmp_path}: not appended")
-    return problems
+        return [f"utmp: {os.strerror(err) if err else 'pututxline failed'}"]
+    return []  # pututxline also wrote the wtmpx log and lastlogx
 
 
 def _lastlog(uid: int, record: Record, path: str) -> list[str]:

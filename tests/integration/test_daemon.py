@@ -734,12 +734,20 @@ def test_interactive_session_on_a_terminal(daemon: DaemonProc, users: Users) -> 
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
     pid = os.fork()
     if pid == 0:  # the CLI, on the slave side of a fresh PTY
-        os.close(master)
-        os.login_tty(slave)
-        os.chdir(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-        os.execve(sys.executable, [sys.executable, "-m", "agent", "session", "--socket",
-                                   daemon.socket, "--run-as", "--tag", f"{TAG}={users.alice}"],
-                  {"PATH": "/usr/bin:/bin", "TERM": "xterm"})
+        try:  # (the child never returns into pytest, whatever fails)
+            os.close(master)
+            os.setsid()  # os.login_tty does these three steps, on Python 3.11+ only
+            fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+            for fd in (0, 1, 2):
+                os.dup2(slave, fd)
+            os.close(slave)
+            os.chdir(REPO_DIR)
+            os.execve(sys.executable, [sys.executable, "-m", "agent", "session", "--socket",
+                                       daemon.socket, "--run-as", "--tag",
+                                       f"{TAG}={users.alice}"],
+                      {"PATH": "/usr/bin:/bin", "TERM": "xterm"})
+        finally:
+            os._exit(127)
     os.close(slave)
     out = b""
 

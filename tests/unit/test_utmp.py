@@ -9,6 +9,7 @@ import re
 import socket
 import struct
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,139 @@ def test_macos_failure_is_reported() -> None:
                           sys_platform="darwin")
     assert "utmp" in err.value.message
     assert err.value.reason == "login_record_failed"
+
+
+# -- Linux: the records written here, to files in a temporary directory -----------------------
+
+def _files(tmp_path: Path) -> dict[str, Any]:
+    for name in ("utmp", "wtmp"):
+        (tmp_path / name).write_bytes(b"")
+    return {"utmp_path": str(tmp_path / "utmp"), "wtmp_path": str(tmp_path / "wtmp"),
+            "sys_platform": "linux"}
+
+
+def _dump(path: Path) -> list[list[str]]:
+    out = subprocess.run(["utmpdump", str(path)], capture_output=True, text=True, check=True,
+                         env={"TZ": "UTC", "LC_ALL": "C"}).stdout.splitlines()
+    rows = [[f.strip() for f in re.findall(r"\[([^]]*)\]", line)][:5] for line in out]
+    for row in rows:
+        row[1] = str(int(row[1]))
+    return rows
+
+
+def test_linux_login_then_logout_reuses_the_terminal_slot(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    utmp.login_record(10, "alice", "/dev/pts/1", "h1", now=1700000000.0,
+                      lastlog_path=str(tmp_path / "none"), uid=1000, **files)
+    utmp.login_record(20, "bob", "/dev/pts/2", "h2", now=1700000001.0, **files)
+    utmp.logout_record(10, "/dev/pts/1", now=1700000002.0, **files)
+    utmp.login_record(30, "carol", "/dev/pts/1", "h3", now=1700000003.0, **files)
+    # utmp: one slot per terminal, the latest record in it (glibc's pututxline does the same).
+    assert _dump(tmp_path / "utmp") == [["7", "30", "ts/1", "carol", "pts/1"],
+                                        ["7", "20", "ts/2", "bob", "pts/2"]]
+    # wtmp: every record, in order.
+    assert _dump(tmp_path / "wtmp") == [["7", "10", "ts/1", "alice", "pts/1"],
+                                        ["7", "20", "ts/2", "bob", "pts/2"],
+                                        ["8", "10", "ts/1", "", "pts/1"],
+                                        ["7", "30", "ts/1", "carol", "pts/1"]]
+    who = subprocess.run(["who", str(tmp_path / "utmp")], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert who[:2] == ["carol", "pts/1"]
+    assert "bob" in who
+
+
+def test_linux_utmp_slot_found_by_line_when_an_id_is_empty(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    other = utmp.Record(utmp.USER_PROCESS, 5, "pts/7", "", "old", "", 1, 0)
+    foreign = utmp.Record(1, 0, "~", "~~", "runlevel", "", 1, 0)  # RUN_LVL: never a slot
+    (tmp_path / "utmp").write_bytes(bytes(utmp.pack(foreign, utmp.GLIBC))
+                                    + bytes(utmp.pack(other, utmp.GLIBC)))
+    utmp.logout_record(5, "/dev/pts/7", now=1700000000.0, **files)
+    rows = _dump(tmp_path / "utmp")
+    assert [r[0] for r in rows] == ["1", "8"]
+    assert rows[1][4] == "pts/7"
+
+
+def test_linux_partial_entry_at_the_end_is_cut_before_appending(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    (tmp_path / "wtmp").write_bytes(b"\x07" * 100)  # a torn write
+    (tmp_path / "utmp").write_bytes(b"\x00" * 50)
+    utmp.login_record(1, "alice", "/dev/pts/3", "", now=1700000000.0, **files)
+    assert (tmp_path / "wtmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
+    assert (tmp_path / "utmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
+    assert _dump(tmp_path / "wtmp") == [["7", "1", "ts/3", "alice", "pts/3"]]
+
+
+def test_linux_missing_and_odd_files_are_reported_and_the_rest_written(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    (tmp_path / "utmp").unlink()
+    with pytest.raises(LoginRecordFailed) as err:
+        utmp.login_record(1, "alice", "/dev/pts/3", "", **files)
+    assert "utmp: No such file or directory" in err.value.message
+    assert (tmp_path / "wtmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
+    (tmp_path / "utmp").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "wtmp")
+    with pytest.raises(LoginRecordFailed) as err:
+        utmp.logout_record(1, "/dev/pts/3", **{**files, "wtmp_path": str(tmp_path / "link")})
+    assert "utmp: Is a directory" in err.value.message
+    assert "wtmp: Too many levels of symbolic links" in err.value.message  # O_NOFOLLOW
+
+
+LOCKER = r"""
+import fcntl, os, sys
+fds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]
+for fd in fds:
+    fcntl.lockf(fd, fcntl.LOCK_SH)  # F_RDLCK on the whole file, what `who` takes to read
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def _record(login: bool, files: dict[str, Any]) -> None:
+    if login:
+        utmp.login_record(1, "alice", "/dev/pts/3", "", **files)
+    else:
+        utmp.logout_record(1, "/dev/pts/3", **files)
+
+
+def test_linux_a_lock_someone_else_holds_delays_a_record_by_lock_wait_at_most(
+        tmp_path: Path) -> None:
+    """Bounded latency (the records sit on the session's start and end path): glibc would
+    wait 10 s for each file; here both files together cost at most LOCK_WAIT."""
+    import time
+
+    files = _files(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER, files["utmp_path"],
+                               files["wtmp_path"]], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == "locked\n"
+        for login in (True, False):
+            t0 = time.monotonic()
+            with pytest.raises(LoginRecordFailed) as err:
+                _record(login, files)
+            took = time.monotonic() - t0
+            assert took < utmp.LOCK_WAIT + 0.15, took
+            assert err.value.message.count("locked by another process") == 2
+    finally:
+        holder.communicate("")
+    assert (tmp_path / "utmp").stat().st_size == 0  # skipped, not torn
+    assert (tmp_path / "wtmp").stat().st_size == 0
+    # Released: written again.
+    utmp.login_record(1, "alice", "/dev/pts/3", "", **files)
+    assert (tmp_path / "wtmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
+
+
+def test_linux_a_lock_released_within_the_wait_is_taken(tmp_path: Path) -> None:
+    files = _files(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", LOCKER + "import time; time.sleep(0.03)",
+                               files["utmp_path"]], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None
+    assert holder.stdout.readline() == "locked\n"
+    assert holder.stdin is not None
+    holder.stdin.close()  # the holder lets go a few ms from now, within LOCK_WAIT
+    utmp.login_record(1, "alice", "/dev/pts/3", "", lock_wait=5.0, **files)
+    holder.wait()
+    assert (tmp_path / "utmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
