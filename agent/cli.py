@@ -292,7 +292,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.audit import AuditLog
     from agent.config import load_config
     from agent.registry import Registry
-    from agent.server import Daemon, bind_socket
+    from agent.server import Daemon, bind_socket, check_socket_path
 
     cfg = _load(args.config)
     # structlog's import pulls in asyncio, and asyncio would load ssl (OpenSSL, ~1.2 MB of
@@ -321,6 +321,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listener = bind_socket(path, cfg.socket.mode, cfg.socket.group)
         log.info("socket.bound", path=path, mode=oct(cfg.socket.mode), group=cfg.socket.group)
     else:
+        name = listener.getsockname()
+        if isinstance(name, str) and name.startswith("/"):
+            check_socket_path(name)  # the service manager's path is held to the same rule
         log.info("socket.inherited", fd=listener.fileno())
     daemon = Daemon(
         cfg=cfg, listener=listener, platform=platform.current(), audit=AuditLog(cfg.audit.path),

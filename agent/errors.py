@@ -34,6 +34,7 @@ AUDIT_FAILED = "audit_failed"
 UNREACHABLE = "unreachable"
 TERMINATED = "terminated"
 ACTIVATION_FAILED = "activation_failed"
+UNTRUSTED_SERVER = "untrusted_server"
 
 
 
@@ -183,6 +184,12 @@ class ActivationFailed(AgentError):
     reason = ACTIVATION_FAILED
 
 
+class UntrustedServer(AgentError):
+    """A client found a server on the socket that does not run as root; it sent nothing."""
+
+    reason = UNTRUSTED_SERVER
+
+
 _BY_REASON = {
     cls.reason: cls
     for cls in (
@@ -213,6 +220,7 @@ _BY_REASON = {
         Unreachable,
         Terminated,
         ActivationFailed,
+        UntrustedServer,
     )
 }
 
