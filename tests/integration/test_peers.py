@@ -286,6 +286,24 @@ def test_the_daemon_refuses_a_socket_path_under_an_untrusted_directory(
         d.cleanup()
 
 
+def test_a_symlink_in_the_socket_path_is_judged_by_where_it_leads(users: Users) -> None:
+    base = tempfile.mkdtemp(prefix="runas-agent-path-", dir="/run")
+    os.chmod(base, 0o755)
+    weak = os.path.join(base, "weak")
+    os.mkdir(weak, 0o755)
+    os.chown(weak, pwd.getpwnam(users.bob).pw_uid, -1)
+    link = os.path.join(base, "link")
+    os.symlink(weak, link)
+    d = make_daemon({"socket": {"path": os.path.join(link, "agent", "agent.sock")}})
+    try:
+        status, err = _serve(d)
+        assert status == 2, err
+        assert "owned by uid" in err, err
+        assert link in err, err
+    finally:
+        d.cleanup()
+
+
 def test_the_daemon_refuses_an_inherited_socket_under_an_untrusted_directory(
         users: Users) -> None:
     import socket
