@@ -13,7 +13,7 @@ import select
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -415,7 +415,8 @@ def test_the_client_library_sends_nothing_to_a_server_that_is_not_root(
         users: Users, impostor: tuple[str, Impostor]) -> None:
     path, listener = impostor
     client = Client(path, timeout=20)
-    calls = [client.ping, client.sessions, lambda: client.terminate("s-1"),
+    calls: list[Callable[[], object]] = [
+             client.ping, client.sessions, lambda: client.terminate("s-1"),
              lambda: client.start(session_id="s-1", principal_arn="arn:x",
                                   tags={TAG: users.alice}, run_as_enabled=True,
                                   command="deploy --token=s3cret")]
