@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +38,7 @@ class Peers:
     admin: str = "tpeer-adm"  # a transport peer in peers.admin_groups
     group: str = "transport"  # peers.allowed_groups and socket.group
     admin_group: str = "agentadm"
+    target: str = "tpeer-t"  # the account the peers' sessions run as
     pkg: str = ""  # a copy of the agent package the accounts can read
 
     def uid(self, name: str) -> int:
@@ -51,6 +53,7 @@ def peers(users: Users) -> Peers:
     for name in (p.a, p.b):
         sh("useradd", "-m", "-s", "/bin/sh", "-G", p.group, "--", name)
     sh("useradd", "-m", "-s", "/bin/sh", "-G", f"{p.group},{p.admin_group}", "--", p.admin)
+    sh("useradd", "-m", "-s", "/bin/sh", "--", p.target)
     return p
 
 
@@ -58,7 +61,7 @@ def peers(users: Users) -> Peers:
 def daemon(peers: Peers) -> Iterator[DaemonProc]:
     with running({"socket": {"group": peers.group},
                   "peers": {"allowed_groups": [peers.group],
-                            },
+                            "admin_groups": [peers.admin_group]},
                   "limits": {"max_connections": 8, "read_timeout": 60.0}}) as d:
         os.chmod(os.path.dirname(d.socket), 0o755)
         yield d
@@ -104,7 +107,7 @@ class Holder:
                  command: str) -> None:
         code = CLIENT + f"""
 sessions = [Client({d.socket!r}).start(session_id=sid, principal_arn="arn:" + sid,
-            tags={{{TAG!r}: "bob"}}, run_as_enabled=True, command={command!r})
+            tags={{{TAG!r}: {p.target!r}}}, run_as_enabled=True, command={command!r})
             for sid in {list(sids)!r}]
 print(json.dumps("started"), flush=True)
 for s in sessions:
@@ -124,9 +127,16 @@ for s in sessions:
         return json.loads(text)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+        _kill_group(self.proc)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    """Kill PROC's process group: runuser and the account's process it started."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
 
 
 def _terminate_records(d: DaemonProc, sid: str) -> list[dict[str, Any]]:
@@ -163,9 +173,9 @@ def test_a_peer_sees_and_ends_only_its_own_sessions(daemon: DaemonProc, peers: P
             assert rec["peer_pid"] > 0
 
         # Root and a member of peers.admin_groups see everything, command included.
-        for rows in (_list(p, d, p.admin), d.client.sessions()):
+        for who, rows in (("admin", _list(p, d, p.admin)), ("root", d.client.sessions())):
             seen = {r["id"]: r for r in rows}
-            assert {"pb-1", "pb-2"} <= set(seen)
+            assert {"pb-1", "pb-2"} <= set(seen), who
             assert seen["pb-1"]["command"] == secret
 
         # The admin ends one, the owner the other; both requests are audited as allowed.
@@ -223,7 +233,8 @@ except AgentError as e:
 sys.stdin.read()
 """
     flood = subprocess.Popen(_argv(p.a, code, p.pkg), stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+                             start_new_session=True)
     try:
         assert flood.stdout is not None
         assert flood.stdin is not None
@@ -238,9 +249,7 @@ sys.stdin.read()
         flood.stdin.close()
         flood.wait(30)
     finally:
-        if flood.poll() is None:
-            flood.kill()
-            flood.wait()
+        _kill_group(flood)
 
 
 # -- socket path trust: the daemon ---------------------------------------------------------------
@@ -374,19 +383,18 @@ while True:
         return self.proc.stdout.readline().strip()
 
     def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+        _kill_group(self.proc)
 
 
 @pytest.fixture
-def impostor(users: Users) -> Iterator[tuple[str, Impostor]]:
+def impostor(peers: Peers) -> Iterator[tuple[str, Impostor]]:
     base = tempfile.mkdtemp(prefix="runas-agent-evil-", dir="/run")
     os.chmod(base, 0o755)
     own = os.path.join(base, "bob")
     os.mkdir(own, 0o755)
-    os.chown(own, pwd.getpwnam(users.bob).pw_uid, -1)
+    os.chown(own, peers.uid(peers.b), -1)
     path = os.path.join(own, "agent.sock")
-    listener = Impostor(users.bob, path)
+    listener = Impostor(peers.b, path)
     try:
         yield path, listener
     finally:
@@ -394,31 +402,30 @@ def impostor(users: Users) -> Iterator[tuple[str, Impostor]]:
 
 
 @pytest.mark.parametrize("args", [
-    ("session", "--run-as", "--tag", f"{TAG}=alice", "--", "deploy", "--token=s3cret"),
+    ("session", "--run-as", "--tag", f"{TAG}=tpeer-t", "--", "deploy", "--token=s3cret"),
     ("sessions", "--json"),
     ("terminate", "s-1"),
 ], ids=["session", "sessions", "terminate"])
 def test_the_cli_sends_nothing_to_a_server_that_is_not_root(
-        users: Users, impostor: tuple[str, Impostor], args: tuple[str, ...]) -> None:
+        peers: Peers, impostor: tuple[str, Impostor], args: tuple[str, ...]) -> None:
     path, listener = impostor
     proc = subprocess.run([sys.executable, "-m", "agent", args[0], "--socket", path, *args[1:]],
                           cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
     assert listener.received() == "0"
     assert proc.returncode == 255, proc.stderr
-    bob = pwd.getpwnam(users.bob).pw_uid
     assert "untrusted_server" in proc.stderr, proc.stderr
-    assert f"uid {bob}" in proc.stderr, proc.stderr
+    assert f"uid {peers.uid(peers.b)}" in proc.stderr, proc.stderr
 
 
 def test_the_client_library_sends_nothing_to_a_server_that_is_not_root(
-        users: Users, impostor: tuple[str, Impostor]) -> None:
+        peers: Peers, impostor: tuple[str, Impostor]) -> None:
     path, listener = impostor
     client = Client(path, timeout=20)
     calls: list[Callable[[], object]] = [
              client.ping, client.sessions, lambda: client.terminate("s-1"),
              lambda: client.start(session_id="s-1", principal_arn="arn:x",
-                                  tags={TAG: users.alice}, run_as_enabled=True,
+                                  tags={TAG: peers.target}, run_as_enabled=True,
                                   command="deploy --token=s3cret")]
     for call in calls:
         with pytest.raises(AgentError) as info:
