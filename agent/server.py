@@ -523,9 +523,11 @@ def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
     import grp
 
     directory = os.path.dirname(path)
-    check_socket_path(path)  # before creating anything under an untrusted directory
+    # The directories above first, before anything is created under them; the socket's own
+    # directory just below (it must also not be a symbolic link).
+    check_socket_path(path, own_directory=False)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    check_socket_path(path)
+    check_socket_path(path, own_directory=False)
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
         raise ConfigError(f"{directory}: must be a directory owned by root and not writable by "
@@ -560,15 +562,17 @@ def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
     return sock
 
 
-def check_socket_path(path: str) -> None:
+def check_socket_path(path: str, *, own_directory: bool = True) -> None:
     """Refuse a socket PATH any existing ancestor directory of which is not owned by root or is
     writable by group or others (sticky ones such as /tmp included): whoever can write there can
     swap the directory below and take the socket over. The rule OpenSSH applies to key paths.
     Symbolic links are followed, and both the path as written and where it leads are checked
-    (a link can be changed by whoever may write the directory that holds it)."""
+    (a link can be changed by whoever may write the directory that holds it). OWN_DIRECTORY
+    false leaves the socket's own directory to the caller."""
     directory = os.path.dirname(os.path.abspath(path))
     for chain in (directory, os.path.realpath(directory)):
-        for ancestor in _ancestors(chain):
+        ancestors = _ancestors(chain)
+        for ancestor in ancestors if own_directory else ancestors[:-1]:
             try:
                 st = os.stat(ancestor)
             except FileNotFoundError:
