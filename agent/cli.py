@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sessions", help="list live sessions",
                        description="List the node's live sessions (also those started before "
-                       "the daemon's last restart). Exit 0, or 255 when the agent cannot be "
-                       "reached or fails.")
+                       "the daemon's last restart); callers other than root and members of "
+                       "peers.admin_groups see only the sessions they started. Exit 0, or 255 "
+                       "when the agent cannot be reached, is not root (untrusted_server) or "
+                       "fails.")
     p.add_argument("--socket", metavar="PATH", help=sock_help)
     p.add_argument("--config", metavar="PATH", help=cfg_help)
     p.add_argument("--json", action="store_true", help="print a JSON list")
@@ -143,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("terminate", help="end a live session",
                        description="End a live session: SIGHUP to its processes, SIGKILL "
                        "after the grace period. Exit 0 when the daemon accepted the request, 1 "
-                       "when there is no such live session, 255 when the agent cannot be "
-                       "reached or fails.")
+                       "when there is no such live session (or none this caller started), 255 "
+                       "when the agent cannot be reached, is not root (untrusted_server) or "
+                       "fails.")
     p.add_argument("session_id", metavar="SESSION_ID")
     p.add_argument("--socket", metavar="PATH", help=sock_help)
     p.add_argument("--config", metavar="PATH", help=cfg_help)
@@ -304,7 +307,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.audit import AuditLog
     from agent.config import load_config
     from agent.registry import Registry
-    from agent.server import Daemon, bind_socket
+    from agent.server import Daemon, bind_socket, check_socket_path
 
     cfg = _load(args.config)
     # structlog's import pulls in asyncio, and asyncio would load ssl (OpenSSL, ~1.2 MB of
@@ -333,6 +336,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         listener = bind_socket(path, cfg.socket.mode, cfg.socket.group)
         log.info("socket.bound", path=path, mode=oct(cfg.socket.mode), group=cfg.socket.group)
     else:
+        name = listener.getsockname()
+        if isinstance(name, str) and name.startswith("/"):
+            check_socket_path(name)  # the service manager's path is held to the same rule
         log.info("socket.inherited", fd=listener.fileno())
     daemon = Daemon(
         cfg=cfg, listener=listener, platform=platform.current(), audit=AuditLog(cfg.audit.path),

@@ -17,7 +17,7 @@ import socket
 from dataclasses import dataclass
 
 from agent import protocol
-from agent.errors import InternalError, Unreachable, error_for
+from agent.errors import InternalError, Unreachable, UntrustedServer, error_for
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ DEFAULT_SOCKET = "/run/runas-agent/runas-agent.sock"
 MAX_REPLY = 16 * 1024 * 1024
 
 
-def _connect(path: str, timeout: Optional[float]) -> socket.socket:
+def _connect(path: str, timeout: Optional[float], server_uid: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
@@ -38,7 +38,33 @@ def _connect(path: str, timeout: Optional[float]) -> socket.socket:
         raise Unreachable(f"cannot reach the agent at {path}: {exc.strerror or exc}",
                           hint="is `runas-agent serve` running, and may you use its socket?"
                           ) from None
+    try:
+        _check_server(sock, path, server_uid)
+    except BaseException:
+        sock.close()
+        raise
     return sock
+
+
+def _check_server(sock: socket.socket, path: str, server_uid: int) -> None:
+    """Before a byte is sent: the process listening on PATH must run as SERVER_UID (root), as
+    the kernel reports it. Anyone else holding the path (a swapped directory) gets nothing."""
+    import sys
+
+    from agent.errors import AgentError
+    from agent.peer import read_peer
+
+    try:
+        uid = read_peer(sock, sys.platform).uid
+    except (OSError, AgentError) as exc:
+        raise UntrustedServer(f"cannot tell who serves {path}: {exc}; nothing was sent"
+                              ) from None
+    if uid != server_uid:
+        raise UntrustedServer(
+            f"the server on {path} runs as uid {uid}, not "
+            f"{'root' if server_uid == 0 else f'uid {server_uid}'}; nothing was sent",
+            hint="someone else may have taken over the socket path; check who owns its "
+                 "directories")
 
 
 class _Reader:
@@ -151,9 +177,11 @@ class Client:
     timeout: Optional[float] = 30.0  # connecting, and answers to ping/list/terminate
     # A start may take long legitimately (creating ssm-user under a lock, PAM, a slow directory).
     start_timeout: Optional[float] = 300.0
+    # The uid the server must run as. The daemon runs as root; tests can name another.
+    server_uid: int = 0
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
-        sock = _connect(self.path, self.timeout)
+        sock = _connect(self.path, self.timeout, self.server_uid)
         try:
             _send(sock, msg)
             return _raise_if_error(_Reader(sock).read())
@@ -189,7 +217,7 @@ class Client:
             "terminal": None if terminal is None else
             {"term": terminal[0], "rows": terminal[1], "cols": terminal[2]},
         }
-        sock = _connect(self.path, self.timeout)
+        sock = _connect(self.path, self.timeout, self.server_uid)
         sock.settimeout(self.start_timeout)
         reader = _Reader(sock)
         try:

@@ -30,10 +30,14 @@ class SocketConfig:
 
 @dataclass(frozen=True)
 class PeersConfig:
-    """Who may talk to the daemon. Root is always allowed."""
+    """Who may talk to the daemon. Root is always allowed.
+
+    A peer lists and terminates only the sessions it started; root and members of
+    admin_groups see and end all of them."""
 
     allowed_uids: tuple[int, ...] = (0,)
     allowed_groups: tuple[str, ...] = ()
+    admin_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,15 @@ class SessionConfig:
 class LimitsConfig:
     max_frame: int = 65536
     max_connections: int = 128
+    # Connections one peer uid (other than root) may have open at once; null: a quarter of
+    # max_connections, at least 1.
+    max_connections_per_peer: Optional[int] = None
     read_timeout: float = 10.0
+
+    def peer_share(self) -> int:
+        if self.max_connections_per_peer is not None:
+            return self.max_connections_per_peer
+        return max(1, self.max_connections // 4)
 
 
 @dataclass(frozen=True)
@@ -227,6 +239,11 @@ def _check_values(cfg: Config) -> None:
             f"session.pam_service: {cfg.session.pam_service!r} is not a PAM service name",
             hint="a file name in /etc/pam.d: letters, digits, '.', '_' and '-'",
         )
+    share = cfg.limits.max_connections_per_peer
+    if share is not None and not 1 <= share <= cfg.limits.max_connections:
+        raise ConfigError(
+            f"limits.max_connections_per_peer: must be between 1 and limits.max_connections "
+            f"({cfg.limits.max_connections}), got {share}")
     if not 0 <= cfg.socket.mode <= 0o777:
         raise ConfigError("socket.mode: expected a permission mode such as 0o660")
     if cfg.socket.mode & 0o007:

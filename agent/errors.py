@@ -35,6 +35,7 @@ AUDIT_FAILED = "audit_failed"
 UNREACHABLE = "unreachable"
 TERMINATED = "terminated"
 ACTIVATION_FAILED = "activation_failed"
+UNTRUSTED_SERVER = "untrusted_server"
 
 
 
@@ -192,6 +193,12 @@ class ActivationFailed(AgentError):
     reason = ACTIVATION_FAILED
 
 
+class UntrustedServer(AgentError):
+    """A client found a server on the socket that does not run as root; it sent nothing."""
+
+    reason = UNTRUSTED_SERVER
+
+
 _BY_REASON = {
     cls.reason: cls
     for cls in (
@@ -223,6 +230,7 @@ _BY_REASON = {
         Unreachable,
         Terminated,
         ActivationFailed,
+        UntrustedServer,
     )
 }
 

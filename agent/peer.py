@@ -8,7 +8,8 @@ from dataclasses import dataclass
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
+    from typing import Any
 
 SO_PEERCRED = 17  # Linux
 SO_PEERGROUPS = 59  # Linux >= 4.13
@@ -63,6 +64,24 @@ def authorized(peer: Peer, allowed_uids: Iterable[int], allowed_gids: Iterable[i
         return True
     gids = set(allowed_gids)
     return peer.gid in gids or bool(gids.intersection(peer.groups))
+
+
+def is_admin(peer: Peer, admin_gids: Iterable[int]) -> bool:
+    """Root, or a member (primary or supplementary) of an admin group: sees and ends every
+    session, not only the ones it started."""
+    if peer.uid == 0:
+        return True
+    gids = set(admin_gids)
+    return peer.gid in gids or bool(gids.intersection(peer.groups))
+
+
+def may_see(peer: Peer, record: Mapping[str, Any], admin: bool) -> bool:
+    """May PEER list and terminate the session of RECORD (a registry record)? Admins may; any
+    other peer only a session it started itself (same uid)."""
+    if admin:
+        return True
+    owner = record.get("peer_uid")
+    return isinstance(owner, int) and not isinstance(owner, bool) and owner == peer.uid
 
 
 def read_peer(sock: socket.socket, sys_platform: str) -> Peer:

@@ -73,11 +73,12 @@ class Registry:
             raise
         return tmp
 
-    def claim(self, session_id: str, pid: int) -> None:
+    def claim(self, session_id: str, pid: int, peer_uid: Optional[int] = None) -> None:
         """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it.
-        The record appears complete or not at all (written aside, then linked into place)."""
+        The record appears complete or not at all (written aside, then linked into place).
+        PEER_UID (who asked for the session) lets that peer terminate it while it starts."""
         record = {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
-                  "state": "starting"}
+                  "state": "starting", "peer_uid": peer_uid}
         try:
             self._ensure_dir()
             tmp = self._write_temp(record)

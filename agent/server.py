@@ -26,6 +26,7 @@ from agent.errors import (
     LimitReached,
     Unauthorized,
 )
+from agent.peer import may_see
 from agent.session import drain
 
 TYPE_CHECKING = False
@@ -73,6 +74,7 @@ class Daemon:
     # need the registry: this daemon's own are its children.
     _foreign: dict[int, Optional[float]] = field(default_factory=dict)
     _allowed_gids: frozenset[int] = frozenset()
+    _admin_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
     _accept_paused_until: float = 0.0
     _stop: bool = False
@@ -89,6 +91,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self._allowed_gids = _group_ids(self.cfg.peers.allowed_groups, self.log)
+        self._admin_gids = _group_ids(self.cfg.peers.admin_groups, self.log, "peers.admin_groups")
         self.listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
@@ -162,6 +165,7 @@ class Daemon:
             cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
         self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
+        self._admin_gids = _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")
         self._setup_cgroups()
         self.log.info("config.reloaded")
 
@@ -219,6 +223,12 @@ class Daemon:
             if len(self._conns) >= self.cfg.limits.max_connections:
                 self.log.warning("connection.limit_reached", peer_uid=peer.uid)
                 self._refuse(sock, LimitReached("too many connections; try again"))
+                continue
+            share = self.cfg.limits.peer_share()
+            if peer.uid != 0 and sum(c.peer.uid == peer.uid for c in self._conns.values()) >= share:
+                self.log.warning("connection.peer_limit_reached", peer_uid=peer.uid, share=share)
+                self._refuse(sock, LimitReached(
+                    f"uid {peer.uid} already has {share} connections open; try again"))
                 continue
             sock.setblocking(False)
             conn = _Conn(sock, peer, time.monotonic() + self.cfg.limits.read_timeout,
@@ -334,7 +344,9 @@ class Daemon:
         if isinstance(req, protocol.PingRequest):
             msg = protocol.reply("pong", version=__version__, pid=os.getpid())
         elif isinstance(req, protocol.ListRequest):
-            msg = protocol.reply("sessions", sessions=[_public(r) for r in self.registry.live()])
+            admin = self._is_admin(conn.peer)
+            msg = protocol.reply("sessions", sessions=[
+                _public(r) for r in self.registry.live() if may_see(conn.peer, r, admin)])
         elif isinstance(req, protocol.TerminateRequest):
             self._terminate(req.session_id, conn.peer)
             msg = protocol.reply("ok", session_id=req.session_id)
@@ -342,14 +354,30 @@ class Daemon:
             raise BadRequest("unsupported request")
         self._answer(sel, conn, msg)
 
+    def _is_admin(self, peer: Peer) -> bool:
+        from agent.peer import is_admin
+
+        return is_admin(peer, self._admin_gids)
+
     def _terminate(self, session_id: str, peer: Peer) -> None:
+        """Terminate a session PEER may see. Every request is audited (durably, before anything
+        is signalled), allowed or not; a session PEER may not see is reported exactly as one that
+        does not exist."""
         from agent.errors import SessionNotFound
 
-        rec = self.registry.get(session_id)
-        if not signal_process(int(rec["pid"]), rec.get("pid_start"), signal.SIGTERM):
-            raise SessionNotFound(f"session {session_id!r} has already ended")
+        try:
+            rec: Optional[dict[str, Any]] = self.registry.get(session_id)
+        except SessionNotFound:
+            rec = None
+        allowed = rec is not None and may_see(peer, rec, self._is_admin(peer))
         self.log.info("session.terminate_requested", session_id=session_id, peer_uid=peer.uid,
-                      peer_pid=peer.pid)
+                      peer_pid=peer.pid, allowed=allowed)
+        self.audit.record("session.terminate_requested", session_id=session_id,
+                          peer_uid=peer.uid, peer_pid=peer.pid, allowed=allowed)
+        if rec is None or not allowed:
+            raise SessionNotFound(f"no live session {session_id!r} on this node")
+        if not signal_process(int(rec["pid"]), rec.get("pid_start"), signal.SIGTERM):
+            raise SessionNotFound(f"no live session {session_id!r} on this node")
 
     def _live_sessions(self) -> int:
         # O(sessions started elsewhere), not O(all live sessions): reading every record on each
@@ -504,7 +532,8 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _group_ids(names: tuple[str, ...], log: Any) -> frozenset[int]:
+def _group_ids(names: tuple[str, ...], log: Any,
+               key: str = "peers.allowed_groups") -> frozenset[int]:
     import grp
 
     out = set()
@@ -512,7 +541,7 @@ def _group_ids(names: tuple[str, ...], log: Any) -> frozenset[int]:
         try:
             out.add(grp.getgrnam(name).gr_gid)
         except KeyError:
-            log.warning("config.unknown_group", group=name, key="peers.allowed_groups")
+            log.warning("config.unknown_group", group=name, key=key)
     return frozenset(out)
 
 
@@ -524,7 +553,11 @@ def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
     import grp
 
     directory = os.path.dirname(path)
+    # The directories above first, before anything is created under them; the socket's own
+    # directory just below (it must also not be a symbolic link).
+    check_socket_path(path, own_directory=False)
     os.makedirs(directory, mode=0o755, exist_ok=True)
+    check_socket_path(path, own_directory=False)
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
         raise ConfigError(f"{directory}: must be a directory owned by root and not writable by "
@@ -557,3 +590,44 @@ def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
     os.chmod(path, mode)
     sock.listen(128)
     return sock
+
+
+def check_socket_path(path: str, *, own_directory: bool = True) -> None:
+    """Refuse a socket PATH any existing ancestor directory of which is not owned by root or is
+    writable by group or others (sticky ones such as /tmp included): whoever can write there can
+    swap the directory below and take the socket over. The rule OpenSSH applies to key paths.
+    Symbolic links are followed, and both the path as written and where it leads are checked
+    (a link can be changed by whoever may write the directory that holds it). OWN_DIRECTORY
+    false leaves the socket's own directory to the caller."""
+    directory = os.path.dirname(os.path.abspath(path))
+    for chain in (directory, os.path.realpath(directory)):
+        ancestors = _ancestors(chain)
+        for ancestor in ancestors if own_directory else ancestors[:-1]:
+            try:
+                st = os.stat(ancestor)
+            except FileNotFoundError:
+                continue  # created by root below, 0755
+            except OSError as exc:
+                raise ConfigError(f"{ancestor}: cannot inspect it: {exc.strerror}") from None
+            if st.st_uid != 0 or st.st_mode & 0o022:
+                raise ConfigError(
+                    f"socket path {path}: {ancestor} is {_who_writes(st)}; every directory above "
+                    "the socket must be owned by root and not writable by group or others",
+                    hint="put the socket under a root-owned directory such as /run")
+
+
+def _ancestors(directory: str) -> list[str]:
+    """DIRECTORY and every directory above it, from the root down."""
+    out = [directory]
+    while os.path.dirname(out[-1]) != out[-1]:
+        out.append(os.path.dirname(out[-1]))
+    return out[::-1]
+
+
+def _who_writes(st: os.stat_result) -> str:
+    if st.st_uid != 0:
+        return f"owned by uid {st.st_uid}"
+    who = "group and others" if st.st_mode & 0o022 == 0o022 else (
+        "group" if st.st_mode & 0o020 else "others")
+    sticky = " (even with the sticky bit)" if st.st_mode & stat.S_ISVTX else ""
+    return f"writable by {who}{sticky}"

@@ -148,7 +148,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
     uid: Optional[int] = None
     source: Optional[str] = None
     try:
-        ctx.registry.claim(req.session_id, os.getpid())
+        ctx.registry.claim(req.session_id, os.getpid(), ctx.peer.uid)
         claimed = True
         account, source = _resolve(req, ctx)
         user, uid = account.name, account.uid

@@ -637,7 +637,8 @@ def test_sessions_survive_the_daemon(users: Users, how: int) -> None:
         status = sess.wait()
         sess.close()
         assert status["reason"] == "terminated"
-        assert d.events(sid) == ["session.requested", "session.started", "session.ended"]
+        assert d.events(sid) == ["session.requested", "session.started",
+                                 "session.terminate_requested", "session.ended"]
         assert not _alive(shell)
 
 
@@ -954,8 +955,14 @@ def test_terminate_racing_the_start_never_orphans_a_shell(users: Users) -> None:
             cli.wait(timeout=20)
         assert _wait_gone("racer") == []
         by_session: dict[str, list[str]] = {}
+        terminates: dict[str, list[bool]] = {}
         for r in d.audit():
-            by_session.setdefault(r["session_id"], []).append(r["event"])
+            if r["event"] == "session.terminate_requested":
+                terminates.setdefault(r["session_id"], []).append(r["allowed"])
+            else:
+                by_session.setdefault(r["session_id"], []).append(r["event"])
+        assert set(terminates) == {f"race-{i}" for i in range(20)}
+        assert all(allowed[-1] for allowed in terminates.values()), terminates
         for sid, events in by_session.items():
             assert events[0] == "session.requested", (sid, events)
             assert events[-1] in ("session.ended", "session.denied"), (sid, events)

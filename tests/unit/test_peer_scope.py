@@ -1,0 +1,138 @@
+"""The peer model's pure parts and the client's server check, with real sockets (no root needed):
+who sees which session, the per-peer connection share, which socket paths are trusted, and a
+client that refuses a server of the wrong uid before sending a byte."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent import protocol
+from agent.client import Client
+from agent.config import LimitsConfig, parse
+from agent.errors import ConfigError, UntrustedServer
+from agent.peer import Peer, is_admin, may_see
+from agent.server import check_socket_path
+
+ALICE = Peer(pid=10, uid=1001, gid=1001, groups=(1001, 50))
+ROOT = Peer(pid=1, uid=0, gid=0, groups=(0,))
+
+
+def test_admins_are_root_and_members_of_an_admin_group() -> None:
+    assert is_admin(ROOT, ())
+    assert not is_admin(ALICE, ())
+    assert is_admin(ALICE, (50,))  # supplementary
+    assert is_admin(ALICE, (1001,))  # primary
+    assert not is_admin(ALICE, (51,))
+
+
+@pytest.mark.parametrize(("record", "seen"), [
+    ({"id": "s", "peer_uid": 1001}, True),
+    ({"id": "s", "peer_uid": 1002}, False),
+    ({"id": "s", "peer_uid": 0}, False),
+    ({"id": "s"}, False),  # a record that does not say who started it
+    ({"id": "s", "peer_uid": None}, False),
+    ({"id": "s", "peer_uid": "1001"}, False),
+])
+def test_a_peer_sees_only_the_sessions_it_started(record: dict[str, object],
+                                                   seen: bool) -> None:
+    assert may_see(ALICE, record, admin=False) is seen
+    assert may_see(ALICE, record, admin=True)
+
+
+def test_admin_groups_and_the_per_peer_share_are_read() -> None:
+    cfg = parse("peers: {admin_groups: [ops]}\nlimits: {max_connections: 10}\n")
+    assert cfg.peers.admin_groups == ("ops",)
+    assert cfg.limits.peer_share() == 2
+    assert parse("").peers.admin_groups == ()
+    assert parse("").limits.peer_share() == 32
+    assert LimitsConfig(max_connections=3).peer_share() == 1
+    assert parse("limits: {max_connections: 10, max_connections_per_peer: 10}"
+                 ).limits.peer_share() == 10
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("peers: {admin_groups: ops}", "peers.admin_groups: expected list of string, got str"),
+    ("peers: {admin_groups: [1]}", "peers.admin_groups[0]: expected string, got int"),
+    ("limits: {max_connections_per_peer: 0}", "limits.max_connections_per_peer: must be"),
+    ("limits: {max_connections: 4, max_connections_per_peer: 5}",
+     "limits.max_connections_per_peer: must be between 1 and limits.max_connections (4)"),
+    ("limits: {max_connections_per_peer: '3'}",
+     "limits.max_connections_per_peer: expected integer or null, got str"),
+])
+def test_bad_peer_settings_are_refused(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(text)
+
+
+# -- socket paths ------------------------------------------------------------------------------
+
+
+def test_a_socket_path_under_a_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    weak = tmp_path / "weak"
+    weak.mkdir()
+    os.chmod(weak, 0o1777)  # sticky, like /tmp: still refused
+    with pytest.raises(ConfigError, match="every directory above the socket must be owned by "
+                                          "root and not writable by group or others"):
+        check_socket_path(str(weak / "run" / "agent.sock"))
+
+
+@pytest.mark.skipif(os.stat("/run").st_uid != 0 or os.stat("/run").st_mode & 0o022 != 0,
+                    reason="needs a root-owned /run not writable by others")
+def test_the_default_kind_of_path_is_trusted() -> None:
+    check_socket_path("/run/runas-agent-not-created/agent.sock")  # missing parts are fine
+
+
+# -- the client checks who serves the socket ---------------------------------------------------
+
+
+class Listener:
+    """A server run by this process (so by this uid) that answers `ping` and counts bytes."""
+
+    def __init__(self, path: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(4)
+        self.received: list[int] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                data = conn.recv(65536)
+                self.received.append(len(data))
+                if data:
+                    conn.sendall(protocol.encode(protocol.reply("pong", version="x", pid=1)))
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def test_the_client_sends_nothing_to_a_server_of_another_uid(tmp_path: Path) -> None:
+    path = str(tmp_path / "s.sock")
+    server = Listener(path)
+    try:
+        other = os.getuid() + 1
+        with pytest.raises(UntrustedServer, match=f"runs as uid {os.getuid()}, not uid {other}"):
+            Client(path, timeout=5, server_uid=other).ping()
+        # The seam: a client told to expect this uid talks to it.
+        assert Client(path, timeout=5, server_uid=os.getuid()).ping()["type"] == "pong"
+    finally:
+        server.close()
+    assert server.received == [0, len(protocol.encode({"v": protocol.VERSION, "type": "ping"}))]
+
+
+def test_by_default_the_client_wants_root() -> None:
+    assert Client().server_uid == 0
