@@ -119,6 +119,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("chdir-as-root", "agent/spawn.py",
            '        become(ops, p.ident)\n'
            '        verify(ops, p.ident)\n'
+           '        session_keyring(ops, p.ident)\n'
            '        stage = "close fds"\n'
            '        low = 3\n'
            '        for keep in sorted(fd for fd in (report, gate) if fd != -1):\n'
@@ -131,6 +132,7 @@ MUTANTS: tuple[Mutant, ...] = (
            '        os.chdir(p.home)\n'
            '        become(ops, p.ident)\n'
            '        verify(ops, p.ident)\n'
+           '        session_keyring(ops, p.ident)\n'
            '        stage = "close fds"\n'
            '        low = 3\n'
            '        for keep in sorted(fd for fd in (report, gate) if fd != -1):\n'
@@ -163,8 +165,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "    if True:\n",
            (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
     Mutant("peer-any-group", "agent/peer.py",
-           "    return peer.gid in gids or bool(gids.intersection(peer.groups))\n",
-           "    return True\n",
+           "    gids = set(allowed_gids)\n    return peer.gid in gids or bool(gids.intersection(peer.groups))\n",
+           "    gids = set(allowed_gids)\n    return True\n",
            (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
     # -- the Run As decision ---------------------------------------------------------------------
     Mutant("refused-tag-user-falls-back", "agent/resolve.py",
@@ -183,6 +185,60 @@ MUTANTS: tuple[Mutant, ...] = (
            "            if pwd.getpwnam(denied).pw_uid == uid:\n",
            "            if False:\n",
            (f"{_CHECK}::test_deny_list_covers_uid_aliases",)),
+    # -- peers are not one tenant ------------------------------------------------------------
+    Mutant("peer-sees-every-session", "agent/peer.py",
+           "return isinstance(owner, int) and not isinstance(owner, bool) and owner == peer.uid",
+           "return True",
+           ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
+    Mutant("every-peer-is-admin", "agent/peer.py",
+           "    gids = set(admin_gids)\n    return peer.gid in gids",
+           "    gids = set(admin_gids)\n    return True or peer.gid in gids",
+           ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
+    Mutant("no-per-peer-connection-share", "agent/server.py",
+           "if peer.uid != 0 and sum(c.peer.uid == peer.uid for c in self._conns.values()) >= share:",
+           "if False:",
+           ("tests/integration/test_peers.py::test_one_peer_cannot_take_every_connection",)),
+    Mutant("socket-ancestors-not-checked", "agent/server.py",
+           "            if st.st_uid != 0 or st.st_mode & 0o022:\n                raise ConfigError(\n"
+           "                    f\"socket path {path}",
+           "            if False:\n                raise ConfigError(\n"
+           "                    f\"socket path {path}",
+           ("tests/integration/test_peers.py::"
+            "test_the_daemon_refuses_a_socket_path_under_an_untrusted_directory",)),
+    Mutant("client-trusts-any-server", "agent/client.py",
+           "    if uid != server_uid:\n        raise UntrustedServer(",
+           "    if False:\n        raise UntrustedServer(",
+           ("tests/integration/test_peers.py::"
+            "test_the_client_library_sends_nothing_to_a_server_that_is_not_root",
+            "tests/integration/test_peers.py::test_the_cli_sends_nothing_to_a_server_that_is_not_root")),
+    Mutant("terminate-not-audited", "agent/server.py",
+           "        self.audit.record(\"session.terminate_requested\", session_id=session_id,\n",
+           "        (lambda *a, **k: None)(\"session.terminate_requested\", session_id=session_id,\n",
+           ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
+    # -- end mode `all` means all ------------------------------------------------------------
+    Mutant("session-outside-its-cgroup", "agent/session.py",
+           "                _adopt(cgroup, pid)\n",
+           "                pass\n",
+           ("tests/integration/test_end_mode_all.py::test_fast_hopper_is_gone_within_the_grace_period",
+            "tests/integration/test_end_mode_all.py::test_the_shell_starts_in_its_session_cgroup")),
+    # -- what a session shares with the daemon and other sessions ----------------------------
+    Mutant("no-fresh-session-keyring", "agent/spawn.py",
+           "    _step(\"session keyring\", keyring.join_fresh_session_keyring, ops.keyctl)\n",
+           "",
+           ("tests/integration/test_session_keyring.py",)),
+    # -- ssm-user's home must be trusted before sudo ------------------------------------------
+    Mutant("ssm-user-home-any-owner", "agent/homedir.py",
+           "    if st.st_uid not in (uid, 0):\n        return Problem(home, f\"home {home} is owned",
+           "    if False:\n        return Problem(home, f\"home {home} is owned",
+           ("tests/unit/test_ssm_user_home.py::"
+            "test_creation_over_an_existing_home_of_another_uid_is_refused",
+            "tests/unit/test_ssm_user_home.py::"
+            "test_an_existing_home_owned_by_another_uid_is_refused_and_no_drop_in")),
+    Mutant("ssm-user-home-parents-not-checked", "agent/homedir.py",
+           "    if st.st_mode & 0o022:\n        return Problem(path, f\"{path}, above the home",
+           "    if False:\n        return Problem(path, f\"{path}, above the home",
+           ("tests/unit/test_ssm_user_home.py::"
+            "test_creation_under_a_parent_others_can_write_is_refused",)),
     # -- ssm-user and its sudoers drop-in --------------------------------------------------------
     Mutant("drop-in-world-readable", "agent/sudoers.py",
            "DROP_IN_MODE = 0o440\n",
