@@ -582,11 +582,14 @@ class _Supervision:
         deadline = time.monotonic() + self.cfg.grace_period
         if self.status is None:
             self._hang_up_group()
-            if not self._wait_for(lambda: self.status is not None, deadline):
-                _killpg(self.st.pid, signal.SIGKILL)
-                _, self.status = os.waitpid(self.st.pid, 0)
+            self._wait_for(lambda: self.status is not None, deadline)
+        status = self.status
+        if status is None:
+            _killpg(self.st.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.st.pid, 0)
+            self.status = status
         self._end_the_rest(deadline)
-        exit_status = spawn.describe_status(self.status)
+        exit_status = spawn.describe_status(status)
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,

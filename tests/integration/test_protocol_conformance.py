@@ -22,7 +22,7 @@ from typing import Any, Optional
 import pytest
 
 from tests.conftest import REPO, Users
-from tests.support.daemon import DaemonProc, public_copy_of_agent, running
+from tests.support.daemon import DaemonProc, running
 
 pytestmark = pytest.mark.privileged
 
@@ -124,7 +124,8 @@ def connect(d: DaemonProc, wires: list[Wire]) -> Wire:
 
 def started(w: Wire) -> dict[str, Any]:
     msg = w.read()
-    assert msg is not None and msg["type"] == "started", msg
+    assert msg is not None, "no reply"
+    assert msg["type"] == "started", msg
     return msg
 
 
@@ -135,14 +136,21 @@ def read_until(fd: int, needle: bytes, timeout: float = 15) -> bytes:
         left = deadline - time.monotonic()
         assert left > 0, out
         if select.select([fd], [], [], left)[0]:
-            try:
-                chunk = os.read(fd, 65536)
-            except OSError as exc:
-                assert exc.errno == errno.EIO, exc
-                chunk = b""
+            chunk = read_chunk(fd)
             assert chunk, out
             out += chunk
     return out
+
+
+def read_chunk(fd: int) -> bytes:
+    """Read output; a PTY master whose terminal is closed on every side gives EIO (Linux),
+    which is its end of file."""
+    try:
+        return os.read(fd, 65536)
+    except OSError as exc:
+        if exc.errno != errno.EIO:
+            raise
+        return b""
 
 
 def group_pidfds(pgid: int, at_least: int, timeout: float = 10) -> list[int]:
@@ -234,7 +242,7 @@ def test_terminate_reports_the_exit_promptly(daemon: DaemonProc, users: Users,
         r.send({"v": 1, "type": "terminate", "session_id": sid})
         assert r.read() == {"v": 1, "type": "ok", "session_id": sid}
     msg, lag = end_latency(w, pidfds)
-    assert msg["type"] == "exit" and msg["reason"] == "terminated", msg
+    assert (msg["type"], msg["reason"]) == ("exit", "terminated"), msg
     assert (msg["code"], msg["signal"]) == (None, 1)  # the shell was hung up
     assert lag < END_BOUND, lag
     assert time.monotonic() - t0 < 1.0
@@ -312,7 +320,8 @@ def test_cli_returns_promptly_after_ctrl_c(daemon: DaemonProc, users: Users) -> 
 
     master, slave = pty.openpty()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "session", "--socket", daemon.socket, "-t", "--run-as", "--tag", f"{TAG}={users.bob}", "--",
+        [sys.executable, "-m", "agent", "session", "--socket", daemon.socket, "-t",
+         "--run-as", "--tag", f"{TAG}={users.bob}", "--",
          "sh", "-c", "echo ready; sleep 30; echo never"],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TERM": "xterm"}, cwd=REPO)
