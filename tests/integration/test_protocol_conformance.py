@@ -34,7 +34,7 @@ END_BOUND = 0.2
 GRACE = 5.0  # long, so an end that waits for the grace period shows
 
 
-# -- the raw client ---------------------------------------------------------------------------
+# -- the raw client -------------------------------------------------------------------------------
 
 
 def frame(obj: dict[str, Any]) -> bytes:
@@ -220,7 +220,7 @@ def supervisor_pidfd(d: DaemonProc, sid: str) -> int:
     return os.pidfd_open(int(rec["pid"]))
 
 
-# -- 1. a session ends promptly -----------------------------------------------------------------
+# -- a session ends promptly ----------------------------------------------------------------------
 
 FORKING = "echo ready; sleep 30; echo never"  # /bin/sh forks sleep: two processes in the group
 
@@ -341,3 +341,341 @@ def test_cli_returns_promptly_after_ctrl_c(daemon: DaemonProc, users: Users) -> 
     assert took < 0.5, took  # the specification asks for 100 ms; bench/run measures it
 
 
+
+
+# -- control frames sent right after start --------------------------------------------------------
+
+
+def test_a_resize_sent_with_start_is_applied(daemon: DaemonProc, users: Users,
+                                             wires: list[Wire]) -> None:
+    w = connect(daemon, wires)
+    w.send(start_msg("held-resize", users.bob, "sleep 0.3; stty size",
+                     terminal=("xterm", 24, 80)),
+           {"v": 1, "type": "resize", "rows": 33, "cols": 101})
+    started(w)
+    out = read_until(w.fds[0], b"\n", timeout=10)
+    msg = w.read()
+    assert msg is not None
+    assert (msg["type"], msg["reason"], msg["code"]) == ("exit", "exited", 0), msg
+    assert b"33 101" in out, out
+
+
+def test_a_terminate_sent_with_start_ends_it_at_once(daemon: DaemonProc, users: Users,
+                                                      wires: list[Wire]) -> None:
+    sid = "held-terminate"
+    marker = f"/tmp/{sid}.ran"
+    os.makedirs("/tmp", exist_ok=True)
+    w = connect(daemon, wires)
+    t0 = time.monotonic()
+    w.send(start_msg(sid, users.bob, f"echo x >> {marker}; sleep 30"),
+           {"v": 1, "type": "terminate"})
+    first = w.read()
+    assert first is not None
+    if first["type"] == "error":  # read before the shell started: it never runs
+        assert first["reason"] == "terminated", first
+        assert not os.path.exists(marker)
+    else:  # read after: the session ends right after `started`
+        assert first["type"] == "started", first
+        msg = w.read()
+        assert msg is not None
+        assert (msg["type"], msg["reason"]) == ("exit", "terminated"), msg
+    assert w.read() is None
+    assert time.monotonic() - t0 < 2.0
+    assert sid not in [s["id"] for s in daemon.client.sessions()]
+    events = daemon.events(sid)
+    assert events.count("session.requested") == 1, events
+    if os.path.exists(marker):
+        with open(marker) as fh:
+            assert fh.read() == "x\n"  # nothing ran twice
+        os.unlink(marker)
+
+
+@pytest.mark.parametrize("second", [
+    {"v": 1, "type": "start", "session_id": "held-second", "principal": {"arn": "a"},
+     "command": "true"},
+    {"v": 1, "type": "ping"},
+], ids=["second-start", "ping"])
+def test_a_request_after_start_is_refused_and_the_session_goes_on(
+        daemon: DaemonProc, users: Users, wires: list[Wire], second: dict[str, Any]) -> None:
+    sid = f"held-refused-{second['type']}"
+    w = connect(daemon, wires)
+    w.send(start_msg(sid, users.bob, "read x; echo got $x"), second)
+    started(w)
+    err = w.read()
+    assert err is not None
+    assert (err["type"], err["reason"]) == ("error", "bad_request"), err
+    assert "unknown control type" in err["message"]
+    os.write(w.fds[0], b"on\n")
+    assert read_until(w.fds[1], b"\n") == b"got on\n"
+    msg = w.read()
+    assert msg is not None
+    assert (msg["type"], msg["reason"], msg["code"]) == ("exit", "exited", 0), msg
+    assert daemon.events("held-second") == []
+
+
+def test_one_request_per_connection_for_ping(daemon: DaemonProc, wires: list[Wire]) -> None:
+    # Two requests in one write: refused, neither answered.
+    w = connect(daemon, wires)
+    w.send({"v": 1, "type": "ping"}, {"v": 1, "type": "ping"})
+    msg = w.read()
+    assert msg is not None
+    assert (msg["type"], msg["reason"]) == ("error", "bad_request"), msg
+    assert "one request per connection" in msg["message"]
+    assert w.read() is None
+    # One request, its answer, then the end: a second request is never answered.
+    w = connect(daemon, wires)
+    w.send({"v": 1, "type": "ping"})
+    msg = w.read()
+    assert msg is not None
+    assert msg["type"] == "pong"
+    try:
+        w.send({"v": 1, "type": "ping"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert w.read() is None
+
+
+# -- start's fields -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"command": None}, "request.command"),
+    ({}, "request.command"),  # command omitted: null
+    ({"principal": {"arn": "a", "tags": None}}, "request.principal.tags"),
+    ({"env": None}, "request.env"),
+    ({"terminal": {"term": "xterm", "rows": 24}}, "request.terminal.cols"),
+    ({"terminal": {"rows": 24, "cols": 80}}, "request.terminal.term"),
+], ids=["command-null", "command-omitted", "tags-null", "env-null", "terminal-no-cols",
+        "terminal-no-term"])
+def test_start_fields_are_checked_as_specified(daemon: DaemonProc, users: Users,
+                                               wires: list[Wire], change: dict[str, Any],
+                                               field: str) -> None:
+    msg = start_msg("fields", users.bob, "true")
+    msg.pop("command")
+    if "terminal" in change or "principal" in change or "env" in change:
+        msg["command"] = "true"
+    msg.update(change)
+    w = connect(daemon, wires)
+    w.send(msg)
+    rep = w.read()
+    assert rep is not None
+    assert (rep["type"], rep["reason"]) == ("error", "bad_request"), rep
+    assert rep["message"].startswith(field), rep
+    assert w.read() is None
+
+
+# -- what `exit` carries --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("command", "expected"), [
+    ("exit 7", ("exited", 7, None)),
+    ("kill -TERM $$", ("exited", None, 15)),  # killed by a signal it got elsewhere
+], ids=["code", "signal"])
+def test_exit_carries_the_shell_status(daemon: DaemonProc, users: Users, wires: list[Wire],
+                                       command: str, expected: tuple[Any, ...]) -> None:
+    w = connect(daemon, wires)
+    w.send(start_msg(f"status-{expected[1]}", users.bob, command))
+    started(w)
+    msg = w.read()
+    assert msg is not None
+    assert (msg["reason"], msg["code"], msg["signal"]) == expected, msg
+
+
+def test_a_shell_that_ignores_the_hang_up_is_killed_after_the_grace_period(
+        users: Users, wires: list[Wire]) -> None:
+    with running({"session": {"grace_period": 0.5}}) as d:
+        w = connect(d, wires)
+        w.send(start_msg("status-kill", users.bob, "trap '' HUP; echo ready; sleep 30"))
+        started(w)
+        read_until(w.fds[1], b"ready")
+        t0 = time.monotonic()
+        w.send({"v": 1, "type": "terminate"})
+        msg = w.read()
+        assert msg is not None
+        assert (msg["reason"], msg["code"], msg["signal"]) == ("terminated", None, 9), msg
+        assert 0.4 < time.monotonic() - t0 < 3.0
+
+
+# -- the end of output relative to `exit` ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("end_mode", ["process_group", "all"])
+def test_output_end_of_file_and_exit(users: Users, wires: list[Wire], end_mode: str) -> None:
+    with running({"session": {"end_mode": end_mode}}) as d:
+        w = connect(d, wires)
+        w.send(start_msg(f"eof-{end_mode}", users.bob,
+                         "setsid sh -c 'echo escaped; exec sleep 3' </dev/null & "
+                         "read x; echo ready"))
+        started(w)
+        out = w.fds[1]
+        data = read_until(out, b"escaped\n")  # it left the process group
+        os.write(w.fds[0], b"\n")
+        msg = w.read()
+        assert msg is not None
+        assert (msg["reason"], msg["code"]) == ("exited", 0), msg
+        t0 = time.monotonic()
+        while True:  # read to the end of the output
+            assert select.select([out], [], [], 10)[0]
+            chunk = os.read(out, 65536)
+            if not chunk:
+                break
+            data += chunk
+        took = time.monotonic() - t0
+        assert data == b"escaped\nready\n"
+        if end_mode == "all":
+            assert took < 1.0, took  # the escapee was killed before `exit`
+        else:
+            assert took > 1.5, took  # the escapee keeps the output open after `exit`
+
+
+def test_a_pty_master_ends_with_eio(daemon: DaemonProc, users: Users,
+                                   wires: list[Wire]) -> None:
+    w = connect(daemon, wires)
+    w.send(start_msg("eof-pty", users.bob, "echo bye", terminal=("xterm", 24, 80)))
+    started(w)
+    msg = w.read()
+    assert msg is not None
+    assert msg["code"] == 0
+    master = w.fds[0]
+    data = read_until(master, b"bye")
+    ends: list[int] = []
+    while not ends:  # what is left, then the end
+        assert select.select([master], [], [], 10)[0]
+        try:
+            chunk = os.read(master, 65536)
+        except OSError as exc:
+            ends.append(exc.errno or 0)
+            continue
+        assert chunk, "a PTY master reports its end with EIO, not EOF"
+        data += chunk
+    assert ends == [errno.EIO]
+
+
+# -- refusals before any frame is read ------------------------------------------------------------
+
+
+def test_limit_reached_is_sent_before_the_request_is_read(users: Users,
+                                                          wires: list[Wire]) -> None:
+    with running({"limits": {"max_connections": 1, "read_timeout": 5.0}}) as d:
+        hold = connect(d, wires)
+        time.sleep(0.2)  # accepted, and being read
+        w = connect(d, wires)
+        time.sleep(0.2)  # refused and closed by now
+        try:
+            w.send({"v": 1, "type": "ping"})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the reply is still there to read
+        msg = w.read()
+        assert msg is not None
+        assert (msg["type"], msg["reason"]) == ("error", "limit_reached"), msg
+        assert w.read() is None
+        hold.close()
+
+
+RAW_PING = r"""
+import json, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print("connect", exc.errno); sys.exit()
+time.sleep(0.2)
+try:
+    s.sendall(struct.pack(">I", 22) + b'{"v": 1, "type":"ping"}'[:22])
+except OSError as exc:
+    print("write", exc.errno)
+data = b""
+while True:
+    try:
+        chunk = s.recv(4096)
+    except ConnectionResetError:
+        break
+    if not chunk:
+        break
+    data += chunk
+print("reply", json.loads(data[4:])["reason"])
+"""
+
+
+def test_peers_outside_the_allowed_set(users: Users) -> None:
+    import errno as errnos
+
+    with running({"socket": {"group": users.devs_group}}) as d:
+        os.chmod(os.path.dirname(d.socket), 0o755)
+
+        def as_user(user: str) -> list[str]:
+            return subprocess.run(
+                ["runuser", "-u", user, "--", "/usr/bin/python3", "-I", "-c", RAW_PING,
+                 d.socket], capture_output=True, text=True, timeout=30, cwd="/",
+            ).stdout.split("\n")
+
+        # bob is not in the socket's group: the 0660 socket refuses him at connect().
+        assert as_user(users.bob)[0] == f"connect {errnos.EACCES}"
+        # alice reaches the socket but is not an allowed peer: one frame, before any read.
+        lines = as_user(users.alice)
+        assert "reply unauthorized" in lines, lines
+
+
+# -- the control channel's limits -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["malformed", "oversized"])
+def test_a_broken_control_channel_ends_the_session_without_exit(
+        daemon: DaemonProc, users: Users, wires: list[Wire], how: str) -> None:
+    sid = f"broken-{how}"
+    w = connect(daemon, wires)
+    w.send(start_msg(sid, users.bob, "sleep 30"))
+    started(w)
+    if how == "malformed":
+        w.send(*({"v": 1, "type": "bogus"} for _ in range(17)))
+        for _ in range(16):
+            msg = w.read()
+            assert msg is not None
+            assert (msg["type"], msg["reason"]) == ("error", "bad_request"), msg
+    else:
+        w.send(raw=struct.pack(">I", 1 << 30))
+    assert w.read() is None  # closed: no `exit`
+    assert daemon.wait_event(sid, "session.ended")["reason"] == "hangup"
+    wait_unlisted(daemon, sid)
+
+
+# -- the shell profile ----------------------------------------------------------------------------
+
+
+def test_the_profile_of_a_command_session(daemon: DaemonProc, users: Users,
+                                          wires: list[Wire]) -> None:
+    w = connect(daemon, wires)
+    command = 'echo "$X|${RUNAS_AGENT_SHELL_PROFILE-unset}|$0"'
+    w.send(start_msg("profile-cmd", users.bob, command,
+                     preferences={"run_as_enabled": True, "shell_profile": "X=from-profile"}))
+    started(w)
+    assert read_until(w.fds[1], b"\n") == b"from-profile|unset|sh\n"
+    msg = w.read()
+    assert msg is not None
+    assert msg["code"] == 0
+    # `exit N` in the profile ends the session before the command.
+    w = connect(daemon, wires)
+    w.send(start_msg("profile-exit", users.bob, "echo command-ran",
+                     preferences={"run_as_enabled": True, "shell_profile": "exit 7"}))
+    started(w)
+    msg = w.read()
+    assert msg is not None
+    assert (msg["reason"], msg["code"]) == ("exited", 7), msg
+    assert os.read(w.fds[1], 100) == b""
+
+
+def test_the_profile_is_typed_ahead_of_the_client_in_a_pty(daemon: DaemonProc, users: Users,
+                                                            wires: list[Wire]) -> None:
+    w = connect(daemon, wires)
+    w.send(start_msg("profile-pty", users.bob, None, terminal=("xterm", 24, 80),
+                     preferences={"run_as_enabled": True,
+                                  "shell_profile": "echo PROFILE-$((6*7))"}))
+    started(w)
+    master = w.fds[0]
+    os.write(master, b"echo CLIENT-$((2*3)); exit\n")
+    out = read_until(master, b"CLIENT-6\r\n")
+    msg = w.read()
+    assert msg is not None
+    assert msg["reason"] == "exited"
+    assert b"echo PROFILE-$((6*7))" in out  # typed, so echoed by the terminal
+    assert out.index(b"PROFILE-42\r\n") < out.index(b"CLIENT-6\r\n")
