@@ -147,7 +147,11 @@ class Channel:
 
     def receive(self) -> None:
         """Read what the client sent, if anything (never blocks)."""
-        if self.hung_up or not select.select([self.conn], [], [], 0)[0]:
+        if self.hung_up:
+            return
+        ready = select.poll()  # not select(): the connection's fd may be above FD_SETSIZE
+        ready.register(self.conn, select.POLLIN)
+        if not ready.poll(0):
             return
         try:
             data = self.conn.recv(65536)
