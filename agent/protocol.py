@@ -227,6 +227,10 @@ class _Fields:
     def raw(self, key: str, *, required: bool) -> Any:
         return self._get(key, required)
 
+    def mapping(self, key: str) -> Any:
+        """An optional object: {} when the key is absent (null is a type error, not absent)."""
+        return self._get(key, False) if key in self.obj else {}
+
     def done(self) -> None:
         extra = sorted(set(self.obj) - self.seen)
         if extra:
@@ -235,8 +239,6 @@ class _Fields:
 
 def _str_map(obj: Any, where: str, *, max_items: int, key_re: Optional[re.Pattern[str]],
              max_key: int, max_value: int) -> dict[str, str]:
-    if obj is None:
-        return {}
     if not isinstance(obj, dict):
         raise BadRequest(f"{where}: expected an object of strings")
     if len(obj) > max_items:
@@ -285,7 +287,7 @@ def _parse_start(f: _Fields) -> StartRequest:
 
     p = _Fields(f.raw("principal", required=True), "request.principal")
     arn = p.text("arn", max_len=MAX_ARN)
-    tags = _str_map(p.raw("tags", required=False), "request.principal.tags",
+    tags = _str_map(p.mapping("tags"), "request.principal.tags",
                     max_items=MAX_TAGS, key_re=None, max_key=MAX_TAG_KEY, max_value=MAX_TAG_VALUE)
     p.done()
 
@@ -309,7 +311,10 @@ def _parse_start(f: _Fields) -> StartRequest:
         t.done()
 
     command = f.text("command", required=False, nullable=True, max_len=DEFAULT_MAX_FRAME)
-    env = _str_map(f.raw("env", required=False), "request.env",
+    if command is None and terminal is None:
+        raise BadRequest("request.command: null (an interactive login shell) requires "
+                         "request.terminal")
+    env = _str_map(f.mapping("env"), "request.env",
                    max_items=MAX_ENV, key_re=ENV_NAME_RE, max_key=128, max_value=MAX_ENV_VALUE)
     return StartRequest(session_id, Principal(arn, tags), prefs, terminal, command, env)
 

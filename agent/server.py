@@ -312,12 +312,15 @@ class Daemon:
             self._close(sel, conn)
             return
         try:
-            msgs = conn.decoder.feed(data)
-            if not msgs:
+            conn.decoder.push(data)
+            msg = conn.decoder.pop()
+            if msg is None:
                 return
-            if len(msgs) > 1 or conn.decoder.pending:
+            req = protocol.parse_request(msg)
+            # After a start, the connection is the session's control channel: what follows
+            # stays in the decoder for the supervisor. Other requests come alone.
+            if conn.decoder.pending and not isinstance(req, protocol.StartRequest):
                 raise BadRequest("one request per connection")
-            req = protocol.parse_request(msgs[0])
         except AgentError as exc:
             self.log.info("request.rejected", peer_uid=conn.peer.uid, reason=exc.reason,
                           error=str(exc))
@@ -443,7 +446,7 @@ class Daemon:
             other.sock.close()
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
                               self.sys_platform, self.cgroups)
-        return session.run(conn.sock, req, ctx, sig)
+        return session.run(conn.sock, req, ctx, sig, conn.decoder)
 
     def _reap(self) -> None:
         while self._children:

@@ -27,7 +27,7 @@ from agent.errors import AgentError, AuditFailed, InternalError, SpawnFailed, Te
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional, Union
 
     from agent.accounts import Account
     from agent.audit import AuditLog
@@ -42,6 +42,12 @@ IDLE_CHECK = 1.0  # seconds between idle checks
 SEND_TIMEOUT = 5.0  # the longest a send to the client may take (started, exit, errors)
 MAX_BAD_CONTROL = 16  # malformed control frames tolerated before the channel counts as hung up
 PROFILE_HEAD_START = 0.5  # seconds the shell profile may take to be typed before the client
+# While a session ends, its processes' exits wake the supervisor (SIGCHLD: on Linux it is the
+# subreaper of everything the session starts). The recheck only covers a group member whose
+# parent is another process (which reaps it without telling us), and systems without a
+# subreaper, where orphans go to init.
+END_RECHECK_SUBREAPER = 0.5
+END_RECHECK_OTHER = 0.02
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
 # not from argv (readable by everyone in /proc).
@@ -132,9 +138,59 @@ def _warn(message: str) -> None:
         pass
 
 
-def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Signals) -> int:
-    """Supervise one session. Returns the supervisor's exit code (for os._exit)."""
+class Channel:
+    """The client's side of the connection after `start`: control frames, decoded as they
+    arrive (also while the session is starting) and held until the session applies them."""
+
+    def __init__(self, conn: socket.socket, decoder: protocol.FrameDecoder) -> None:
+        self.conn, self.decoder = conn, decoder
+        self.held: list[Union[protocol.ResizeControl, protocol.TerminateControl, AgentError]] = []
+        self.hung_up = False  # the client closed, or the stream cannot be resynchronized
+        self._decode()
+
+    def receive(self) -> None:
+        """Read what the client sent, if anything (never blocks)."""
+        if self.hung_up:
+            return
+        ready = select.poll()  # not select(): the connection's fd may be above FD_SETSIZE
+        ready.register(self.conn, select.POLLIN)
+        if not ready.poll(0):
+            return
+        try:
+            data = self.conn.recv(65536)
+        except (BlockingIOError, InterruptedError, socket.timeout):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.hung_up = True
+            return
+        self.decoder.push(data)
+        self._decode()
+
+    def _decode(self) -> None:
+        while not self.hung_up:
+            try:
+                msg = self.decoder.pop()
+                if msg is None:
+                    return
+                self.held.append(protocol.parse_control(msg))
+            except AgentError as exc:
+                if self.decoder.broken:
+                    self.hung_up = True
+                    return
+                self.held.append(exc)
+
+    def terminate_held(self) -> bool:
+        return any(isinstance(c, protocol.TerminateControl) for c in self.held)
+
+
+def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Signals,
+        decoder: Optional[protocol.FrameDecoder] = None) -> int:
+    """Supervise one session. Returns the supervisor's exit code (for os._exit). DECODER holds
+    what the client sent after its start request (the control channel's first bytes)."""
     conn.settimeout(SEND_TIMEOUT)
+    chan = Channel(conn, decoder or protocol.FrameDecoder(ctx.cfg.limits.max_frame))
     base = {"session_id": req.session_id, "principal": req.principal.arn,
             "peer_uid": ctx.peer.uid}
     try:
@@ -152,7 +208,8 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         claimed = True
         account, source = _resolve(req, ctx)
         user, uid = account.name, account.uid
-        if sig.terminate:
+        chan.receive()
+        if sig.terminate or chan.terminate_held():
             raise Terminated("the session was terminated before its shell started")
         started = _start(req, ctx, account, source, base=base)
     except AgentError as exc:
@@ -166,7 +223,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         _reply_error(conn, exc)
         return 1
 
-    sup = _Supervision(conn, req, ctx, sig, started, base=base)
+    sup = _Supervision(chan, req, ctx, sig, started, base=base)
     try:
         return sup.run()
     except BaseException as exc:
@@ -250,8 +307,11 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             typed_profile = (profile.rstrip("\n") + "\n").encode()
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
+        # Every process the session starts ends as a child or descendant of this supervisor,
+        # so their exits wake it (SIGCHLD) and it reaps them: the end is reported as soon as
+        # they are gone, whatever init does with orphans. End mode `all` also kills them.
+        _become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
-            _become_subreaper(ctx.sys_platform)
             cgroup = _open_cgroup(ctx, req.session_id)
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
@@ -407,9 +467,11 @@ def _tty_activity(path: str) -> float:
 class _Supervision:
     """A started session, from handing it to the client to recording its end."""
 
-    def __init__(self, conn: socket.socket, req: protocol.StartRequest, ctx: Context,
+    def __init__(self, chan: Channel, req: protocol.StartRequest, ctx: Context,
                  sig: Signals, st: Started, *, base: dict[str, Any]) -> None:
-        self.conn, self.req, self.ctx, self.sig, self.st, self.base = conn, req, ctx, sig, st, base
+        self.conn, self.req, self.ctx, self.sig, self.st, self.base = (chan.conn, req, ctx, sig,
+                                                                       st, base)
+        self.chan = chan
         self.cfg = ctx.cfg.session
         self.status: Optional[int] = None  # the shell's wait status, once reaped
         self.hung_up = False  # SIGHUP already sent to the shell's process group
@@ -417,7 +479,8 @@ class _Supervision:
         self.feeder: Optional[int] = None
         self.announced = False  # the client has been sent `started`
         self.bad_frames = 0
-        self.decoder = protocol.FrameDecoder(ctx.cfg.limits.max_frame)
+        self.recheck = (END_RECHECK_SUBREAPER if ctx.sys_platform == "linux"
+                        else END_RECHECK_OTHER)
 
     def run(self) -> int:
         from agent.registry import process_start_time
@@ -461,6 +524,9 @@ class _Supervision:
         started_mono, started_wall = time.monotonic(), time.time()
         idle = cfg.idle_timeout if st.slave_path is not None else 0.0
         try:
+            held = self._apply_control()  # what the client sent while the session started
+            if held is not None:
+                return held
             while True:
                 if self._reap_children():
                     return "exited"
@@ -517,38 +583,29 @@ class _Supervision:
 
     def _control(self) -> Optional[str]:
         """Handle what the client sent; returns an end reason or None."""
-        try:
-            data = self.conn.recv(65536)
-        except (BlockingIOError, InterruptedError, socket.timeout):
-            return None
-        except OSError:
-            return "hangup"
-        if not data:
-            return "hangup"
-        self.decoder.push(data)
-        while True:
-            try:
-                msg = self.decoder.pop()
-                if msg is None:
-                    return None
-                ctl = protocol.parse_control(msg)
-            except AgentError as exc:
-                if self.decoder.broken:
-                    return "hangup"  # the stream cannot be resynchronized
+        self.chan.receive()
+        return self._apply_control()
+
+    def _apply_control(self) -> Optional[str]:
+        """Apply the held control frames in order; returns an end reason or None."""
+        held = self.chan.held
+        while held:
+            ctl = held.pop(0)
+            if isinstance(ctl, AgentError):
                 self.bad_frames += 1
                 if self.bad_frames > MAX_BAD_CONTROL:
                     return "hangup"
-                self._error_nowait(exc)
-                continue
-            if isinstance(ctl, protocol.TerminateControl):
+                self._error_nowait(ctl)
+            elif isinstance(ctl, protocol.TerminateControl):
                 return "terminated"
-            if self.st.master is not None:
+            elif self.st.master is not None:
                 from agent import terminal
 
                 try:
                     terminal.set_window_size(self.st.master, ctl.rows, ctl.cols)
                 except OSError as exc:
                     _warn(f"resize: {exc}")
+        return "hangup" if self.chan.hung_up else None
 
     def _error_nowait(self, exc: AgentError) -> None:
         """An error reply that is dropped if the client is not reading."""
@@ -575,12 +632,14 @@ class _Supervision:
         deadline = time.monotonic() + self.cfg.grace_period
         if self.status is None:
             self._hang_up_group()
-            self._wait_shell(deadline)
-            if self.status is None:
-                _killpg(self.st.pid, signal.SIGKILL)
-                _, self.status = os.waitpid(self.st.pid, 0)
+            self._wait_for(lambda: self.status is not None, deadline)
+        status = self.status
+        if status is None:
+            _killpg(self.st.pid, signal.SIGKILL)
+            _, status = os.waitpid(self.st.pid, 0)
+            self.status = status
         self._end_the_rest(deadline)
-        exit_status = spawn.describe_status(self.status)
+        exit_status = spawn.describe_status(status)
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,
@@ -608,27 +667,45 @@ class _Supervision:
                 return
             time.sleep(0.001)
 
-    def _wait_shell(self, deadline: float) -> None:
-        while self.status is None:
-            got, status = os.waitpid(self.st.pid, os.WNOHANG)
-            if got == self.st.pid:
+    def _wait_for(self, done: Callable[[], bool], deadline: float) -> bool:
+        """Reap the session's processes as they exit until DONE() or DEADLINE; woken by
+        SIGCHLD (through the signal wake-up pipe), not by polling. True if DONE()."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.sig.wake_r, selectors.EVENT_READ)
+        try:
+            while True:
+                self._reap_exited()
+                if done():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if sel.select(min(left, self.recheck)):
+                    self.sig.drain()  # before reaping: a later exit writes the pipe again
+        finally:
+            sel.close()
+
+    def _reap_exited(self) -> None:
+        """Reap every child that has exited (the shell's group was hung up before)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.st.pid:
                 self.status = status
-                return
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.02))
+            elif pid == self.feeder:
+                self.feeder = None
 
     def _end_the_rest(self, deadline: float) -> None:
         """What the shell left: its process group (or, in end mode `all`, everything the
         session started) gets SIGHUP, and SIGKILL if still there at DEADLINE."""
         pgid = self.st.pid
         self._hang_up_group()
-        alive = _killpg(pgid, 0)
-        while alive and time.monotonic() < deadline:
-            time.sleep(0.02)
-            alive = _killpg(pgid, 0)
-        if alive:  # (a group that is gone is never signalled again: its id may be reused)
+        # (a group that is gone is never signalled again: its id may be reused)
+        if not self._wait_for(lambda: not _killpg(pgid, 0), deadline):
             _killpg(pgid, signal.SIGKILL)
         if self.feeder is not None:  # still our unreaped child: its pid cannot be reused
             os.kill(self.feeder, signal.SIGKILL)

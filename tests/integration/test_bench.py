@@ -44,6 +44,10 @@ def test_quick_bench_reports_everything(isolated: Isolated) -> None:
         assert c["failed"] == 0
         assert c["per_s"] > 0
         assert c["clients"] == n
+    for how in ("terminate", "hangup"):
+        r = res["end-latency"][how]
+        assert r["n"] >= 10, how
+        assert 0 < r["p50_ms"] <= r["p99_ms"], how
     live = res["live-200"]
     assert (live["held"], live["failed"], live["left_after_hangup"]) == (200, 0, 0)
     assert 0 < live["uss_per_session_mb"] < 50

@@ -165,7 +165,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "    if True:\n",
            (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
     Mutant("peer-any-group", "agent/peer.py",
-           "    gids = set(allowed_gids)\n    return peer.gid in gids or bool(gids.intersection(peer.groups))\n",
+           "    gids = set(allowed_gids)\n"
+           "    return peer.gid in gids or bool(gids.intersection(peer.groups))\n",
            "    gids = set(allowed_gids)\n    return True\n",
            (f"{_DAEMON}::test_unauthorized_peer_is_refused",)),
     # -- the Run As decision ---------------------------------------------------------------------
@@ -195,11 +196,13 @@ MUTANTS: tuple[Mutant, ...] = (
            "    gids = set(admin_gids)\n    return True or peer.gid in gids",
            ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
     Mutant("no-per-peer-connection-share", "agent/server.py",
-           "if peer.uid != 0 and sum(c.peer.uid == peer.uid for c in self._conns.values()) >= share:",
+           "if peer.uid != 0 and sum(c.peer.uid == p"
+           "eer.uid for c in self._conns.values()) >= share:",
            "if False:",
            ("tests/integration/test_peers.py::test_one_peer_cannot_take_every_connection",)),
     Mutant("socket-ancestors-not-checked", "agent/server.py",
-           "            if st.st_uid != 0 or st.st_mode & 0o022:\n                raise ConfigError(\n"
+           "            if st.st_uid != 0 or st.st_mode &"
+           " 0o022:\n                raise ConfigError(\n"
            "                    f\"socket path {path}",
            "            if False:\n                raise ConfigError(\n"
            "                    f\"socket path {path}",
@@ -213,7 +216,8 @@ MUTANTS: tuple[Mutant, ...] = (
             "tests/integration/test_peers.py::test_the_cli_sends_nothing_to_a_server_that_is_not_root")),
     Mutant("terminate-not-audited", "agent/server.py",
            "        self.audit.record(\"session.terminate_requested\", session_id=session_id,\n",
-           "        (lambda *a, **k: None)(\"session.terminate_requested\", session_id=session_id,\n",
+           "        (lambda *a, **k: None)(\"session"
+           ".terminate_requested\", session_id=session_id,\n",
            ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
     # -- end mode `all` means all ------------------------------------------------------------
     Mutant("session-outside-its-cgroup", "agent/session.py",
@@ -228,7 +232,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/integration/test_session_keyring.py",)),
     # -- ssm-user's home must be trusted before sudo ------------------------------------------
     Mutant("ssm-user-home-any-owner", "agent/homedir.py",
-           "    if st.st_uid not in (uid, 0):\n        return Problem(home, f\"home {home} is owned",
+           "    if st.st_uid not in (uid, 0):\n     "
+           "   return Problem(home, f\"home {home} is owned",
            "    if False:\n        return Problem(home, f\"home {home} is owned",
            ("tests/unit/test_ssm_user_home.py::"
             "test_creation_over_an_existing_home_of_another_uid_is_refused",
