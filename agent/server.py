@@ -373,19 +373,30 @@ class Daemon:
                            req: protocol.StartRequest) -> int:
         from agent import session
 
+        self._release_inherited(sel)  # before this process creates any descriptor
         # Replace the daemon's handlers with the supervisor's at once (never SIG_DFL in
         # between: a `terminate` arriving now must end the session, not kill its supervisor).
         sig = session.Signals()
         os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
-        sel.close()
+        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
+                              self.sys_platform)
+        return session.run(conn.sock, req, ctx, sig)
+
+    def _release_inherited(self, sel: selectors.BaseSelector) -> None:
+        """In a forked supervisor: let go of the daemon's listener, wake-up pipe, selector and
+        other connections. macOS: XNU does not pass kqueue descriptors to a forked child, so
+        the selector's number is free here, yet closing the kqueue object closes that number
+        all the same (CPython before 3.12.1, gh-110395): whatever took it since would be
+        closed. There the object is left as it is; the supervisor ends in os._exit, which never
+        finalizes it."""
+        signal.set_wakeup_fd(-1)
+        if self.sys_platform != "darwin":
+            sel.close()
         self.listener.close()
         for fd in self._wake:
             os.close(fd)
         for other in self._conns.values():
             other.sock.close()
-        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
-                              self.sys_platform)
-        return session.run(conn.sock, req, ctx, sig)
 
     def _reap(self) -> None:
         while self._children:
