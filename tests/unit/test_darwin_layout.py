@@ -1,0 +1,54 @@
+"""The macOS socket layout against macOS's own /var/run, modelled here as Apple ships it:
+/private/var/run is root:daemon 0775 (group-writable), so the daemon's socket must sit in a
+directory of root's own below it, both where launchd creates it and where the daemon binds it."""
+
+from __future__ import annotations
+
+import os
+import plistlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse
+from agent.server import bind_socket
+from tests.support.isolation import REPO
+
+PLIST = Path(REPO) / "launchd/org.runas-agent.agent.plist"
+DAEMON_GID = 1  # the `daemon` group on macOS (and on Debian)
+
+
+def _macos_config_socket() -> str:
+    text = (Path(REPO) / "packaging/config.yaml").read_text()
+    out = subprocess.run(["/bin/sh", str(Path(REPO) / "packaging/macos/config.sh")],
+                         input=text, capture_output=True, text=True, check=True).stdout
+    return parse(out).socket.path
+
+
+@pytest.fixture
+def var_run(tmp_path: Path) -> Path:
+    """A stand-in for macOS's /private/var/run: root:daemon 0775."""
+    d = tmp_path / "var_run"
+    d.mkdir()
+    os.chown(d, 0, DAEMON_GID)
+    os.chmod(d, 0o775)
+    return d
+
+
+def _under(var_run: Path, path: str) -> str:
+    assert path.startswith("/var/run/"), path
+    return str(var_run / path[len("/var/run/"):])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds a root-owned socket")
+def test_the_macos_socket_path_binds_below_macos_var_run(var_run: Path) -> None:
+    with PLIST.open("rb") as fh:
+        launchd_path = plistlib.load(fh)["Sockets"]["Listeners"]["SockPathName"]
+    assert _macos_config_socket() == launchd_path
+    sock = bind_socket(_under(var_run, launchd_path), 0o660, None)
+    try:
+        directory = os.lstat(os.path.dirname(_under(var_run, launchd_path)))
+        assert directory.st_uid == 0 and not directory.st_mode & 0o022
+    finally:
+        sock.close()
