@@ -73,7 +73,7 @@ def parse_kinfo_proc(raw: bytes, pid: int) -> Optional[float]:
     if len(raw) < KINFO_PROC_SIZE or P_PID.unpack_from(raw, P_PID_OFFSET)[0] != pid:
         return None
     sec, usec = P_STARTTIME.unpack_from(raw, 0)
-    return sec + usec / 1000000.0
+    return float(sec + usec / 1000000.0)
 
 
 def _kern_proc_pid(pid: int) -> bytes:
