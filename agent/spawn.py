@@ -89,9 +89,16 @@ class Syscalls:
     geteuid: Callable[[], int]
     getgroups: Callable[[], list[int]]
     login_tty: Optional[Callable[[int], None]]  # Python 3.11+
+    # macOS: the kernel's own group list (os.getgroups there is getgrouplist() of the login
+    # name and never reads the credential), and setlogin(2). None elsewhere.
+    kernel_groups: Optional[Callable[[], list[int]]] = None
+    setlogin: Optional[Callable[[str], None]] = None
 
     @classmethod
-    def real(cls) -> Syscalls:
+    def real(cls, sys_platform: str = sys.platform) -> Syscalls:
+        kernel_groups = setlogin = None
+        if sys_platform == "darwin":  # resolved here, in the parent, never after the fork
+            kernel_groups, setlogin = _darwin_credential_calls()
         return cls(
             setgroups=os.setgroups,
             setresgid=getattr(os, "setresgid", None),
@@ -107,7 +114,40 @@ class Syscalls:
             geteuid=os.geteuid,
             getgroups=os.getgroups,
             login_tty=getattr(os, "login_tty", None),
+            kernel_groups=kernel_groups,
+            setlogin=setlogin,
         )
+
+
+DARWIN_NGROUPS = 16  # the kernel's limit (NGROUPS in <sys/param.h>)
+
+
+def _darwin_credential_calls() -> tuple[Callable[[], list[int]], Callable[[str], None]]:
+    """libSystem's plain `getgroups` (the system call; the $DARWIN_EXTSN variant that Python
+    links asks the directory instead) and setlogin, through ctypes."""
+    import ctypes
+
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+    getgroups, setlogin = libc.getgroups, libc.setlogin
+    getgroups.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
+    getgroups.restype = ctypes.c_int
+    setlogin.argtypes = [ctypes.c_char_p]
+    setlogin.restype = ctypes.c_int
+
+    def kernel_groups() -> list[int]:
+        buf = (ctypes.c_uint32 * DARWIN_NGROUPS)()
+        n = getgroups(DARWIN_NGROUPS, buf)
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return [int(g) for g in buf[:n]]
+
+    def set_login(name: str) -> None:
+        if setlogin(os.fsencode(name)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return kernel_groups, set_login
 
 
 @dataclass(frozen=True)
@@ -140,6 +180,10 @@ def become(ops: Syscalls, ident: Identity) -> None:
     (primary gid first, the 16-group kernel list, directory membership), then setgid and setuid,
     which as root set the real, effective and saved ids. Raises StageFailed."""
     if ident.darwin:
+        if ops.setlogin is not None:
+            # After setsid, while still root: the session's login name (getlogin, logname) is
+            # the account's, not the daemon's, as sshd does it.
+            _step("setlogin", ops.setlogin, ident.name)
         _step("initgroups", ops.initgroups, ident.name, ident.gid)
         _step("setgid", ops.setgid, ident.gid)
         _step("setuid", ops.setuid, ident.uid)
@@ -164,9 +208,12 @@ def verify(ops: Syscalls, ident: Identity) -> None:
         raise StageFailed("verify", 0, f"uids are {uids}, expected {ident.uid}")
     if gids != (ident.gid,) * len(gids):
         raise StageFailed("verify", 0, f"gids are {gids}, expected {ident.gid}")
-    groups = sorted(set(ops.getgroups()))
-    if groups != list(ident.groups):
-        raise StageFailed("verify", 0, f"groups are {groups}, expected {list(ident.groups)}")
+    if ident.darwin and ops.kernel_groups is not None:
+        _verify_darwin_groups(ops.kernel_groups(), ident)
+    else:
+        groups = sorted(set(ops.getgroups()))
+        if groups != list(ident.groups):
+            raise StageFailed("verify", 0, f"groups are {groups}, expected {list(ident.groups)}")
     for call, fn in (("setgid", ops.setgid), ("setuid", ops.setuid)):
         try:
             fn(0)
@@ -177,6 +224,16 @@ def verify(ops: Syscalls, ident: Identity) -> None:
                 "verify", exc.errno or 0, f"{call}(0) failed, but not with EPERM"
             ) from None
         raise StageFailed("verify", 0, f"{call}(0) succeeded: root could be regained")
+
+
+def _verify_darwin_groups(kernel: list[int], ident: Identity) -> None:
+    """The kernel's list after initgroups: the effective gid first, then at most 16 of the
+    expected groups in all."""
+    want = min(len(ident.groups), DARWIN_NGROUPS)
+    if (not kernel or kernel[0] != ident.gid or len(set(kernel)) != want
+            or not set(kernel) <= set(ident.groups)):
+        raise StageFailed("verify", 0, f"the kernel's groups are {kernel}, expected {want} of "
+                          f"{list(ident.groups)} with {ident.gid} first")
 
 
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
