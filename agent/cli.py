@@ -280,7 +280,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if args.path is None and not os.path.exists(DEFAULT_PATH):
         sys.stdout.write(f"{DEFAULT_PATH}: no file; the embedded defaults apply\n")
         return EXIT_OK
-    load_config(args.path or DEFAULT_PATH)
+    cfg = load_config(args.path or DEFAULT_PATH)
+    from agent.config import platform_warnings
+
+    for warning in platform_warnings(cfg, sys.platform):
+        sys.stderr.write(f"warning: {warning}\n")
     sys.stdout.write(f"{args.path or DEFAULT_PATH}: ok\n")
     return EXIT_OK
 
@@ -304,6 +308,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger()
     if os.geteuid() != 0:
         return _usage("serve must run as root (it starts sessions as other accounts)")
+    from agent.config import platform_warnings
+
+    for warning in platform_warnings(cfg, sys.platform):
+        log.warning("config.unsupported", detail=warning)
     from agent import activation
     from agent.errors import AgentError
 
