@@ -49,6 +49,14 @@ def test_the_macos_socket_path_binds_below_macos_var_run(var_run: Path) -> None:
     sock = bind_socket(_under(var_run, launchd_path), 0o660, None)
     try:
         directory = os.lstat(os.path.dirname(_under(var_run, launchd_path)))
-        assert directory.st_uid == 0 and not directory.st_mode & 0o022
+        assert directory.st_uid == 0
+        assert not directory.st_mode & 0o022
     finally:
         sock.close()
+
+
+def test_the_macos_config_gives_ssm_user_zsh() -> None:
+    text = (Path(REPO) / "packaging/config.yaml").read_text()
+    out = subprocess.run(["/bin/sh", str(Path(REPO) / "packaging/macos/config.sh")],
+                         input=text, capture_output=True, text=True, check=True).stdout
+    assert parse(out).ssm_user.shell == "/bin/zsh"  # the macOS default shell since 10.15
