@@ -26,7 +26,7 @@ class MacFcntl(types.ModuleType):
         self.F_FULLFSYNC = F_FULLFSYNC
         self.full_synced: list[str] = []
 
-    def fcntl(self, fd: int, op: int, arg: Any = 0) -> Any:  # type: ignore[override]
+    def fcntl(self, fd: int, op: int, arg: Any = 0) -> Any:
         if op == F_FULLFSYNC:
             self.full_synced.append(os.readlink(f"/proc/self/fd/{fd}"))
             os.fsync(fd)

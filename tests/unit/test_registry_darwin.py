@@ -51,6 +51,6 @@ def test_another_process_in_the_buffer_is_not_this_one() -> None:
 
 
 def test_macos_never_imports_psutil_for_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "psutil", None)  # type: ignore[arg-type]  # import raises
+    monkeypatch.setitem(sys.modules, "psutil", None)  # importing it raises
     fake = FakeSysctl({9: kinfo_proc(9, 100, 5)})
     assert process_start_time(9, sys_platform="darwin", kern_proc_pid=fake) == 100.000005
