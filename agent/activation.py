@@ -94,11 +94,15 @@ def _from_launchd(activate: Callable[[str], Sequence[int]]) -> Optional[socket.s
             f"launchd passed {len(fds)} sockets for {LAUNCHD_SOCKET_NAME!r}; expected exactly one",
             hint="the plist's Sockets entry must name a single SockPathName",
         )
-    return _adopt(fds[0], f"the launchd socket {LAUNCHD_SOCKET_NAME!r} (fd {fds[0]})")
+    # XNU's getsockopt has no SO_ACCEPTCONN (ENOPROTOOPT): launchd's socket is judged by its
+    # family and type; launchd listens on it before the job starts.
+    return _adopt(fds[0], f"the launchd socket {LAUNCHD_SOCKET_NAME!r} (fd {fds[0]})",
+                  ask_listening=False)
 
 
-def _adopt(fd: int, what: str) -> socket.socket:
-    """Wrap FD as a socket after checking it is a listening AF_UNIX stream socket."""
+def _adopt(fd: int, what: str, *, ask_listening: bool = True) -> socket.socket:
+    """Wrap FD as a socket after checking it is an AF_UNIX stream socket, and listening when
+    ASK_LISTENING and the kernel can say (SO_ACCEPTCONN; ENOPROTOOPT means it cannot)."""
     try:
         st = os.fstat(fd)
     except OSError as exc:
@@ -112,7 +116,7 @@ def _adopt(fd: int, what: str) -> socket.socket:
         raise ActivationFailed(f"{what}: cannot use it as a socket: {exc.strerror}") from exc
     try:
         family, kind = sock.family, sock.type
-        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        listening = _listening(sock) if ask_listening else None
     except OSError as exc:
         sock.detach()
         raise ActivationFailed(f"{what}: cannot inspect it: {exc.strerror}") from exc
@@ -131,6 +135,16 @@ def _adopt(fd: int, what: str) -> socket.socket:
         )
     os.set_inheritable(fd, False)
     return sock
+
+
+def _listening(sock: socket.socket) -> Optional[int]:
+    """SO_ACCEPTCONN, or None when the kernel does not implement it (ENOPROTOOPT)."""
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError as exc:
+        if exc.errno == errno.ENOPROTOOPT:
+            return None
+        raise
 
 
 def _name(value: Any) -> str:

@@ -10,6 +10,7 @@ import errno
 import os
 import selectors
 import signal
+import stat
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -65,10 +66,15 @@ class _Input:
         self.paused = False  # not reading SRC: too much is buffered
         self.file_mode = False  # SRC is a regular file: always readable, cannot be polled
         os.set_blocking(dst, False)
-        try:
-            sel.register(src, selectors.EVENT_READ, self)
-        except (ValueError, OSError):
+        # Decided by the file's type, not by the selector: epoll refuses a regular file (EPERM),
+        # but kqueue accepts one and never reports its end, so the session would never get EOF.
+        if stat.S_ISREG(os.fstat(src).st_mode):
             self.file_mode = True
+        else:
+            try:
+                sel.register(src, selectors.EVENT_READ, self)
+            except (ValueError, OSError):
+                self.file_mode = True
 
     @property
     def done(self) -> bool:

@@ -1,8 +1,9 @@
 """Durable audit records: JSON lines, one write() per record on an O_APPEND file, fsync'd.
 
 The daemon and every per-session supervisor append to the same file; a single write() to an
-O_APPEND file is not interleaved with another, and fsync makes the record survive a crash before
-the caller acts on it (a session is never started, or reported started, without its record).
+O_APPEND file is not interleaved with another, and fsync (F_FULLFSYNC on macOS) makes the record
+survive a crash before the caller acts on it (a session is never started, or reported started,
+without its record).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from agent.errors import AuditFailed
+from agent.fsutil import full_fsync
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -44,7 +46,7 @@ class AuditLog:
                         raise OSError(28, "No space left on device (short write)")
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-                os.fsync(fd)
+                full_fsync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:

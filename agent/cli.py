@@ -285,12 +285,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         sys.stdout.write(f"{DEFAULT_PATH}: no file; the embedded defaults apply\n")
         return EXIT_OK
     cfg = load_config(args.path or DEFAULT_PATH)
+    from agent.config import platform_warnings
+
+    for warning in platform_warnings(cfg, sys.platform):
+        sys.stderr.write(f"warning: {warning}\n")
     sys.stdout.write(f"{args.path or DEFAULT_PATH}: ok\n")
-    if cfg.session.end_mode == "all":
+    if cfg.session.end_mode == "all" and sys.platform == "linux":  # macOS: platform_warnings
         from agent import cgroup
 
-        found: Any = (cgroup.probe() if sys.platform == "linux" else
-                      cgroup.Unavailable(f"no cgroups on {sys.platform}"))
+        found: Any = cgroup.probe()
         if isinstance(found, cgroup.Unavailable):
             sys.stdout.write(f"session.end_mode: {found.describe()} (the process walk ends "
                              "what a session left; a process that keeps forking can escape it)\n")
@@ -319,6 +322,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = structlog.get_logger()
     if os.geteuid() != 0:
         return _usage("serve must run as root (it starts sessions as other accounts)")
+    from agent.config import platform_warnings
+
+    for warning in platform_warnings(cfg, sys.platform):
+        log.warning("config.unsupported", detail=warning)
     from agent import activation
     from agent.errors import AgentError
 

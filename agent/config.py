@@ -273,6 +273,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(f"{source}: {exc.message}", hint=exc.hint) from None
 
 
+def platform_warnings(cfg: Config, sys_platform: str) -> tuple[str, ...]:
+    """What CFG asks for that this platform cannot give (config check and start-up say it)."""
+    out = []
+    if sys_platform == "darwin" and cfg.session.end_mode == "all":
+        out.append("session.end_mode: 'all' has nothing behind it on macOS (no subreaper, no "
+                   "cgroups): processes that leave the session's process group are not ended; "
+                   "it works as 'process_group' there")
+    return tuple(out)
+
+
 def load_config(path: Optional[str] = None) -> Config:
     """Load PATH, or the default file if it exists, or the embedded defaults.
 

@@ -9,6 +9,7 @@ the PAM environment) is merged last, under the same validation.
 from __future__ import annotations
 
 import re
+import sys
 from types import MappingProxyType
 
 from agent.errors import BadRequest
@@ -21,6 +22,8 @@ if TYPE_CHECKING:
     from agent.accounts import Account
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+# macOS has no login.defs; sshd there gives sessions /usr/bin:/bin:/usr/sbin:/sbin.
+DARWIN_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 
 #: What a client may set (anything else it sends is dropped without a word, like sshd's
 #: AcceptEnv): the locale (LANG, LANGUAGE, LC_ALL and each LC_* category glibc knows) and TZ.
@@ -65,6 +68,7 @@ def build_env(
     client_env: Mapping[str, str],
     login_defs: str = "/etc/login.defs",
     extra: Mapping[str, str] = _NO_EXTRA,
+    sys_platform: str = sys.platform,
 ) -> dict[str, str]:
     """The complete environment of ACCOUNT's session.
 
@@ -80,7 +84,8 @@ def build_env(
         "USER": account.name,
         "LOGNAME": account.name,
         "SHELL": account.shell,
-        "PATH": env_path(login_defs),
+        "PATH": env_path(login_defs,
+                         default=DARWIN_PATH if sys_platform == "darwin" else DEFAULT_PATH),
     }
     for name, value in env.items():
         _check_value(name, value, "user database")
@@ -130,26 +135,26 @@ def _validated(env: Mapping[str, str], where: str) -> dict[str, str]:
     return out
 
 
-def env_path(login_defs: str = "/etc/login.defs") -> str:
-    """PATH from login.defs' ENV_PATH, or DEFAULT_PATH when it is absent or not a list of
+def env_path(login_defs: str = "/etc/login.defs", *, default: str = DEFAULT_PATH) -> str:
+    """PATH from login.defs' ENV_PATH, or DEFAULT when it is absent or not a list of
     absolute directories (an empty or relative entry would search the working directory)."""
     try:
         with open(login_defs, "rb") as fh:
             text = fh.read(_LOGIN_DEFS_MAX).decode("utf-8", "replace")
     except OSError:
-        return DEFAULT_PATH
+        return default
     value: Optional[str] = None
     for line in text.splitlines():
         parts = line.strip().split(None, 1)
         if len(parts) == 2 and parts[0] == "ENV_PATH":
             value = parts[1].strip()  # the last one wins, as in shadow's getdef
     if value is None:
-        return DEFAULT_PATH
+        return default
     if len(value) >= 2 and value[0] == value[-1] == '"':
         value = value[1:-1]
     if value.startswith("PATH="):
         value = value[len("PATH="):]
     entries = value.split(":")
     if not value or "\0" in value or not all(e.startswith("/") for e in entries):
-        return DEFAULT_PATH
+        return default
     return value

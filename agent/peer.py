@@ -8,16 +8,18 @@ from dataclasses import dataclass
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
-    from collections.abc import Iterable, Mapping
-    from typing import Any
+    from collections.abc import Iterable, Mapping, Sequence
+    from typing import Any, Callable, Optional
 
 SO_PEERCRED = 17  # Linux
 SO_PEERGROUPS = 59  # Linux >= 4.13
 SOL_LOCAL = 0  # macOS
 LOCAL_PEERCRED = 1  # macOS
+LOCAL_PEERPID = 2  # macOS <sys/un.h>
 XUCRED_NGROUPS = 16
 _UCRED = struct.Struct("3i")
 _XUCRED = struct.Struct(f"IIh{XUCRED_NGROUPS}I")
+_PID = struct.Struct("i")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,30 @@ def parse_xucred(raw: bytes) -> Peer:
     return Peer(-1, uid, gids[0], gids)
 
 
-def darwin_peer(sock: socket.socket) -> Peer:
-    return parse_xucred(sock.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, _XUCRED.size))
+def darwin_peer(sock: socket.socket,
+                directory_groups: Optional[Callable[[int, int], Sequence[int]]] = None) -> Peer:
+    """xucred holds at most 16 groups (the kernel's list), while macOS checks the socket
+    file's group against the directory: membership is resolved by uid through the directory
+    (getgrouplist), so a member beyond the 16th group is not refused. LOCAL_PEERPID gives the
+    pid the audit records."""
+    cred = parse_xucred(sock.getsockopt(SOL_LOCAL, LOCAL_PEERCRED, _XUCRED.size))
+    try:
+        (pid,) = _PID.unpack(sock.getsockopt(SOL_LOCAL, LOCAL_PEERPID, _PID.size))
+    except OSError:
+        pid = -1
+    try:
+        more = tuple((directory_groups or _directory_groups)(cred.uid, cred.gid))
+    except (KeyError, OSError):
+        more = ()  # unknown to the directory: judged by the kernel's groups
+    groups = cred.groups + tuple(g for g in more if g not in cred.groups)
+    return Peer(pid, cred.uid, cred.gid, groups)
+
+
+def _directory_groups(uid: int, gid: int) -> list[int]:
+    import os
+    import pwd
+
+    return os.getgrouplist(pwd.getpwuid(uid).pw_name, gid)
 
 
 def authorized(peer: Peer, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> bool:

@@ -9,17 +9,37 @@ from __future__ import annotations
 import json
 import os
 import stat
+import struct
+import sys
 from dataclasses import dataclass
 
 from agent.errors import InternalError, SessionExists, SessionNotFound
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Optional
+    from typing import Any, Callable, Optional
 
 
-def process_start_time(pid: int) -> Optional[float]:
-    """The process's start time (identifies it across pid reuse), or None if it is gone."""
+# macOS: sysctl({CTL_KERN, KERN_PROC, KERN_PROC_PID, pid}) fills one struct kinfo_proc
+# (<sys/sysctl.h>; 648 bytes on x86_64 and arm64). Its first member, struct extern_proc
+# (<sys/proc.h>), opens with the union p_un whose __p_starttime (p_starttime) is a struct timeval
+# {long tv_sec; int tv_usec;} at offset 0; p_pid follows p_vmspace, p_sigacts, p_flag and p_stat
+# at offset 40.
+CTL_KERN, KERN_PROC, KERN_PROC_PID = 1, 14, 1
+KINFO_PROC_SIZE = 648
+P_STARTTIME = struct.Struct("<qi")
+P_PID = struct.Struct("<i")
+P_PID_OFFSET = 40
+
+
+def process_start_time(pid: int, *, sys_platform: str = sys.platform,
+                       kern_proc_pid: Optional[Callable[[int], bytes]] = None) -> Optional[float]:
+    """The process's start time (identifies it across pid reuse), or None if it is gone.
+    Linux reads /proc; macOS asks sysctl kern.proc.pid (KERN_PROC_PID stands in for it in
+    tests). Neither imports psutil: this is on every session's start path."""
+    if sys_platform == "darwin":
+        raw = (kern_proc_pid or _kern_proc_pid)(pid)
+        return parse_kinfo_proc(raw, pid)
     if os.path.isdir("/proc/self"):
         return _proc_start_time(pid)
     import psutil
@@ -45,6 +65,28 @@ def _proc_start_time(pid: int) -> Optional[float]:
         return float(ticks) / os.sysconf("SC_CLK_TCK") + btime
     except (ValueError, IndexError):
         return None
+
+
+def parse_kinfo_proc(raw: bytes, pid: int) -> Optional[float]:
+    """p_starttime of a struct kinfo_proc as psutil computes create_time() from it
+    (tv_sec + tv_usec / 1e6); None when the kernel returned no process (0 bytes) or another."""
+    if len(raw) < KINFO_PROC_SIZE or P_PID.unpack_from(raw, P_PID_OFFSET)[0] != pid:
+        return None
+    sec, usec = P_STARTTIME.unpack_from(raw, 0)
+    return float(sec + usec / 1000000.0)
+
+
+def _kern_proc_pid(pid: int) -> bytes:
+    """The raw struct kinfo_proc of PID from sysctl (b"" when there is no such process)."""
+    import ctypes
+
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+    mib = (ctypes.c_int * 4)(CTL_KERN, KERN_PROC, KERN_PROC_PID, int(pid))
+    buf = ctypes.create_string_buffer(KINFO_PROC_SIZE)
+    size = ctypes.c_size_t(KINFO_PROC_SIZE)
+    if libc.sysctl(mib, 4, buf, ctypes.byref(size), None, ctypes.c_size_t(0)) != 0:
+        return b""
+    return buf.raw[:size.value]
 
 
 @dataclass(frozen=True)

@@ -177,9 +177,7 @@ class Daemon:
         self._cgroups_tried = True
         from agent import cgroup
 
-        if self.sys_platform != "linux":
-            self.log.warning("cgroup.unavailable", detail=f"{cgroup.BEST_EFFORT}: no cgroups "
-                             f"on {self.sys_platform}; sessions end with the process walk")
+        if self.sys_platform != "linux":  # said at start-up (config.platform_warnings)
             return
         got = cgroup.setup()
         if isinstance(got, cgroup.Unavailable):
@@ -434,19 +432,30 @@ class Daemon:
                            req: protocol.StartRequest) -> int:
         from agent import session
 
+        self._release_inherited(sel)  # before this process creates any descriptor
         # Replace the daemon's handlers with the supervisor's at once (never SIG_DFL in
         # between: a `terminate` arriving now must end the session, not kill its supervisor).
         sig = session.Signals()
         os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
-        sel.close()
+        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
+                              self.sys_platform, self.cgroups)
+        return session.run(conn.sock, req, ctx, sig, conn.decoder)
+
+    def _release_inherited(self, sel: selectors.BaseSelector) -> None:
+        """In a forked supervisor: let go of the daemon's listener, wake-up pipe, selector and
+        other connections. macOS: XNU does not pass kqueue descriptors to a forked child, so
+        the selector's number is free here, yet closing the kqueue object closes that number
+        all the same (CPython before 3.12.1, gh-110395): whatever took it since would be
+        closed. There the object is left as it is; the supervisor ends in os._exit, which never
+        finalizes it."""
+        signal.set_wakeup_fd(-1)
+        if self.sys_platform != "darwin":
+            sel.close()
         self.listener.close()
         for fd in self._wake:
             os.close(fd)
         for other in self._conns.values():
             other.sock.close()
-        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
-                              self.sys_platform, self.cgroups)
-        return session.run(conn.sock, req, ctx, sig, conn.decoder)
 
     def _reap(self) -> None:
         while self._children:
@@ -551,16 +560,17 @@ def _group_ids(names: tuple[str, ...], log: Any,
 # -- the listening socket -------------------------------------------------------------------
 
 
-def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
+def bind_socket(path: str, mode: int, group: Optional[str], *,
+                sys_platform: str = sys.platform) -> socket.socket:
     """Bind the daemon's socket in a root-owned directory, refusing to steal a live one."""
     import grp
 
     directory = os.path.dirname(path)
     # The directories above first, before anything is created under them; the socket's own
     # directory just below (it must also not be a symbolic link).
-    check_socket_path(path, own_directory=False)
+    check_socket_path(path, own_directory=False, sys_platform=sys_platform)
     os.makedirs(directory, mode=0o755, exist_ok=True)
-    check_socket_path(path, own_directory=False)
+    check_socket_path(path, own_directory=False, sys_platform=sys_platform)
     st = os.lstat(directory)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o022:
         raise ConfigError(f"{directory}: must be a directory owned by root and not writable by "
@@ -595,13 +605,18 @@ def bind_socket(path: str, mode: int, group: Optional[str]) -> socket.socket:
     return sock
 
 
-def check_socket_path(path: str, *, own_directory: bool = True) -> None:
+def check_socket_path(path: str, *, own_directory: bool = True,
+                      sys_platform: str = sys.platform) -> None:
     """Refuse a socket PATH any existing ancestor directory of which is not owned by root or is
     writable by group or others (sticky ones such as /tmp included): whoever can write there can
     swap the directory below and take the socket over. The rule OpenSSH applies to key paths.
     Symbolic links are followed, and both the path as written and where it leads are checked
     (a link can be changed by whoever may write the directory that holds it). OWN_DIRECTORY
-    false leaves the socket's own directory to the caller."""
+    false leaves the socket's own directory to the caller.
+
+    One exception, macOS's own: /private/var/run is root:daemon 0775 there, and the `daemon`
+    group (like `wheel`, gid 0) holds root alone, so on darwin a directory that only those
+    groups may write counts as root's."""
     directory = os.path.dirname(os.path.abspath(path))
     for chain in (directory, os.path.realpath(directory)):
         ancestors = _ancestors(chain)
@@ -612,11 +627,22 @@ def check_socket_path(path: str, *, own_directory: bool = True) -> None:
                 continue  # created by root below, 0755
             except OSError as exc:
                 raise ConfigError(f"{ancestor}: cannot inspect it: {exc.strerror}") from None
-            if st.st_uid != 0 or st.st_mode & 0o022:
+            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):
                 raise ConfigError(
                     f"socket path {path}: {ancestor} is {_who_writes(st)}; every directory above "
                     "the socket must be owned by root and not writable by group or others",
                     hint="put the socket under a root-owned directory such as /run")
+
+
+DARWIN_ROOT_GROUPS = (0, 1)  # wheel, daemon: groups of root alone on macOS
+
+
+def _untrusted_write_bits(st: os.stat_result, sys_platform: str) -> int:
+    """The write bits of ST that let someone other than root change the directory."""
+    if sys_platform == "darwin" and st.st_gid in DARWIN_ROOT_GROUPS \
+            and not st.st_mode & stat.S_ISVTX:
+        return 0o002
+    return 0o022
 
 
 def _ancestors(directory: str) -> list[str]:

@@ -97,11 +97,18 @@ class Syscalls:
     getgroups: Callable[[], list[int]]
     login_tty: Optional[Callable[[int], None]]  # Python 3.11+
     keyctl: Optional[Callable[[int, int, int], int]]  # None: no kernel keyrings (macOS)
+    # macOS: the kernel's own group list (os.getgroups there is getgrouplist() of the login
+    # name and never reads the credential), and setlogin(2). None elsewhere.
+    kernel_groups: Optional[Callable[[], list[int]]] = None
+    setlogin: Optional[Callable[[str], None]] = None
 
     @classmethod
-    def real(cls) -> Syscalls:
+    def real(cls, sys_platform: str = sys.platform) -> Syscalls:
         """The process's own calls. Raises SpawnFailed where the session keyring call is
         unknown (a Linux machine without a known keyctl number)."""
+        kernel_groups = setlogin = None
+        if sys_platform == "darwin":  # resolved here, in the parent, never after the fork
+            kernel_groups, setlogin = _darwin_credential_calls()
         return cls(
             setgroups=os.setgroups,
             setresgid=getattr(os, "setresgid", None),
@@ -117,8 +124,41 @@ class Syscalls:
             geteuid=os.geteuid,
             getgroups=os.getgroups,
             login_tty=getattr(os, "login_tty", None),
-            keyctl=keyring.load(),
+            keyctl=keyring.load(sys_platform),
+            kernel_groups=kernel_groups,
+            setlogin=setlogin,
         )
+
+
+DARWIN_NGROUPS = 16  # the kernel's limit (NGROUPS in <sys/param.h>)
+
+
+def _darwin_credential_calls() -> tuple[Callable[[], list[int]], Callable[[str], None]]:
+    """libSystem's plain `getgroups` (the system call; the $DARWIN_EXTSN variant that Python
+    links asks the directory instead) and setlogin, through ctypes."""
+    import ctypes
+
+    libc = ctypes.CDLL("/usr/lib/libSystem.B.dylib", use_errno=True)
+    getgroups, setlogin = libc.getgroups, libc.setlogin
+    getgroups.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)]
+    getgroups.restype = ctypes.c_int
+    setlogin.argtypes = [ctypes.c_char_p]
+    setlogin.restype = ctypes.c_int
+
+    def kernel_groups() -> list[int]:
+        buf = (ctypes.c_uint32 * DARWIN_NGROUPS)()
+        n = getgroups(DARWIN_NGROUPS, buf)
+        if n < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        return [int(g) for g in buf[:n]]
+
+    def set_login(name: str) -> None:
+        if setlogin(os.fsencode(name)) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+    return kernel_groups, set_login
 
 
 @dataclass(frozen=True)
@@ -151,6 +191,10 @@ def become(ops: Syscalls, ident: Identity) -> None:
     (primary gid first, the 16-group kernel list, directory membership), then setgid and setuid,
     which as root set the real, effective and saved ids. Raises StageFailed."""
     if ident.darwin:
+        if ops.setlogin is not None:
+            # After setsid, while still root: the session's login name (getlogin, logname) is
+            # the account's, not the daemon's, as sshd does it.
+            _step("setlogin", ops.setlogin, ident.name)
         _step("initgroups", ops.initgroups, ident.name, ident.gid)
         _step("setgid", ops.setgid, ident.gid)
         _step("setuid", ops.setuid, ident.uid)
@@ -175,9 +219,12 @@ def verify(ops: Syscalls, ident: Identity) -> None:
         raise StageFailed("verify", 0, f"uids are {uids}, expected {ident.uid}")
     if gids != (ident.gid,) * len(gids):
         raise StageFailed("verify", 0, f"gids are {gids}, expected {ident.gid}")
-    groups = sorted(set(ops.getgroups()))
-    if groups != list(ident.groups):
-        raise StageFailed("verify", 0, f"groups are {groups}, expected {list(ident.groups)}")
+    if ident.darwin and ops.kernel_groups is not None:
+        _verify_darwin_groups(ops.kernel_groups(), ident)
+    else:
+        groups = sorted(set(ops.getgroups()))
+        if groups != list(ident.groups):
+            raise StageFailed("verify", 0, f"groups are {groups}, expected {list(ident.groups)}")
     for call, fn in (("setgid", ops.setgid), ("setuid", ops.setuid)):
         try:
             fn(0)
@@ -201,6 +248,16 @@ def session_keyring(ops: Syscalls, ident: Identity) -> None:
     if ops.keyctl is None:
         raise StageFailed("session keyring", 0, "no keyctl call on this platform")
     _step("session keyring", keyring.join_fresh_session_keyring, ops.keyctl)
+
+
+def _verify_darwin_groups(kernel: list[int], ident: Identity) -> None:
+    """The kernel's list after initgroups: the effective gid first, then at most 16 of the
+    expected groups in all."""
+    want = min(len(ident.groups), DARWIN_NGROUPS)
+    if (not kernel or kernel[0] != ident.gid or len(set(kernel)) != want
+            or not set(kernel) <= set(ident.groups)):
+        raise StageFailed("verify", 0, f"the kernel's groups are {kernel}, expected {want} of "
+                          f"{list(ident.groups)} with {ident.gid} first")
 
 
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,

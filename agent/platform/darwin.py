@@ -17,7 +17,9 @@ DSCL = "/usr/bin/dscl"
 CREATEHOMEDIR = "/usr/sbin/createhomedir"
 STAFF_GID = 20
 FIRST_REGULAR_UID = 501  # what System Settings gives the first user
-SYSTEM_UIDS = range(400, 500)  # below 500: hidden from the login window, like Apple's own
+# Hidden (IsHidden) accounts of ours: above the uids Apple gives its own service accounts, which
+# it adds below 500 on OS upgrades (e.g. _oahd, 441), and far above the first regular users.
+SYSTEM_UIDS = range(900, 1000)
 
 
 @dataclass(frozen=True)
@@ -104,5 +106,6 @@ def _pick_uid(runner: Runner, spec: NewUser) -> int:
         for uid in SYSTEM_UIDS:
             if uid not in taken:
                 return uid
-        raise SsmUserFailed(f"cannot create {spec.name}: no free system uid in 400-499")
+        raise SsmUserFailed(f"cannot create {spec.name}: no free system uid in "
+                            f"{SYSTEM_UIDS.start}-{SYSTEM_UIDS.stop - 1}")
     return max([FIRST_REGULAR_UID - 1, *(u for u in taken if u < 60000)]) + 1

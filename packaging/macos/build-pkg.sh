@@ -2,7 +2,8 @@
 # Build the macOS installer, dist/runas-agent-VERSION-ARCH.pkg, on a Mac with the Command Line
 # Tools (pkgbuild, productbuild, /usr/bin/python3 3.9+). The agent goes to
 # /usr/local/lib/runas-agent and runs on /usr/bin/python3 -I; psutil, PyYAML and structlog are
-# vendored for that python3 (psutil is compiled: the .pkg is for this Mac's architecture).
+# vendored for that python3 (psutil is compiled: the .pkg is for this Mac's architecture, and
+# its distribution's hostArchitectures makes the installer refuse any other).
 #
 # Usage: packaging/macos/build-pkg.sh [--version VERSION] [--out DIR] [--stage-only DIR]
 #   --version     package version (default: agent/__init__.py's __version__)
@@ -74,8 +75,10 @@ chmod 0755 "$root$libdir/uninstall.sh"
 mkdir -p "$root/usr/local/share/man/man8"
 python3 "$pkgdir/manpage.py" --version "$version" --date "$(date -u +%Y-%m-%d)" \
   > "$root/usr/local/share/man/man8/runas-agent.8"
-cp "$here/scripts/postinstall" "$scripts/"
-chmod 0755 "$scripts/postinstall"
+for script in preinstall postinstall; do
+  cp "$here/scripts/$script" "$scripts/"
+  chmod 0755 "$scripts/$script"
+done
 
 if [ -n "$stage_only" ]; then
   echo "$root"
@@ -92,11 +95,23 @@ mkdir -p "$out"
 component="$work/runas-agent-component.pkg"
 pkgbuild --root "$root" --scripts "$scripts" --identifier "$ident" --version "$version" \
   --install-location / --ownership recommended "$component"
-product=("$out/runas-agent-$version-$(uname -m).pkg")
+arch=$(uname -m)
+product=("$out/runas-agent-$version-$arch.pkg")
 sign=()
 if [ -n "${PKG_SIGN_IDENTITY:-}" ]; then
   sign=(--sign "$PKG_SIGN_IDENTITY")
 fi
-productbuild --identifier "$ident" --version "$version" --package "$component" \
-  ${sign[@]+"${sign[@]}"} "${product[0]}"
+# psutil is compiled for this Mac's architecture: the installer refuses other ones
+# (hostArchitectures), instead of installing a daemon that cannot import it.
+dist="$work/distribution.xml"
+productbuild --synthesize --package "$component" "$dist"
+if grep -q 'hostArchitectures=' "$dist"; then
+  sed -i.orig "s/hostArchitectures=\"[^\"]*\"/hostArchitectures=\"$arch\"/" "$dist"
+else
+  sed -i.orig "s#<installer-gui-script \([^>]*\)>#&<options hostArchitectures=\"$arch\"/>#" "$dist"
+fi
+rm -f "$dist.orig"
+grep -q "hostArchitectures=\"$arch\"" "$dist" || die "cannot set hostArchitectures in $dist"
+productbuild --distribution "$dist" --package-path "$work" --identifier "$ident" \
+  --version "$version" ${sign[@]+"${sign[@]}"} "${product[0]}"
 echo "${product[0]}"

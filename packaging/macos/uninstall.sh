@@ -21,7 +21,7 @@ fi
 
 /bin/launchctl bootout "system/$LABEL" >/dev/null 2>&1 || true
 /bin/rm -f "/Library/LaunchDaemons/$LABEL.plist" /usr/local/bin/runas-agent \
-    /usr/local/share/man/man8/runas-agent.8 /var/run/runas-agent.sock
+    /usr/local/share/man/man8/runas-agent.8
 /bin/rm -rf /usr/local/share/runas-agent /var/run/runas-agent
 /usr/sbin/pkgutil --forget org.runas-agent.pkg >/dev/null 2>&1 || true
 

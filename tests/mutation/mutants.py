@@ -38,7 +38,7 @@ MUTANTS: tuple[Mutant, ...] = (
            "os.write(gate_w, _GO)\n                before_exec(pid)\n",
            ("tests/integration/test_spawn_gate.py",)),
     Mutant("audit-record-not-fsynced", "agent/audit.py",
-           "                os.fsync(fd)\n",
+           "                full_fsync(fd)\n",
            "",
            ("tests/unit/test_audit.py::test_every_record_is_fsynced_before_record_returns",)),
     # -- directories only root may write ---------------------------------------------------------
@@ -201,8 +201,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "if False:",
            ("tests/integration/test_peers.py::test_one_peer_cannot_take_every_connection",)),
     Mutant("socket-ancestors-not-checked", "agent/server.py",
-           "            if st.st_uid != 0 or st.st_mode &"
-           " 0o022:\n                raise ConfigError(\n"
+           "            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):"
+           "\n                raise ConfigError(\n"
            "                    f\"socket path {path}",
            "            if False:\n                raise ConfigError(\n"
            "                    f\"socket path {path}",

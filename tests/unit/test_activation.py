@@ -382,3 +382,39 @@ def test_launch_activate_socket_reports_errno() -> None:
     with pytest.raises(OSError, match="No such process") as info:
         launch_activate_socket("Listeners", lib=_FakeLibSystem([], err=errno.ESRCH))
     assert info.value.errno == errno.ESRCH
+
+
+class XnuSocketOptions:
+    """getsockopt as XNU's sogetoptlock() answers it: no case for SO_ACCEPTCONN, so ENOPROTOOPT;
+    every other option as the real kernel answers."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.asked_acceptconn = 0
+
+    def __call__(self, sock: socket.socket, level: int, option: int, *args: int) -> Any:
+        if level == socket.SOL_SOCKET and option == socket.SO_ACCEPTCONN:
+            self.asked_acceptconn += 1
+            raise OSError(errno.ENOPROTOOPT, os.strerror(errno.ENOPROTOOPT))
+        return self.real(sock, level, option, *args)
+
+
+def test_launchd_socket_is_adopted_on_a_kernel_without_so_acceptconn(
+        tmp_short: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    xnu = XnuSocketOptions(socket.socket.getsockopt)
+    monkeypatch.setattr(socket.socket, "getsockopt", xnu)
+    listener, path = _unix_listener(tmp_short)
+    sock = inherited_listener({}, sys_platform="darwin", launchd=FakeLaunchd([listener.detach()]))
+    assert sock is not None
+    with sock, socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(path)
+        conn, _ = sock.accept()
+        conn.close()
+    assert xnu.asked_acceptconn == 0  # not asked on macOS at all
+
+
+def test_launchd_datagram_socket_is_still_refused_without_so_acceptconn(
+        tmp_short: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(socket.socket, "getsockopt", XnuSocketOptions(socket.socket.getsockopt))
+    with _datagram(tmp_short) as s, pytest.raises(ActivationFailed, match="not SOCK_STREAM"):
+        inherited_listener({}, sys_platform="darwin", launchd=FakeLaunchd([s.fileno()]))

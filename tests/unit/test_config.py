@@ -80,3 +80,14 @@ def test_unknown_key_hint_lists_known_keys() -> None:
         parse("policy: {minuid: 5}")
     assert info.value.hint is not None
     assert "min_uid" in info.value.hint
+
+
+def test_end_mode_all_is_flagged_on_macos_only() -> None:
+    from agent.config import parse, platform_warnings
+
+    cfg = parse("session:\n  end_mode: all\n")
+    (warning,) = platform_warnings(cfg, "darwin")
+    assert "session.end_mode" in warning
+    assert "macOS" in warning
+    assert platform_warnings(cfg, "linux") == ()
+    assert platform_warnings(parse("{}"), "darwin") == ()

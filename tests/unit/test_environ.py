@@ -184,3 +184,13 @@ def test_whatever_the_client_sends_only_allowed_names_come_through(
     assert set(env) <= FIXED | ALLOWED_CLIENT_ENV
     for name in set(env) - FIXED:
         assert env[name] == client[name]
+
+
+def test_macos_sessions_get_sbin_in_path_as_sshd_gives(tmp_path: Path) -> None:
+    """macOS has no /etc/login.defs; sshd there gives /usr/bin:/bin:/usr/sbin:/sbin."""
+    missing = str(tmp_path / "no-login.defs")
+    path = build_env(ALICE, term=None, client_env={}, login_defs=missing,
+                     sys_platform="darwin")["PATH"].split(":")
+    assert {"/usr/bin", "/bin", "/usr/sbin", "/sbin"} <= set(path)
+    assert build_env(ALICE, term=None, client_env={}, login_defs=missing,
+                     sys_platform="linux")["PATH"] == DEFAULT_PATH

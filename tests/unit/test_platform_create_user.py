@@ -93,16 +93,26 @@ def test_first_regular_user_gets_501() -> None:
     assert fake.users["ssm-user"]["UniqueID"] == "501"
 
 
-def test_system_user_is_hidden_below_500_with_configured_home() -> None:
+def test_system_user_is_hidden_with_configured_home() -> None:
     fake = FakeDirectory()
-    fake.users["_taken"] = {"UniqueID": "400"}
+    fake.users["_taken"] = {"UniqueID": "900"}
     spec = NewUser("ssm-user", "/bin/bash", system=True, home="/var/ssm-user")
     Darwin(fake).create_user(spec, fake)
     rec = fake.users["ssm-user"]
-    assert rec["UniqueID"] == "401"
+    assert rec["UniqueID"] == "901"
     assert rec["IsHidden"] == "1"
     assert rec["NFSHomeDirectory"] == "/var/ssm-user"
-    assert fake.homes == {"/var/ssm-user": (401, 20)}
+    assert fake.homes == {"/var/ssm-user": (901, 20)}
+
+
+def test_system_user_stays_out_of_apples_service_account_uids() -> None:
+    """Apple adds service accounts below 500 on OS upgrades (_oahd is 441); a uid of ours
+    there would collide with the next one Apple adds, even if it is free today."""
+    fake = FakeDirectory({"_oahd": {"UniqueID": "441"}, "_coreml": {"UniqueID": "280"}})
+    Darwin(fake).create_user(NewUser("ssm-user", "/bin/zsh", system=True), fake)
+    uid = int(fake.users["ssm-user"]["UniqueID"])
+    assert uid >= 500
+    assert fake.users["ssm-user"]["IsHidden"] == "1"
 
 
 def test_configured_uid_is_used_and_a_taken_one_refused() -> None:

@@ -78,6 +78,22 @@ class Kernel:
         else:
             raise PermissionError(errno.EPERM, "Operation not permitted")
 
+    login: str = "root"  # the session's login name (setlogin), inherited from the daemon
+
+    def setlogin(self, name: str) -> None:
+        self.calls.append(("setlogin", name))
+        self._privileged("setlogin")
+        if not self._root():
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        self.login = name
+
+    def directory_groups(self) -> list[int]:
+        """os.getgroups() on macOS: getgrouplist() of the login name, whatever the kernel holds
+        (CPython's "unlimited" getgroups, Libinfo); before setlogin that name is root."""
+        if self.login == ALICE.name:
+            return [ALICE.gid, *sorted(set(ALICE.groups) - {ALICE.gid})]
+        return [0]
+
     def syscalls(self, *, darwin: bool = False, **override: object) -> Syscalls:
         funcs: dict[str, object] = dict(
             setgroups=self.setgroups,
@@ -92,9 +108,11 @@ class Kernel:
             getegid=lambda: self.gid[1],
             getuid=lambda: self.uid[0],
             geteuid=lambda: self.uid[1],
-            getgroups=lambda: list(self.groups),
+            getgroups=self.directory_groups if darwin else (lambda: list(self.groups)),
             login_tty=None,
             keyctl=None,
+            kernel_groups=(lambda: list(self.groups)) if darwin else None,
+            setlogin=self.setlogin if darwin else None,
         )
         funcs.update(override)
         return Syscalls(**funcs)  # type: ignore[arg-type]
@@ -201,12 +219,13 @@ def test_darwin_drop_initgroups_then_setgid_then_setuid() -> None:
     become(ops, darwin())
     # initgroups builds the kernel list (primary gid first, at most 16) and turns on directory
     # membership; a raw setgroups of the full list is never made on macOS
-    assert k.calls == [("initgroups", "alice", 1001), ("setgid", 1001), ("setuid", 1001)]
+    assert k.calls == [("setlogin", "alice"), ("initgroups", "alice", 1001), ("setgid", 1001),
+                       ("setuid", 1001)]
     verify(ops, darwin())
     assert (k.uid, k.gid) == ((1001,) * 3, (1001,) * 3)
 
 
-@pytest.mark.parametrize("stage", ["initgroups", "setgid", "setuid"])
+@pytest.mark.parametrize("stage", ["setlogin", "initgroups", "setgid", "setuid"])
 def test_darwin_drop_failure_names_the_stage(stage: str) -> None:
     k = Kernel(fail={stage: errno.EPERM})
     with pytest.raises(StageFailed) as info:
@@ -226,6 +245,38 @@ def test_darwin_verify_catches_a_kept_root_uid() -> None:
     become(k2.syscalls(darwin=True), darwin())
     with pytest.raises(StageFailed, match="gids are"):
         verify(k2.syscalls(darwin=True, getegid=lambda: 0), darwin())
+
+
+def test_darwin_session_has_the_accounts_login_name() -> None:
+    """Without setlogin, getlogin() and `logname` in the session say the daemon's: root."""
+    k = Kernel()
+    become(k.syscalls(darwin=True), darwin())
+    assert k.login == "alice"
+
+
+def test_darwin_verify_reads_the_kernels_groups_not_the_directorys() -> None:
+    """An initgroups that left root's groups in the credential: os.getgroups() on macOS asks the
+    directory and would say all is well; the kernel's list says otherwise."""
+    k = Kernel()
+    ops = k.syscalls(darwin=True, initgroups=lambda name, gid: None)
+    become(ops, darwin())
+    assert sorted(set(ops.getgroups())) == list(darwin().groups)  # the directory is fine
+    with pytest.raises(StageFailed, match="kernel's groups"):
+        verify(ops, darwin())
+
+
+def test_darwin_verify_accepts_the_16_group_kernel_list() -> None:
+    many = Account("bob", 1010, 1010, "/Users/bob", "/bin/zsh", tuple(range(2000, 2030)),
+                   "local")
+    ident = Identity.of(many, "darwin")
+    k = Kernel()
+    ops = k.syscalls(darwin=True, initgroups=lambda name, gid: setattr(
+        k, "groups", [gid, *[g for g in ident.groups if g != gid][:15]]))
+    become(ops, ident)
+    verify(ops, ident)
+    k.groups = k.groups[:15]  # one short of what initgroups sets
+    with pytest.raises(StageFailed, match="kernel's groups"):
+        verify(ops, ident)
 
 
 def test_a_linux_host_without_setresuid_fails_closed() -> None:
