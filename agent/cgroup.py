@@ -278,9 +278,11 @@ def sweep(s: Setup) -> int:
     swept = 0
     for name in names:
         pid = supervisor_of(name)
-        if pid is None or _alive(pid):
+        if pid is None:
             continue
         left = SessionCgroup(s.kind, os.path.join(sessions, name), True, None)
+        if _is_supervisor(pid, left):
+            continue
         if left.end(0.0):
             try:
                 left.remove()
@@ -298,14 +300,22 @@ def supervisor_of(name: str) -> Optional[int]:
     return int(tail) if tail.isdigit() and tail[0] != "0" else None
 
 
-def _alive(pid: int) -> bool:
+def _is_supervisor(pid: int, cg: SessionCgroup) -> bool:
+    """Whether PID (from CG's name) is still CG's supervisor: a root process outside CG. Once the
+    supervisor is gone its pid can be taken by anyone, the session's own processes included
+    (they may fork until one gets it); such a pid must not keep the cgroup alive."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        status = _read(f"/proc/{pid}/status")
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    uids = next((line.split()[1:] for line in status.splitlines()
+                 if line.startswith("Uid:")), [])
+    if not uids or any(u != "0" for u in uids):
+        return False
+    try:
+        return pid not in cg.members()
+    except OSError:
+        return False
 
 
 def release(s: Setup) -> None:
