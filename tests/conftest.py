@@ -20,6 +20,7 @@ REPO = isolation.REPO
 class Isolated:
     iso: isolation.Isolation
     baseline: dict[str, str]
+    process_uids: frozenset[int]  # the real uids of the host's processes before any test
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +31,10 @@ def isolated() -> Isolated:
             pytest.fail("privileged tests must run as root in CI")
         pytest.skip("privileged test: run the suite as root (./scripts/test does)")
     baseline = isolation.fingerprint()
+    uids = frozenset(isolation.process_uids())
     iso = isolation.enter()
     _enable_extrausers()
-    return Isolated(iso, baseline)
+    return Isolated(iso, baseline, uids)
 
 
 def _enable_extrausers() -> None:

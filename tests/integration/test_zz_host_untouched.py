@@ -9,6 +9,7 @@ import pwd
 import pytest
 
 from tests.conftest import Isolated, Users, sh
+from tests.support.isolation import live_processes
 
 pytestmark = pytest.mark.privileged
 
@@ -35,3 +36,11 @@ def test_no_cgroups_left() -> None:
         left += [os.path.join(dirpath, d) for d in dirnames
                  if d.startswith(("runas-", "session-")) and "runas" in dirpath + d]
     assert left == []
+
+
+def test_no_test_account_processes_left(isolated: Isolated) -> None:
+    """No process of an account the tests made outlives the tests: a leaked session (a fork
+    loop above all) would burden everything that runs after it."""
+    left = {pid: uid for pid, uid in live_processes().items()
+            if uid not in isolated.process_uids}
+    assert left == {}

@@ -52,6 +52,27 @@ def fingerprint(roots: tuple[str, ...] = FINGERPRINT_ROOTS) -> dict[str, str]:
     return out
 
 
+def live_processes() -> dict[int, int]:
+    """pid -> real uid of every process that is not a zombie."""
+    out: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status") as fh:
+                fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        except OSError:
+            continue
+        if fields.get("State", "").strip().startswith("Z"):
+            continue
+        out[int(name)] = int(fields["Uid"].split()[0])
+    return out
+
+
+def process_uids() -> set[int]:
+    return set(live_processes().values())
+
+
 @dataclass(frozen=True)
 class Isolation:
     host_ns_fd: int
