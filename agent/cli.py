@@ -58,7 +58,40 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
                    help="the account preference's default Run As user")
 
 
-def build_parser() -> argparse.ArgumentParser:
+COMMANDS = ("check", "resolve", "config", "serve", "session", "sessions", "terminate", "ssm-user",
+            "version")
+CONFIG_PATH = "/etc/runas-agent/config.yaml"  # agent.config.DEFAULT_PATH, without importing it
+SOCKET_PATH = "/run/runas-agent/runas-agent.sock"  # agent.config.SocketConfig's default path
+
+
+class _Skipped:
+    """Stands in for a sub-parser this run does not need: every call is accepted and ignored."""
+
+    def __getattr__(self, name: str) -> Callable[..., _Skipped]:
+        return self._ignore
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> _Skipped:
+        return self
+
+
+class _Only:
+    """Sub-commands of which only ONE (or all, when None) are really built."""
+
+    def __init__(self, sub: Any, only: Optional[str]) -> None:
+        self._sub = sub
+        self._only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> Any:
+        if self._only is None or self._only == name:
+            return self._sub.add_parser(name, **kwargs)
+        return _Skipped()
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole parser, or with ONLY (a command name) just that command's sub-parser.
+
+    Building every sub-parser costs more than most commands do; only the top-level help needs them.
+    """
     from agent import __version__
 
     parser = _Parser(
@@ -69,8 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
         "error. `session` passes the command's status through and uses 255 for its own failures.",
     )
     parser.add_argument("--version", action="version", version=f"runas-agent {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    sub = _Only(subparsers, only)
 
     cfg_help = "config file (default /etc/runas-agent/config.yaml; embedded defaults if absent)"
 
@@ -184,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)
     return parser
+
+
+def _default_socket() -> str:
+    """socket.path of the default config file; the embedded default, unparsed, without one."""
+    import os
+
+    try:
+        os.stat(CONFIG_PATH)
+    except FileNotFoundError:
+        return SOCKET_PATH
+    except OSError:
+        pass  # unreadable: load_config reports it
+    return str(_load(None).socket.path)
 
 
 def _load(path: Optional[str]) -> Any:
@@ -364,7 +411,7 @@ def _client(args: argparse.Namespace) -> Any:
 
     path = args.socket
     if path is None:
-        path = _load(args.config).socket.path
+        path = _default_socket() if args.config is None else _load(args.config).socket.path
     return Client(path)
 
 
@@ -540,7 +587,10 @@ def _usage(message: str) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    only = argv[0] if argv and argv[0] in COMMANDS else None
+    args = build_parser(only).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from agent.errors import AgentError, ConfigError
 
