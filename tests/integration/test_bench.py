@@ -18,7 +18,7 @@ from tests.conftest import REPO, Isolated
 pytestmark = pytest.mark.privileged
 
 TIMED = ("floor", "runas-agent", "runas-agent-pty", "runuser", "su-login", "sudo", "ssh",
-         "check-cold", "python-import-system", "python-import-path")
+         "check-cold", "python-import-system", "python-import-path", "runas-agent-cli")
 
 
 @pytest.mark.timeout(180)
@@ -39,11 +39,12 @@ def test_quick_bench_reports_everything(isolated: Isolated) -> None:
         assert 0 < r["p50_ms"] <= r["p99_ms"], name
         assert r["per_s"] > 0, name
     assert res["ssh"]["p50_ms"] > res["floor"]["p50_ms"]
-    for n in (1, 2, 4):
-        c = res[f"concurrent-{n}"]
-        assert c["failed"] == 0
-        assert c["per_s"] > 0
-        assert c["clients"] == n
+    for key, n in (("concurrent-1", 1), ("concurrent-2", 2), ("concurrent-4", 4),
+                   ("runuser-4", 4)):
+        c = res[key]
+        assert c["failed"] == 0, key
+        assert c["per_s"] > 0, key
+        assert c["clients"] == n, key
     for how in ("terminate", "hangup"):
         r = res["end-latency"][how]
         assert r["n"] >= 10, how
@@ -54,7 +55,8 @@ def test_quick_bench_reports_everything(isolated: Isolated) -> None:
     assert 0 < res["daemon-idle"]["rss_mb"] < 200
     assert set(report["targets"]) == {
         "agent_p50_vs_floor", "agent_p50_vs_runuser", "ssh_over_agent",
-        "starts_per_s_4_clients", "idle_rss_mb", "uss_per_live_session_mb",
+        "cli_p50_vs_import_plus_agent", "check_cold_vs_import", "pty_p50_vs_su_login",
+        "starts_per_s_4_clients_vs_runuser_4", "idle_rss_mb", "uss_per_live_session_mb",
         "concurrent_sessions_held"}
     assert report["ratios"]["runuser"]["x_runuser"] == 1.0
     # The bench removed what it made outside its namespace.
