@@ -1,33 +1,48 @@
 """PAM account and session stages through libpam (ctypes), one handle for a session's whole life.
 
 No authentication stage: the session transport has already authenticated the principal. The
-handle is created, used and ended in the per-session supervisor (a root process that exists for
-this one session), never in the long-lived daemon: modules change the calling process (loginuid,
-resource limits, cgroup, keyring) and the shell child inherits those changes across fork.
+handle lives in a small root process of its own per session (the PAM process, `open_login`),
+forked by the per-session supervisor, never in the supervisor and never in the long-lived
+daemon: modules change the process that calls them (pam_loginuid its loginuid, pam_limits its
+resource limits, pam_umask its umask, pam_systemd its cgroup, pam_group its groups), and a
+user's `hard fsize 8` in the supervisor would stop it writing the audit log (root without
+CAP_SYS_RESOURCE cannot raise a hard limit back). The PAM process reports what the stages set,
+and the supervisor gives that to the shell's process alone.
 
-Call order, following OpenSSH (sshd.c and session.c), implemented by `login()`:
+Call order, following OpenSSH (sshd.c and session.c), implemented by `login()` in the PAM
+process:
 
   1. pam_start(service, user) with a conversation that answers no prompt; PAM_TTY, PAM_RUSER,
      PAM_RHOST set when given.
   2. pam_acct_mgmt: the account stage (expired account, password change forced, /etc/nologin,
      access rules). Any refusal raises AccountRefused and nothing is spawned.
-  3. initgroups semantics in the supervisor: setgroups(getgrouplist(user, gid)).
+  3. initgroups semantics: setgroups(getgrouplist(user, gid)).
   4. pam_setcred(PAM_ESTABLISH_CRED). Credentials may take the form of supplementary groups
      (pam_group adds them to the calling process), so they are established after step 3, which
      would otherwise wipe them; sshd re-establishes them after initgroups for the same reason.
-     The child's group set is then read back with getgroups().
-  5. pam_open_session: pam_loginuid writes this process's /proc/self/loginuid, pam_limits sets its
-     rlimits, pam_systemd moves it into a login session scope, pam_keyinit gives it a fresh
-     session keyring. Credentials come before the session, as pam_setcred(3) requires.
-     What the stages set in this process's resource limits, umask and nice value (pam_limits,
-     pam_umask) is captured and this process's own are put back (agent.proclimits), on success
-     and on failure alike: they are the session's, and would otherwise bind the supervisor (a
-     user's `hard fsize 8` and the supervisor could no longer append to the audit log).
+     The session's group set is then read back with getgroups().
+  5. pam_open_session: pam_loginuid writes the process's /proc/self/loginuid, pam_limits sets
+     its rlimits, pam_systemd moves it into a logind session scope, pam_keyinit gives it a
+     fresh session keyring. Credentials come before the session, as pam_setcred(3) requires.
+     What the stages set in the resource limits, umask and nice value is captured
+     (agent.proclimits).
   6. pam_getenvlist: the PAM environment, for the caller to merge into the session's.
-  7. (caller) fork the child: the captured limits, setgroups(groups from step 4), setresgid,
-     setresuid, exec. The child never calls into PAM and never ends the handle.
-  8. at the end, close(): pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
-     established), pam_end, in that order, as sshd's cleanup does.
+
+The PAM process (`open_login`, `_pam_process`) then sends the supervisor, over a pipe, what
+steps 4-6 set: the groups, the environment, the limits, umask and nice value, the loginuid (when
+pam_loginuid set one) and its cgroup v2 path (when a module moved it, as pam_systemd does); or
+the error, whose reason code comes back as the same AgentError class (account_refused,
+pam_failed). A report is JSON, at most REPORT_MAX bytes. It keeps only stdin, stdout, stderr and
+its two pipes (none of the client's descriptors, not the connection), and ignores SIGHUP, SIGINT
+and SIGTERM: it ends when told to.
+
+  7. (supervisor) fork the shell's child: the captured limits and loginuid (as root), then
+     setgroups(groups from step 4), setresgid, setresuid, exec; the child joins the logind scope
+     at its exec gate, and the PAM process leaves that scope for the supervisor's cgroup.
+  8. at the end, `Opened.close()`: the supervisor says close (or dies: the pipe closes), and the
+     PAM process runs pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
+     established), pam_end, in that order, as sshd's cleanup does, and exits. The supervisor
+     reaps it, and kills it after CLOSE_TIMEOUT.
 
 The library is loaded on first use: importing this module does no work.
 """
@@ -500,7 +515,8 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
           groups: Optional[Sequence[int]] = None,
           setgroups: Callable[[Sequence[int]], None] = os.setgroups,
           getgroups: Callable[[], list[int]] = os.getgroups) -> Login:
-    """Steps 1-6 of the module's call order, in the calling (per-session, root) process.
+    """Steps 1-6 of the module's call order, in the calling process: the PAM process of
+    `open_login` (or a test's own process).
 
     GROUPS: the account's group list when the caller has it already (else getgrouplist).
     On any failure the handle is closed before the error is raised. The caller forks the child
