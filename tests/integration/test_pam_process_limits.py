@@ -11,9 +11,11 @@ the supervisor must never get it in the first place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -135,3 +137,50 @@ def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
     while pam_process.is_running() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pam_process.is_running()
+
+
+def _sig_ignored(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1], 16) for ln in fh if ln.startswith("SigIgn:"))
+
+
+@pytest.mark.parametrize("daemon", ["hard"], indirect=True)
+def test_the_pam_process_holds_nothing_of_the_client_and_ends_with_its_supervisor(
+        daemon: DaemonProc, users: Users) -> None:
+    """The PAM process has none of the client's descriptors (no socket, no terminal), ignores
+    SIGHUP and SIGINT, and ends the PAM session when its supervisor dies (no orphan left)."""
+    sess = daemon.client.start(
+        session_id="pam-proc", principal_arn="arn:aws:iam::1:role/A", tags={TAG: users.alice},
+        run_as_enabled=True, command=PROBE)
+    shell = None
+    try:
+        assert sess.stdout is not None
+        _read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-proc"]
+        supervisor = psutil.Process(record["pid"])
+        shell = record["shell_pid"]
+        (pam_process,) = [p for p in supervisor.children() if p.pid != shell]
+        targets = {fd: os.readlink(f"/proc/{pam_process.pid}/fd/{fd}")
+                   for fd in map(int, os.listdir(f"/proc/{pam_process.pid}/fd"))}
+        held = {fd: t for fd, t in targets.items() if fd > 2}
+        assert all(t.startswith("pipe:") for t in held.values()), targets
+        assert len(held) <= 2, targets  # its report pipe (closed once sent) and its control pipe
+        ignored = _sig_ignored(pam_process.pid)
+        for signum in (signal.SIGHUP, signal.SIGINT):
+            assert ignored & (1 << (signum - 1)), hex(ignored)
+        pam_process.send_signal(signal.SIGHUP)
+        pam_process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        assert pam_process.status() != psutil.STATUS_ZOMBIE
+        supervisor.kill()  # the session's supervisor dies: the PAM process sees its pipe close
+        deadline = time.monotonic() + 20
+        while (pam_process.is_running() and pam_process.status() != psutil.STATUS_ZOMBIE
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        assert (not pam_process.is_running()
+                or pam_process.status() == psutil.STATUS_ZOMBIE), "the PAM process stayed"
+    finally:
+        if shell is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell, signal.SIGKILL)
+        sess.close()
