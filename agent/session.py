@@ -67,7 +67,7 @@ class Started:
     master: Optional[int]  # PTY master kept by the supervisor (resize, idle, shell profile)
     slave_path: Optional[str]
     client_fds: tuple[int, ...]
-    pam: Any  # agent.pam.PamSession or None
+    pam: Any  # agent.pam.Opened (the PAM process) or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
 
