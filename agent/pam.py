@@ -759,15 +759,9 @@ def _read_loginuid() -> Optional[int]:
 
 
 def _own_cgroup() -> Optional[str]:
-    try:
-        with open("/proc/self/cgroup") as fh:
-            text = fh.read()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("0::/"):
-            return line[3:]
-    return None
+    from agent import cgroup
+
+    return cgroup.own_path(cgroup.V2)
 
 
 def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: int, *,
