@@ -16,11 +16,12 @@ Where the sessions live (the daemon sets this up once, agent.cgroup.setup):
 A session (agent.cgroup.SessionCgroup): the supervisor creates the cgroup, and moves the shell's
 process into it while that process waits at the exec gate, dropped but not yet running anything
 of the user's: there is no moment at which a session process is outside it. Where pam_systemd has
-already put the session into a logind scope (`session-N.scope`), that scope is the session's
-cgroup: the child stays there and the supervisor moves itself back out. Ending: SIGHUP (and
-SIGCONT) to every member, then after the grace period `cgroup.kill` (v2), or freeze, SIGKILL
-every member, thaw (v1 freezer, or a v2 kernel before cgroup.kill). A cgroup the supervisor
-created is removed when the session ends.
+put the session into a logind scope (`session-N.scope`: it moves the process that runs PAM's
+session stage, agent.pam's own process, there), that scope is the session's cgroup: the shell's
+process joins it at the gate, and the PAM process leaves it for the supervisor's cgroup.
+Ending: SIGHUP (and SIGCONT) to every member, then after the grace period `cgroup.kill` (v2),
+or freeze, SIGKILL every member, thaw (v1 freezer, or a v2 kernel before cgroup.kill). A
+cgroup the supervisor created is removed when the session ends.
 
 Path logic is pure (parse_*, layout, fs_path, is_logind_scope, session_name); the rest is I/O.
 """
@@ -280,7 +281,7 @@ def sweep(s: Setup) -> int:
         pid = supervisor_of(name)
         if pid is None:
             continue
-        left = SessionCgroup(s.kind, os.path.join(sessions, name), True, None)
+        left = SessionCgroup(s.kind, os.path.join(sessions, name), True)
         if _is_supervisor(pid, left):
             continue
         if left.end(0.0):
@@ -351,15 +352,10 @@ def _write(directory: str, name: str, value: str) -> None:
 class SessionCgroup:
     kind: str
     path: str  # the directory
-    created: bool  # made by the supervisor: removed when the session ends
-    home: Optional[str]  # a logind scope: where the supervisor goes back to before the exec
+    created: bool  # made by the supervisor (removed when the session ends); not a logind scope
 
     def adopt(self, pid: int) -> None:
-        """Put PID (the shell's process, waiting at the exec gate) into the session's cgroup.
-        In a logind scope it is there already (inherited); the supervisor leaves instead."""
-        if self.home is not None:
-            _write(self.home, "cgroup.procs", str(os.getpid()))
-            return
+        """Put PID (the shell's process, waiting at the exec gate) into the session's cgroup."""
         _write(self.path, "cgroup.procs", str(pid))
 
     def members(self) -> list[int]:
@@ -476,13 +472,13 @@ def own_path(kind: str, proc: str = "/proc") -> Optional[str]:
     return own.get("" if kind == V2 else "freezer")
 
 
-def open_session(s: Setup, session_id: str, *, proc: str = "/proc") -> SessionCgroup:
-    """The cgroup for this supervisor's session: the logind scope PAM put it in (pam_systemd),
-    else a new one under the sessions directory. Call after PAM's session stage, before the
-    shell's process is started. Raises OSError."""
-    now = own_path(s.kind, proc)
-    if s.kind == V2 and now is not None and now != s.layout.daemon and is_logind_scope(now):
-        return SessionCgroup(s.kind, s.dir(now), False, s.dir(s.layout.daemon))
+def open_session(s: Setup, session_id: str, *, scope: Optional[str] = None) -> SessionCgroup:
+    """The cgroup for this supervisor's session: SCOPE, the logind scope PAM put the session in
+    (pam_systemd moves the process that runs PAM's session stage there), else a new one under
+    the sessions directory. Call after PAM's session stage, before the shell's process is
+    started. Raises OSError."""
+    if s.kind == V2 and scope is not None and is_logind_scope(scope):
+        return SessionCgroup(s.kind, s.dir(scope), False)
     path = s.dir(child(s.layout.sessions, session_name(session_id, os.getpid())))
     for _ in range(3):
         try:
@@ -492,4 +488,16 @@ def open_session(s: Setup, session_id: str, *, proc: str = "/proc") -> SessionCg
             os.makedirs(os.path.dirname(path), exist_ok=True)
     else:
         os.mkdir(path, 0o755)
-    return SessionCgroup(s.kind, path, True, None)
+    return SessionCgroup(s.kind, path, True)
+
+
+def move(path: str, pid: int, proc: str = "/proc") -> None:
+    """Move PID into the cgroup v2 PATH, found through this process's cgroup2 mount.
+    Raises OSError."""
+    for m in parse_mountinfo(_read(f"{proc}/self/mountinfo")):
+        if m.fstype == "cgroup2":
+            found = fs_path(m, path)
+            if found is not None:
+                _write(found, "cgroup.procs", str(pid))
+                return
+    raise OSError(errno.ENOENT, "no cgroup2 mount shows this cgroup", path)

@@ -1,33 +1,48 @@
 """PAM account and session stages through libpam (ctypes), one handle for a session's whole life.
 
 No authentication stage: the session transport has already authenticated the principal. The
-handle is created, used and ended in the per-session supervisor (a root process that exists for
-this one session), never in the long-lived daemon: modules change the calling process (loginuid,
-resource limits, cgroup, keyring) and the shell child inherits those changes across fork.
+handle lives in a small root process of its own per session (the PAM process, `open_login`),
+forked by the per-session supervisor, never in the supervisor and never in the long-lived
+daemon: modules change the process that calls them (pam_loginuid its loginuid, pam_limits its
+resource limits, pam_umask its umask, pam_systemd its cgroup, pam_group its groups), and a
+user's `hard fsize 8` in the supervisor would stop it writing the audit log (root without
+CAP_SYS_RESOURCE cannot raise a hard limit back). The PAM process reports what the stages set,
+and the supervisor gives that to the shell's process alone.
 
-Call order, following OpenSSH (sshd.c and session.c), implemented by `login()`:
+Call order, following OpenSSH (sshd.c and session.c), implemented by `login()` in the PAM
+process:
 
   1. pam_start(service, user) with a conversation that answers no prompt; PAM_TTY, PAM_RUSER,
      PAM_RHOST set when given.
   2. pam_acct_mgmt: the account stage (expired account, password change forced, /etc/nologin,
      access rules). Any refusal raises AccountRefused and nothing is spawned.
-  3. initgroups semantics in the supervisor: setgroups(getgrouplist(user, gid)).
+  3. initgroups semantics: setgroups(getgrouplist(user, gid)).
   4. pam_setcred(PAM_ESTABLISH_CRED). Credentials may take the form of supplementary groups
      (pam_group adds them to the calling process), so they are established after step 3, which
      would otherwise wipe them; sshd re-establishes them after initgroups for the same reason.
-     The child's group set is then read back with getgroups().
-  5. pam_open_session: pam_loginuid writes this process's /proc/self/loginuid, pam_limits sets its
-     rlimits, pam_systemd moves it into a login session scope, pam_keyinit gives it a fresh
-     session keyring. Credentials come before the session, as pam_setcred(3) requires.
-     What the stages set in this process's resource limits, umask and nice value (pam_limits,
-     pam_umask) is captured and this process's own are put back (agent.proclimits), on success
-     and on failure alike: they are the session's, and would otherwise bind the supervisor (a
-     user's `hard fsize 8` and the supervisor could no longer append to the audit log).
+     The session's group set is then read back with getgroups().
+  5. pam_open_session: pam_loginuid writes the process's /proc/self/loginuid, pam_limits sets
+     its rlimits, pam_systemd moves it into a logind session scope, pam_keyinit gives it a
+     fresh session keyring. Credentials come before the session, as pam_setcred(3) requires.
+     What the stages set in the resource limits, umask and nice value is captured
+     (agent.proclimits).
   6. pam_getenvlist: the PAM environment, for the caller to merge into the session's.
-  7. (caller) fork the child: the captured limits, setgroups(groups from step 4), setresgid,
-     setresuid, exec. The child never calls into PAM and never ends the handle.
-  8. at the end, close(): pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
-     established), pam_end, in that order, as sshd's cleanup does.
+
+The PAM process (`open_login`, `_pam_process`) then sends the supervisor, over a pipe, what
+steps 4-6 set: the groups, the environment, the limits, umask and nice value, the loginuid (when
+pam_loginuid set one) and its cgroup v2 path (when a module moved it, as pam_systemd does); or
+the error, whose reason code comes back as the same AgentError class (account_refused,
+pam_failed). A report is JSON, at most REPORT_MAX bytes. It keeps only stdin, stdout, stderr and
+its two pipes (none of the client's descriptors, not the connection), and ignores SIGHUP, SIGINT
+and SIGTERM: it ends when told to.
+
+  7. (supervisor) fork the shell's child: the captured limits and loginuid (as root), then
+     setgroups(groups from step 4), setresgid, setresuid, exec; the child joins the logind scope
+     at its exec gate, and the PAM process leaves that scope for the supervisor's cgroup.
+  8. at the end, `Opened.close()`: the supervisor says close (or dies: the pipe closes), and the
+     PAM process runs pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
+     established), pam_end, in that order, as sshd's cleanup does, and exits. The supervisor
+     reaps it, and kills it after CLOSE_TIMEOUT.
 
 The library is loaded on first use: importing this module does no work.
 """
@@ -39,12 +54,12 @@ import re
 import sys
 from dataclasses import dataclass
 
-from agent.errors import AccountRefused, PamFailed
+from agent.errors import AccountRefused, AgentError, PamFailed
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
     from collections.abc import Sequence
-    from typing import Any, Callable, Optional
+    from typing import Any, Callable, NoReturn, Optional
 
     from agent.proclimits import ProcessLimits
 
@@ -500,7 +515,8 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
           groups: Optional[Sequence[int]] = None,
           setgroups: Callable[[Sequence[int]], None] = os.setgroups,
           getgroups: Callable[[], list[int]] = os.getgroups) -> Login:
-    """Steps 1-6 of the module's call order, in the calling (per-session, root) process.
+    """Steps 1-6 of the module's call order, in the calling process: the PAM process of
+    `open_login` (or a test's own process).
 
     GROUPS: the account's group list when the caller has it already (else getgrouplist).
     On any failure the handle is closed before the error is raised. The caller forks the child
@@ -537,3 +553,298 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
         proclimits.restore(own)
         raise
     return Login(pam, with_credentials, env, proclimits.changes(own, session), unrestored)
+
+
+# --- the PAM process -----------------------------------------------------------------------------
+
+REPORT_MAX = 1 << 20  # the largest report the PAM process may send (groups, environment...)
+CLOSE_TIMEOUT = 10.0  # seconds the PAM process may take to end the session once told to
+_CLOSE = b"c"
+_UNSET_LOGINUID = 4294967295  # (uid_t)-1: no login uid
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A PAM session opened in its own process (`open_login`): what the session stage set for
+    the session, for the caller to give the session's child, and the process that holds the
+    handle until `close()`."""
+
+    pid: int  # the PAM process, a child of the caller
+    groups: tuple[int, ...]
+    environment: dict[str, str]
+    limits: ProcessLimits
+    loginuid: Optional[int]  # set by the session stage (pam_loginuid), else None
+    cgroup: Optional[str]  # the PAM process's cgroup v2 path once it moved there (pam_systemd)
+    messages: tuple[Message, ...]
+    process: PamProcess
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Tell the PAM process to end the session (pam_close_session, pam_setcred(DELETE),
+        pam_end) and reap it; killed after TIMEOUT seconds. Raises PamFailed when it did not end
+        the session cleanly. Does nothing in a forked copy of the owner; safe to call twice."""
+        self.process.close(timeout)
+
+
+class PamProcess:
+    """The running PAM process, as its parent sees it: its pid and the pipe it waits on."""
+
+    __slots__ = ("_control", "_owner", "pid")
+
+    def __init__(self, pid: int, control: int) -> None:
+        self.pid = pid
+        self._control: Optional[int] = control  # the write end; None once closed
+        self._owner = os.getpid()
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        if self._control is None or os.getpid() != self._owner:
+            return
+        control, self._control = self._control, None
+        try:
+            os.write(control, _CLOSE)
+        except OSError:
+            pass  # it has ended already: the pipe's other end is closed
+        os.close(control)
+        _end_process(self.pid, timeout)
+
+
+class _Gone(Exception):
+    """The PAM process is no longer this process's child (reaped before)."""
+
+
+def _end_process(pid: int, timeout: float) -> None:
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                raise _Gone from None
+            if got == pid:
+                break
+            if time.monotonic() >= deadline:
+                os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid is its own
+                os.waitpid(pid, 0)
+                raise PamFailed(f"the PAM process {pid} did not end the session within "
+                                f"{timeout:g} s: killed")
+            time.sleep(0.01)
+    except _Gone:
+        return
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        raise PamFailed(f"the PAM process {pid} ended the session with exit status {code}")
+
+
+def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
+               ruser: Optional[str] = None, rhost: Optional[str] = None,
+               groups: Optional[Sequence[int]] = None) -> Opened:
+    """`login()` in a process of its own, forked here: the caller's limits, umask, nice value,
+    groups, loginuid and cgroup stay as they are, whatever the session stage does. The process
+    keeps the handle until `Opened.close()` (or until the caller dies: the pipe it waits on
+    closes), then ends the session and exits. A refusal or failure raises the same error
+    `login()` would, after that process has ended. Call from a single-threaded process."""
+    import json
+
+    report_r, report_w = os.pipe()
+    try:
+        control_r, control_w = os.pipe()
+    except OSError:
+        os.close(report_r)
+        os.close(report_w)
+        raise
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (report_r, report_w, control_r, control_w):
+            os.close(fd)
+        raise PamFailed(f"could not start the PAM process: {exc.strerror}") from exc
+    if pid == 0:
+        _pam_process(report_w, control_r, service, user, gid, tty=tty, ruser=ruser,
+                     rhost=rhost, groups=groups)
+    os.close(report_w)
+    os.close(control_r)
+    process = PamProcess(pid, control_w)
+    try:
+        try:
+            data = _read_report(report_r)
+        finally:
+            os.close(report_r)
+        report = json.loads(data.decode("utf-8")) if data else None
+        if not isinstance(report, dict):
+            raise ValueError("no report" if report is None else "not an object")
+        if "error" in report:
+            raise _error(report)
+        opened = _opened(report, process)
+    except BaseException as exc:
+        try:
+            process.close()
+        except PamFailed as problem:  # the first failure is the one to report
+            _warn(f"after a failed PAM login of {user}: {problem}")
+        if isinstance(exc, (ValueError, TypeError, KeyError)):
+            raise PamFailed(f"the PAM process for {user} sent no usable report "
+                            f"({type(exc).__name__}: {exc})") from exc
+        raise
+    return opened
+
+
+def _read_report(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > REPORT_MAX:
+            raise PamFailed(f"the PAM process's report is larger than {REPORT_MAX} bytes")
+        chunks.append(chunk)
+
+
+def _error(report: dict[str, Any]) -> AgentError:
+    """The error the PAM process reported, as the class its reason code names."""
+    kinds: dict[str, type[AgentError]] = {AccountRefused.reason: AccountRefused,
+                                          PamFailed.reason: PamFailed}
+    message, hint = report.get("message"), report.get("hint")
+    if not isinstance(message, str):
+        raise ValueError("an error without a message")
+    return kinds.get(str(report["error"]), PamFailed)(
+        message, hint=hint if isinstance(hint, str) else None)
+
+
+def _opened(report: dict[str, Any], process: PamProcess) -> Opened:
+    from agent.proclimits import ProcessLimits
+
+    def ints(value: Any) -> tuple[int, ...]:
+        if not isinstance(value, list) or not all(type(x) is int for x in value):
+            raise ValueError("not a list of integers")
+        return tuple(value)
+
+    def optional_int(value: Any) -> Optional[int]:
+        if value is not None and type(value) is not int:
+            raise ValueError("not an integer")
+        return value
+
+    env = report["environment"]
+    if not isinstance(env, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ValueError("the environment is not a map of strings")
+    lim = report["limits"]
+    rlimits = []
+    for row in lim["rlimits"]:
+        r, soft, hard = ints(row)
+        rlimits.append((r, soft, hard))
+    limits = ProcessLimits(tuple(rlimits), optional_int(lim["umask"]),
+                           optional_int(lim["nice"]))
+    cg = report["cgroup"]
+    if cg is not None and not isinstance(cg, str):
+        raise ValueError("the cgroup is not a string")
+    messages = []
+    for row in report["messages"]:
+        style, text = row
+        if not isinstance(style, str) or not isinstance(text, str):
+            raise ValueError("a message is not two strings")
+        messages.append(Message(style, text))
+    return Opened(process.pid, ints(report["groups"]), dict(env), limits,
+                  optional_int(report["loginuid"]), cg, tuple(messages), process)
+
+
+def _read_loginuid() -> Optional[int]:
+    try:
+        with open("/proc/self/loginuid") as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _own_cgroup() -> Optional[str]:
+    from agent import cgroup
+
+    return cgroup.own_path(cgroup.V2)
+
+
+def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: int, *,
+                 tty: Optional[str], ruser: Optional[str], rhost: Optional[str],
+                 groups: Optional[Sequence[int]]) -> NoReturn:
+    """The forked PAM process: open the session, report, wait for the word (or EOF), close
+    it, exit. Holds none of its parent's descriptors but stdin, stdout, stderr and its pipes."""
+    code = 2
+    try:
+        import gc
+        import json
+        import signal
+
+        gc.disable()  # no finalizer may close a descriptor number libpam reuses
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # pam_exec and the like wait for theirs
+        _close_all_but((0, 1, 2, report_w, control_r))
+        loginuid, cgroup = _read_loginuid(), _own_cgroup()
+        try:
+            got = login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups)
+        except AgentError as exc:
+            _write_all(report_w, json.dumps({"error": exc.reason, "message": exc.message,
+                                             "hint": exc.hint}).encode())
+            os._exit(0)
+        code = 1
+        now_uid, now_cgroup = _read_loginuid(), _own_cgroup()
+        report = {
+            "groups": list(got.groups), "environment": got.environment,
+            "limits": {"rlimits": [list(row) for row in got.limits.rlimits],
+                       "umask": got.limits.umask, "nice": got.limits.nice},
+            "loginuid": (now_uid if now_uid not in (loginuid, _UNSET_LOGINUID)
+                         else None),
+            "cgroup": now_cgroup if now_cgroup != cgroup else None,
+            "messages": [[m.style, m.text] for m in got.pam.messages],
+        }
+        try:
+            _write_all(report_w, json.dumps(report).encode())
+            os.close(report_w)
+            while True:
+                try:
+                    os.read(control_r, 1)  # the word to close, or EOF: the caller is gone
+                    break
+                except InterruptedError:  # pragma: no cover - retried by Python (PEP 475)
+                    continue
+        except OSError:
+            pass
+        finally:
+            try:
+                got.pam.close()
+                code = 0
+            except PamFailed as exc:
+                os.write(2, f"runas-agent PAM process {os.getpid()}: {exc}\n".encode())
+    except BaseException as exc:  # nothing may escape the forked process
+        try:
+            os.write(2, f"runas-agent PAM process {os.getpid()}: {exc!r}\n".encode())
+        except BaseException:  # noqa: S110 - it is about to _exit either way
+            pass
+    finally:
+        os._exit(code)
+
+
+def _warn(message: str) -> None:
+    try:
+        os.write(2, f"runas-agent {os.getpid()}: {message}\n".encode())
+    except OSError:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _close_all_but(keep: Sequence[int]) -> None:
+    try:
+        fds = sorted(int(name) for name in os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = list(range(os.sysconf("SC_OPEN_MAX")))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,10 +1,10 @@
 """What a process's settings are that PAM session modules change in the calling process:
 resource limits (every RLIMIT_*), the umask and the nice value (pam_limits, pam_umask).
 
-PAM's session stage runs in the session's root supervisor, and must leave the supervisor as it
-was: a user's `hard fsize 8` would otherwise stop the supervisor writing the audit log. So the
-supervisor captures its settings before PAM, captures them again after, puts its own back, and
-hands the difference to the session's child, which applies it before exec. `changes` and the
+PAM's session stage runs in a root process of its own (agent.pam), never in the supervisor: a
+user's `hard fsize 8` would otherwise stop the supervisor writing the audit log. That process
+captures its settings before PAM and again after, and hands the difference to the supervisor,
+which gives it to the session's child, which applies it before exec. `changes` and the
 dataclass are pure; `capture` and `apply` make the system calls.
 """
 

@@ -73,7 +73,7 @@ class Started:
     master: Optional[int]  # PTY master kept by the supervisor (resize, idle, shell profile)
     slave_path: Optional[str]
     client_fds: tuple[int, ...]
-    pam: Any  # agent.pam.PamSession or None
+    pam: Any  # agent.pam.Opened (the PAM process) or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
 
@@ -292,10 +292,14 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                            ruser=req.principal.arn or None)
         extra: dict[str, str] = {}
         limits = None
+        loginuid = None
+        scope: Optional[str] = None
         if login is not None:
-            pam = login.pam
+            pam = login
             extra = dict(login.environment)
-            limits = login.limits  # the session's; this supervisor has its own back
+            limits = login.limits  # the session's; this supervisor's own are untouched
+            loginuid = login.loginuid
+            scope = _logind_scope(ctx, login.cgroup)
             account = dataclasses.replace(account, groups=tuple(sorted(set(login.groups))))
         command = req.command
         profile = _shell_profile(req, ctx)
@@ -312,7 +316,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         # they are gone, whatever init does with orphans. End mode `all` also kills them.
         _become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
-            cgroup = _open_cgroup(ctx, req.session_id)
+            cgroup = _open_cgroup(ctx, req.session_id, scope)
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
@@ -320,6 +324,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         tty_path = pty.slave_path if pty is not None else None
 
         def record_start(pid: int) -> None:
+            if scope is not None:
+                _join_scope(scope, pid, pam.pid)
             if cgroup is not None:
                 _adopt(cgroup, pid)
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
@@ -327,7 +333,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
         try:
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
-                                              tty=pty is not None, limits=limits),
+                                              tty=pty is not None, limits=limits,
+                                              loginuid=loginuid),
                               before_exec=record_start)
         except BaseException:
             if pty is not None:
@@ -354,20 +361,47 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
                ruser: Optional[str]) -> Any:
-    """PAM's account and session stages in this process (loginuid and the logind session are
-    set here and inherited by the shell; the limits, umask and nice value PAM sets come back in
-    the Login, for the shell only), or None when PAM is off or its service is not installed.
-    PAM_RUSER is the principal that asked for the session."""
+    """PAM's account and session stages in a root process of their own (agent.pam.open_login),
+    never in this one: what the stages set (limits, umask, nice value, groups, loginuid, the
+    logind scope) comes back in the returned agent.pam.Opened for the shell alone. None when PAM
+    is off or its service is not installed. PAM_RUSER is the principal that asked for the
+    session."""
     from agent import pam
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    login = pam.login(service, account.name, account.gid, tty=tty, ruser=ruser,
-                      groups=account.groups)
-    for problem in login.unrestored:
-        _warn(f"after the PAM session stage of {account.name}: {problem}")
-    return login
+    return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
+                          groups=account.groups)
+
+
+def _logind_scope(ctx: Context, path: Optional[str]) -> Optional[str]:
+    """PATH, the cgroup the PAM process was moved to, when it is a logind session scope."""
+    if path is None or ctx.sys_platform != "linux":
+        return None
+    from agent import cgroup
+
+    return path if cgroup.is_logind_scope(path) else None
+
+
+def _join_scope(scope: str, pid: int, pam_pid: int) -> None:
+    """The shell's process (PID, at the exec gate) joins the logind scope PAM opened; then the
+    PAM process leaves it for this supervisor's cgroup, so that ending the scope's processes
+    never ends the process that is to close the PAM session."""
+    from agent import cgroup
+
+    try:
+        cgroup.move(scope, pid)
+    except OSError as exc:
+        raise SpawnFailed(f"could not move the session into its logind scope {scope}: "
+                          f"{exc}") from exc
+    own = cgroup.own_path(cgroup.V2)
+    try:
+        if own is None:
+            raise OSError("this process's cgroup is unknown")
+        cgroup.move(own, pam_pid)
+    except OSError as exc:
+        _warn(f"the PAM process stays in the logind scope {scope}: {exc}")
 
 
 def _login_record(ctx: Context, pid: int, account: Account, tty: str) -> None:
@@ -392,15 +426,17 @@ def _logout_record(ctx: Context, pid: int, tty: str) -> None:
         _warn(f"logout record: {exc}")
 
 
-def _open_cgroup(ctx: Context, session_id: str) -> Optional[SessionCgroup]:
-    """The session's own cgroup (None where cgroups are not usable: the process walk ends the
-    session then). Raises SpawnFailed: with cgroups usable, no session runs outside one."""
+def _open_cgroup(ctx: Context, session_id: str,
+                 scope: Optional[str]) -> Optional[SessionCgroup]:
+    """The session's own cgroup: SCOPE, the logind scope PAM opened, if any (None where
+    cgroups are not usable: the process walk ends the session then). Raises SpawnFailed: with
+    cgroups usable, no session runs outside one."""
     if ctx.cgroups is None:
         return None
     from agent import cgroup
 
     try:
-        return cgroup.open_session(ctx.cgroups, session_id)
+        return cgroup.open_session(ctx.cgroups, session_id, scope=scope)
     except OSError as exc:
         raise SpawnFailed(f"could not create the session's cgroup: {exc}") from exc
 
@@ -713,7 +749,7 @@ class _Supervision:
             grace = max(0.0, deadline - time.monotonic())
             cg = self.st.cgroup
             if cg is None or not cg.end(grace):
-                _kill_descendants(grace)
+                _kill_descendants(grace, spare=self.st.pam)
         _reap_all()
         if self.st.cgroup is not None:
             _remove_cgroup(self.st.cgroup)
@@ -745,13 +781,19 @@ def _reap_all() -> None:
             return
 
 
-def _kill_descendants(grace: float) -> None:
+def _kill_descendants(grace: float, *, spare: Any = None) -> None:
     """Kill every process left under this supervisor (it is their subreaper): SIGHUP first,
-    SIGKILL for whatever is still there after GRACE."""
+    SIGKILL for whatever is still there after GRACE. SPARE (agent.pam.Opened): its PAM process
+    is not the session's, and ends the PAM session after this."""
     import psutil
 
     me = psutil.Process()
-    kids = me.children(recursive=True)
+    spared = {spare.pid} if spare is not None else set()
+
+    def children() -> list[psutil.Process]:
+        return [p for p in me.children(recursive=True) if p.pid not in spared]
+
+    kids = children()
     for p in kids:
         try:
             p.send_signal(signal.SIGHUP)
@@ -761,7 +803,7 @@ def _kill_descendants(grace: float) -> None:
     if kids:
         psutil.wait_procs(kids, timeout=grace)
     for _ in range(50):  # processes may fork while being killed; go until none is left
-        left = me.children(recursive=True)
+        left = children()
         if not left:
             break
         for p in left:

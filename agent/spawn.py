@@ -7,8 +7,9 @@ values only, in this order (design §5):
  1. every signal disposition back to default, the signal mask cleared;
  2. a new session; with a terminal, the slave becomes the controlling terminal;
  3. stdin/stdout/stderr onto 0/1/2;
- 4. what the PAM session stage set for the session (resource limits, umask, nice value; the
-    supervisor has its own back), still as root: raising a hard limit or the priority needs it;
+ 4. what the PAM session stage set for the session (resource limits, umask, nice value, and
+    the login uid pam_loginuid set; the stage ran in a process of its own, agent.pam), still
+    as root: raising a hard limit, the priority or setting the login uid needs it;
  5. supplementary groups, then gid, then uid (real, effective, saved);
  6. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
  7. a new session keyring, joined as the account so that it owns it (agent.keyring): the
@@ -62,7 +63,8 @@ class SpawnPlan:
     stdout: int
     stderr: int
     tty: bool  # stdin is a PTY slave, to become the controlling terminal
-    limits: Optional[ProcessLimits] = None  # what PAM's session stage set (pam.Login.limits)
+    limits: Optional[ProcessLimits] = None  # what PAM's session stage set (pam.Opened.limits)
+    loginuid: Optional[int] = None  # the login uid PAM's session stage set (pam.Opened.loginuid)
 
 
 class StageFailed(SpawnFailed):
@@ -344,6 +346,7 @@ class _Prepared:
     signals: tuple[int, ...]
     chdir_warning: bytes
     limits: ProcessLimits
+    loginuid: Optional[bytes]
 
 
 def _prepare(plan: SpawnPlan) -> _Prepared:
@@ -386,8 +389,11 @@ def _prepare(plan: SpawnPlan) -> _Prepared:
     limits = ProcessLimits() if plan.limits is None else plan.limits
     if not isinstance(limits, ProcessLimits):
         raise SpawnFailed("the session's limits are not a ProcessLimits")
+    loginuid = plan.loginuid
+    if loginuid is not None and (type(loginuid) is not int or not 0 <= loginuid < 2**32 - 1):
+        raise SpawnFailed(f"the session's login uid {loginuid!r} is not a uid")
     return _Prepared(ident, path, argv, env, home, stdio, bool(plan.tty), signals, warning,
-                     limits)
+                     limits, None if loginuid is None else str(loginuid).encode())
 
 
 def _require_single_thread() -> None:
@@ -516,6 +522,9 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         if not p.limits.empty:
             stage = "limits"
             proclimits.apply(p.limits)
+        if p.loginuid is not None:
+            stage = "loginuid"
+            _write_loginuid(p.loginuid)
         become(ops, p.ident)
         verify(ops, p.ident)
         session_keyring(ops, p.ident)
@@ -542,6 +551,14 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         _report(report, stage, exc)
     finally:
         os._exit(_EXIT_FAILED)
+
+
+def _write_loginuid(value: bytes) -> None:
+    fd = os.open("/proc/self/loginuid", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value)
+    finally:
+        os.close(fd)
 
 
 def _warn(message: bytes) -> None:

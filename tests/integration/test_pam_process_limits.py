@@ -1,29 +1,28 @@
 """What PAM's session stage sets in the calling process (pam_limits: resource limits and the
 nice value; pam_umask: the umask) reaches the session's processes only, never the root
-supervisor that runs the stage.
+supervisor: the stage runs in a process of its own (agent.pam.open_login).
 
 The attack replayed: `alice fsize 8` (8 KiB) in limits.d, and an audit log already larger than
-that. Had the supervisor kept alice's limit, it could not append `session.started`
-(`audit_failed: File too large`) and every alice session would be refused.
-
-Putting back a hard limit that PAM lowered needs CAP_SYS_RESOURCE. Root has it on a host and
-under the shipped unit; a container's bounding set may lack it, and then the supervisor keeps
-that hard limit: with `hard fsize 8` the audit write fails and the session is refused with
-nothing run (the supervisor never runs a session it cannot record).
+that. Had the supervisor taken alice's limit, it could not append `session.started`
+(`audit_failed: File too large`) and every alice session would be refused. A lowered hard limit
+could not even be put back without CAP_SYS_RESOURCE (which a container's bounding set may lack):
+the supervisor must never get it in the first place.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import psutil
 import pytest
 
-from agent.errors import AgentError
 from tests.conftest import Users
 from tests.support.daemon import REPO, DaemonProc, make_daemon
 
@@ -33,15 +32,6 @@ TAG = "SSMSessionRunAs"
 SERVICE_FILE = os.path.join(REPO, "packaging", "pam", "runas-agent")
 LIMITS_FILE = "/etc/security/limits.d/runas-agent-fsize.conf"
 PAD_BYTES = 64 * 1024  # the audit log before the first session: eight times alice's fsize
-
-
-CAP_SYS_RESOURCE = 24
-
-
-def _has_cap_sys_resource(pid: int) -> bool:
-    with open(f"/proc/{pid}/status") as fh:
-        eff = next(int(ln.split()[1], 16) for ln in fh if ln.startswith("CapEff:"))
-    return bool(eff & (1 << CAP_SYS_RESOURCE))
 
 
 @pytest.fixture
@@ -109,21 +99,8 @@ PROBE = ('echo "fsize=$(ulimit -f) nofile=$(ulimit -n)/$(ulimit -Hn) nice=$(nice
 def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
                                                         users: Users) -> None:
     assert daemon.proc is not None
-    with open(LIMITS_FILE) as fh:
-        hard = fh.readline().split()[1] == "hard"
-    can_raise = _has_cap_sys_resource(daemon.proc.pid)
     size = os.stat(daemon.audit_path).st_size
     assert size >= PAD_BYTES
-    if hard and not can_raise:
-        # The supervisor cannot get its own hard fsize back: refused, nothing run.
-        with pytest.raises(AgentError) as err:
-            daemon.client.start(session_id="pam-fsize", principal_arn="arn:aws:iam::1:role/A",
-                                tags={TAG: users.alice}, run_as_enabled=True,
-                                command="touch /tmp/pam-fsize-ran")
-        assert err.value.reason == "audit_failed"
-        assert not os.path.exists("/tmp/pam-fsize-ran")
-        assert "RLIMIT_FSIZE stays (8192, 8192) instead of (-1, -1)" in daemon.log()
-        return
     sess = daemon.client.start(
         session_id="pam-fsize", principal_arn="arn:aws:iam::1:role/A", tags={TAG: users.alice},
         run_as_enabled=True, command=PROBE)
@@ -140,11 +117,10 @@ def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
         assert shell["limits"]["Max open files"] == ["1234", "2345"]
         assert (shell["umask"], shell["nice"]) == ("0077", "7")
         assert (supervisor["umask"], supervisor["nice"]) == (own["umask"], own["nice"])
-        assert supervisor["limits"]["Max file size"] == own["limits"]["Max file size"]
-        if can_raise:
-            assert supervisor["limits"] == own["limits"]
-        else:  # only the soft nofile could go back up, to the hard limit PAM left
-            assert supervisor["limits"]["Max open files"] == ["2345", "2345"]
+        assert supervisor["limits"] == own["limits"]
+        # PAM ran in a root process of its own, the supervisor's child, held for the session.
+        (pam_process,) = [p for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
     finally:
         if sess.stdin is not None:
             os.close(sess.stdin)
@@ -156,3 +132,55 @@ def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
     assert daemon.events("pam-fsize") == ["session.requested", "session.started",
                                           "session.ended"]
     assert os.stat(daemon.audit_path).st_size > size  # the audit log kept growing
+    # The PAM process closed the session and is gone with its supervisor (reaped, no orphan).
+    deadline = time.monotonic() + 20
+    while pam_process.is_running() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pam_process.is_running()
+
+
+def _sig_ignored(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(ln.split()[1], 16) for ln in fh if ln.startswith("SigIgn:"))
+
+
+@pytest.mark.parametrize("daemon", ["hard"], indirect=True)
+def test_the_pam_process_holds_nothing_of_the_client_and_ends_with_its_supervisor(
+        daemon: DaemonProc, users: Users) -> None:
+    """The PAM process has none of the client's descriptors (no socket, no terminal), ignores
+    SIGHUP and SIGINT, and ends the PAM session when its supervisor dies (no orphan left)."""
+    sess = daemon.client.start(
+        session_id="pam-proc", principal_arn="arn:aws:iam::1:role/A", tags={TAG: users.alice},
+        run_as_enabled=True, command=PROBE)
+    shell = None
+    try:
+        assert sess.stdout is not None
+        _read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-proc"]
+        supervisor = psutil.Process(record["pid"])
+        shell = record["shell_pid"]
+        (pam_process,) = [p for p in supervisor.children() if p.pid != shell]
+        targets = {fd: os.readlink(f"/proc/{pam_process.pid}/fd/{fd}")
+                   for fd in map(int, os.listdir(f"/proc/{pam_process.pid}/fd"))}
+        held = {fd: t for fd, t in targets.items() if fd > 2}
+        assert all(t.startswith("pipe:") for t in held.values()), targets
+        assert len(held) <= 2, targets  # its report pipe (closed once sent) and its control pipe
+        ignored = _sig_ignored(pam_process.pid)
+        for signum in (signal.SIGHUP, signal.SIGINT):
+            assert ignored & (1 << (signum - 1)), hex(ignored)
+        pam_process.send_signal(signal.SIGHUP)
+        pam_process.send_signal(signal.SIGINT)
+        time.sleep(0.2)
+        assert pam_process.status() != psutil.STATUS_ZOMBIE
+        supervisor.kill()  # the session's supervisor dies: the PAM process sees its pipe close
+        deadline = time.monotonic() + 20
+        while (pam_process.is_running() and pam_process.status() != psutil.STATUS_ZOMBIE
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        assert (not pam_process.is_running()
+                or pam_process.status() == psutil.STATUS_ZOMBIE), "the PAM process stayed"
+    finally:
+        if shell is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(shell, signal.SIGKILL)
+        sess.close()

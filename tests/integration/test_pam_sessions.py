@@ -101,7 +101,8 @@ def test_loginuid_is_set_in_the_session_not_in_the_daemon(pam_setup: PamSetup) -
     assert res["refused"] is None
     assert res["status"] == 0, res["output"]
     assert lines(res) == [str(alice.pw_uid), str(alice.pw_uid)]
-    assert res["supervisor_loginuid"] == str(alice.pw_uid)  # set by pam_open_session there
+    assert res["pam_loginuid"] == alice.pw_uid  # set by pam_open_session in the PAM process
+    assert res["supervisor_loginuid"] == pam_setup.daemon_loginuid  # never in the supervisor
     assert read_loginuid() == pam_setup.daemon_loginuid
 
 

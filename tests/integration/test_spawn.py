@@ -722,3 +722,26 @@ def test_the_limits_pam_set_reach_the_session(extra_users: Users) -> None:
     with pytest.raises(StageFailed) as info:
         spawn(SpawnPlan(alice, "true", env_for(alice), 0, 1, 2, tty=False, limits=bad))
     assert info.value.stage == "limits"
+
+
+def test_the_login_uid_pam_set_reaches_the_session_alone(extra_users: Users) -> None:
+    alice = account("alice")
+    with open("/proc/self/loginuid") as fh:
+        own = fh.read()
+    r, w = os.pipe()
+    try:
+        pid = spawn(SpawnPlan(alice, "cat /proc/self/loginuid", env_for(alice), 0, w, w,
+                              tty=False, loginuid=alice.uid))
+    finally:
+        os.close(w)
+    (out,) = drain([r])
+    os.close(r)
+    assert describe_status(wait_exit(pid))["code"] == 0
+    assert out.decode() == str(alice.uid)
+    with open("/proc/self/loginuid") as fh:
+        assert fh.read() == own  # the spawning process keeps its own
+    # Not a uid (a bool, negative, (uid_t)-1 or beyond): refused before anything is forked.
+    for bad in (True, -1, 2**32 - 1, 2**32, "1000"):
+        with pytest.raises(SpawnFailed, match="login uid"):
+            spawn(SpawnPlan(alice, "true", env_for(alice), 0, 1, 2, tty=False,
+                            loginuid=bad))  # type: ignore[arg-type]

@@ -3,9 +3,10 @@
     python -m tests.support.pam_harness '{"user": "alice", "command": "id -u", "pam": true,
                                           "pty": false, "host": "203.0.113.9"}'
 
-It does what the supervisor does, in the same order: agent.pam.login() (start, account stage,
-groups, credentials, session, environment), then a child that becomes the session leader (with
-the PTY as controlling terminal when asked), applies the limits the session stage set, drops
+It does what the supervisor does, in the same order: agent.pam.open_login() (in a process of its
+own: start, account stage, groups, credentials, session, environment), then a child that becomes
+the session leader (with the PTY as controlling terminal when asked), applies the limits and
+the login uid the session stage set, drops
 privileges (setgroups, setresgid, setresuid, verified) and execs `/bin/sh -c COMMAND`;
 utmp/wtmp/lastlog records around a PTY session; at the end the PAM handle is closed. It prints
 one JSON object: what was refused, or the child's output and status, plus what the test needs
@@ -43,7 +44,7 @@ def _read_all(fd: int) -> bytes:
 
 def _child(go_r: int, out_fd: int, tty_fd: Optional[int], *, pw: pwd.struct_passwd,
            groups: list[int], env: dict[str, str], command: str,
-           limits: proclimits.ProcessLimits) -> None:
+           limits: proclimits.ProcessLimits, loginuid: Optional[int]) -> None:
     """Runs in the forked child; never returns."""
     try:
         os.read(go_r, 1)  # wait until the supervisor has written the login record
@@ -67,6 +68,9 @@ def _child(go_r: int, out_fd: int, tty_fd: Optional[int], *, pw: pwd.struct_pass
             os.dup2(out_fd, 1)
             os.dup2(out_fd, 2)
         proclimits.apply(limits)
+        if loginuid is not None:
+            with open("/proc/self/loginuid", "w") as fh:
+                fh.write(str(loginuid))
         os.setgroups(groups)
         os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
         os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
@@ -108,20 +112,23 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     login = None
     if use_pam:
         try:
-            login = agent_pam.login(spec.get("service", agent_pam.DEFAULT_SERVICE), user,
-                                    pw.pw_gid, tty=tty, ruser=spec.get("ruser"),
-                                    rhost=spec.get("host"))
+            login = agent_pam.open_login(spec.get("service", agent_pam.DEFAULT_SERVICE), user,
+                                         pw.pw_gid, tty=tty, ruser=spec.get("ruser"),
+                                         rhost=spec.get("host"))
         except AgentError as exc:
             out["refused"] = {"reason": exc.reason, "message": exc.message, "hint": exc.hint}
             return _finish(out)
         groups = list(login.groups)
         pam_env = login.environment
         limits = login.limits
-        out["messages"] = [[m.style, m.text] for m in login.pam.messages]
+        loginuid = login.loginuid
+        out["messages"] = [[m.style, m.text] for m in login.messages]
     else:
         groups = os.getgrouplist(user, pw.pw_gid)
         pam_env = {}
         limits = proclimits.ProcessLimits()
+        loginuid = None
+    out["pam_loginuid"] = loginuid
     out["pam_env"] = pam_env
     out["groups"] = groups
     env = {"HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "SHELL": pw.pw_shell,
@@ -133,7 +140,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     pid = os.fork()
     if pid == 0:
         _child(go_r, wr, slave, pw=pw, groups=groups, env=env, command=spec["command"],
-               limits=limits)
+               limits=limits, loginuid=loginuid)
     out["spawned"] = True
     os.close(wr)
     os.close(go_r)
@@ -160,8 +167,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if master is not None:
         os.close(master)
     if login is not None:
-        login.pam.close()
-        login.pam.close()  # idempotent
+        login.close()
+        login.close()  # idempotent
     return _finish(out)
 
 

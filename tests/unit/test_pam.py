@@ -171,3 +171,65 @@ def test_service_file_shape() -> None:
                    ("/lib/x86_64-linux-gnu/security", "/usr/lib/x86_64-linux-gnu/security",
                     "/lib/aarch64-linux-gnu/security", "/usr/lib/aarch64-linux-gnu/security",
                     "/lib64/security", "/usr/lib64/security")), module
+
+
+# --- the PAM process's report ------------------------------------------------------------------
+
+
+def test_a_reported_error_comes_back_as_the_class_of_its_reason() -> None:
+    from agent.errors import AccountRefused
+
+    refused = pam._error({"error": "account_refused", "message": "alice: expired",
+                          "hint": "said so"})
+    assert type(refused) is AccountRefused
+    assert (refused.message, refused.hint) == ("alice: expired", "said so")
+    failed = pam._error({"error": "pam_failed", "message": "pam_open_session failed",
+                         "hint": None})
+    assert type(failed) is PamFailed
+    assert failed.hint is None
+    # A reason the PAM process has no business reporting is a PAM failure, never another code.
+    other = pam._error({"error": "root_refused", "message": "m"})
+    assert type(other) is PamFailed
+    with pytest.raises(ValueError, match="without a message"):
+        pam._error({"error": "pam_failed", "message": 7})
+
+
+class _Process:
+    pid = 4242
+
+
+def _report(**over: Any) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "groups": [1000, 27], "environment": {"LANG": "C", "ODD": "\udcff"},
+        "limits": {"rlimits": [[1, 8192, 8192]], "umask": 0o077, "nice": None},
+        "loginuid": 1000, "cgroup": "/user.slice/session-3.scope",
+        "messages": [["info", "hello"]],
+    }
+    report.update(over)
+    return report
+
+
+def test_a_report_is_read_back_exactly() -> None:
+    import json
+
+    from agent.proclimits import ProcessLimits
+
+    sent = json.dumps(_report()).encode()
+    got = pam._opened(json.loads(sent.decode("utf-8")), _Process())  # type: ignore[arg-type]
+    assert got.pid == 4242
+    assert got.groups == (1000, 27)
+    assert got.environment == {"LANG": "C", "ODD": "\udcff"}  # surrogateescape survives
+    assert got.limits == ProcessLimits(((1, 8192, 8192),), 0o077, None)
+    assert (got.loginuid, got.cgroup) == (1000, "/user.slice/session-3.scope")
+    assert got.messages == (pam.Message("info", "hello"),)
+
+
+@pytest.mark.parametrize("bad", [
+    {"groups": ["0"]}, {"groups": [True]}, {"environment": {"A": 1}},
+    {"limits": {"rlimits": [[1, 2]], "umask": None, "nice": None}},
+    {"limits": {"rlimits": [], "umask": "0", "nice": None}}, {"loginuid": "0"},
+    {"cgroup": 1}, {"messages": [["info", 1]]},
+])
+def test_a_malformed_report_is_refused(bad: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, TypeError, KeyError)):
+        pam._opened(_report(**bad), _Process())  # type: ignore[arg-type]
