@@ -52,7 +52,8 @@ def process_start_time(pid: int, *, sys_platform: str = sys.platform,
 
 def _proc_start_time(pid: int) -> Optional[float]:
     """Linux: psutil's create_time() computed the same way (the same float for the same process)
-    from /proc, without importing psutil on every session's start path."""
+    from /proc, without importing psutil on every session's start path; None for a process that
+    has exited (a zombie) as for one that is gone."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as fh:
             stat = fh.read()
@@ -61,8 +62,12 @@ def _proc_start_time(pid: int) -> Optional[float]:
     except (OSError, StopIteration, ValueError, IndexError):
         return None
     try:
-        ticks = stat[stat.rindex(b")") + 2:].split()[19]
-        return float(ticks) / os.sysconf("SC_CLK_TCK") + btime
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            # Exited, only not reaped yet (a supervisor orphaned by a restart waits for init,
+            # which may be slow to reap, or never do it in a container): gone, not live.
+            return None
+        return float(fields[19]) / os.sysconf("SC_CLK_TCK") + btime
     except (ValueError, IndexError):
         return None
 

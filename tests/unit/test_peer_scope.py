@@ -56,7 +56,20 @@ def test_admin_groups_and_the_per_peer_share_are_read() -> None:
                  ).limits.peer_share() == 10
 
 
+def test_the_per_peer_share_of_sessions_is_read() -> None:
+    assert parse("").session.peer_share() == 64
+    assert parse("session: {max_sessions: 10}").session.peer_share() == 2
+    assert parse("session: {max_sessions: 3}").session.peer_share() == 1
+    assert parse("session: {max_sessions: 10, max_sessions_per_peer: 10}"
+                 ).session.peer_share() == 10
+
+
 @pytest.mark.parametrize(("text", "message"), [
+    ("session: {max_sessions_per_peer: 0}", "session.max_sessions_per_peer: must be"),
+    ("session: {max_sessions: 4, max_sessions_per_peer: 5}",
+     "session.max_sessions_per_peer: must be between 1 and session.max_sessions (4)"),
+    ("session: {max_sessions_per_peer: '3'}",
+     "session.max_sessions_per_peer: expected integer or null, got str"),
     ("peers: {admin_groups: ops}", "peers.admin_groups: expected list of string, got str"),
     ("peers: {admin_groups: [1]}", "peers.admin_groups[0]: expected string, got int"),
     ("limits: {max_connections_per_peer: 0}", "limits.max_connections_per_peer: must be"),
