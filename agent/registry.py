@@ -135,7 +135,10 @@ class Registry:
                         os.link(tmp, self._path(session_id))
                         return
                     except FileExistsError:
-                        if self._load_live(session_id) is not None:
+                        # Judged by the process the file names, not by the id it records: on a
+                        # case-insensitive filesystem (macOS) another id's live record answers
+                        # to this path, and must not be taken for a stale one.
+                        if self._names_live_process(session_id):
                             raise SessionExists(
                                 f"session id {session_id!r} is already in use") from None
                         self.remove(session_id)  # stale: its supervisor is gone
@@ -201,6 +204,19 @@ class Registry:
                 out.append(rec)
         out.sort(key=lambda r: (str(r.get("started_at", "")), str(r["id"])))
         return out
+
+    def _names_live_process(self, session_id: str) -> bool:
+        """Does the record at SESSION_ID's path name a live process, whatever id it records?
+        A record that cannot be read names none."""
+        try:
+            fd = os.open(self._path(session_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd) as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        pid = rec.get("pid") if isinstance(rec, dict) else None
+        return (isinstance(pid, int) and not isinstance(pid, bool)
+                and process_start_time(pid) == rec.get("pid_start"))
 
     def _remove_if_stale(self, session_id: str) -> None:
         # Re-check right before removing: a record may have been written meanwhile.
