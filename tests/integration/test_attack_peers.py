@@ -18,7 +18,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import Users, sh
-from tests.integration.test_peers import CLIENT, Holder, Peers, _argv, _as, _kill_group, _list
+from tests.integration.test_peers import (
+    CLIENT,
+    Holder,
+    Peers,
+    _argv,
+    _as,
+    _kill_group,
+    _list,
+    _terminate,
+)
 from tests.integration.test_session_keyring import Ring, _read_until, _values, ring  # noqa: F401
 from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent
 
@@ -265,3 +274,57 @@ then echo alice{i}=found; else echo alice{i}=absent; fi
         alice.wait()
         alice.close()
 
+
+
+# -- ownership cannot be taken over through a session id -----------------------------------------
+
+
+def test_a_colliding_or_reused_session_id_does_not_change_hands(apeers: Peers) -> None:
+    """Peer A starts a session under the id of B's live session: refused `session_exists`,
+    and the session stays B's. Once B's session has ended, A may reuse the id: the new session
+    is A's, and B neither sees nor ends it."""
+    p = apeers
+    with _running(p) as d:
+        held = Holder(p, d, p.b, ("co-1",), "sleep 60")
+        try:
+            assert _start_one(p, d, p.a, "co-1")[0] == "session_exists"
+            (rec,) = _list(p, d, p.b)
+            assert (rec["id"], rec["peer_uid"]) == ("co-1", p.uid(p.b))
+            assert _list(p, d, p.a) == []
+            assert _terminate(p, d, p.a, "co-1")[0] == "session_not_found"
+        finally:
+            held.stop()
+        _wait_gone(d, {"co-1"})
+        reuse = Holder(p, d, p.a, ("co-1",), "sleep 60")
+        try:
+            (rec,) = _list(p, d, p.a)
+            assert (rec["id"], rec["peer_uid"]) == ("co-1", p.uid(p.a))
+            assert _list(p, d, p.b) == []
+            assert _terminate(p, d, p.b, "co-1")[0] == "session_not_found"
+            assert _terminate(p, d, p.a, "co-1") == ["ok", ""]
+            assert reuse.line()["reason"] == "terminated"
+        finally:
+            reuse.stop()
+
+
+# -- admin rights follow the peer's groups as the kernel reports them ---------------------------
+
+
+def test_a_peer_removed_from_the_admin_group_is_no_admin_any_more(apeers: Peers) -> None:
+    """The admin check reads the connecting process's groups from the kernel, not a list the
+    daemon keeps per account: once the admin is taken out of `peers.admin_groups`' group, a
+    new process of that account sees and ends only its own sessions."""
+    p = apeers
+    with _running(p) as d:
+        held = Holder(p, d, p.b, ("ad-1",), "sleep 60")
+        try:
+            assert [r["id"] for r in _list(p, d, p.admin)] == ["ad-1"]
+            sh("gpasswd", "-d", p.admin, p.admin_group)
+            try:
+                assert _list(p, d, p.admin) == []
+                assert _terminate(p, d, p.admin, "ad-1")[0] == "session_not_found"
+            finally:
+                sh("gpasswd", "-a", p.admin, p.admin_group)
+            assert [r["id"] for r in _list(p, d, p.b)] == ["ad-1"]
+        finally:
+            held.stop()
