@@ -175,6 +175,61 @@ def _flood_sessions(p: Peers, d: DaemonProc, share: int) -> None:
     assert _start_one(p, d, p.a, "fl-a-again") == ["started", "exited"]
 
 
+# -- one peer cannot crowd the others out of the socket's queue ---------------------------------
+
+
+def test_a_peer_flooding_the_socket_with_connects_cannot_lock_the_others_out(
+        apeers: Peers) -> None:
+    """Peer A connects in a tight loop from three processes, faster than the daemon can accept
+    and refuse (beyond its share), so the socket's accept queue is full most of the time. Peer
+    B's client must still get through: it waits for room in the queue (within its timeout)
+    instead of failing `unreachable` the moment the queue is full."""
+    p = apeers
+    with _running(p) as d:
+        code = f"""
+import socket, sys, time
+end, said, held = time.monotonic() + 8, False, []
+while time.monotonic() < end:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        s.connect({d.socket!r})
+    except BlockingIOError:  # the queue is full
+        if not said:
+            print("full", flush=True)
+            said = True
+    except OSError:
+        pass
+    held.append(s)  # kept a while: the daemon must accept and refuse each one
+    if len(held) >= 256:
+        for s in held:
+            s.close()
+        held = []
+"""
+        floods = [subprocess.Popen(_argv(p.a, code, p.pkg), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, cwd="/",
+                                   start_new_session=True) for _ in range(3)]
+        try:
+            for f in floods:
+                assert f.stdout is not None
+                ready, _, _ = select.select([f.stdout], [], [], 30)
+                assert ready, "the queue never filled"
+                assert f.stdout.readline() == "full\n"
+            got = _as(p, p.b, CLIENT + f"""
+out = []
+for _ in range(5):
+    try:
+        out.append(Client({d.socket!r}, timeout=30).ping()["type"])
+    except AgentError as e:
+        out.append(e.reason)
+print(json.dumps(out))""")
+            assert got == ["pong"] * 5
+            assert all(f.poll() is None for f in floods), "the flood ended before B was served"
+        finally:
+            for f in floods:
+                _kill_group(f)
+
+
 # -- root's exemptions cannot be claimed from a user namespace ------------------------------------
 
 
