@@ -5,6 +5,7 @@ interpreter), a real daemon, real sockets, inside the isolated namespace."""
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import os
 import pwd
@@ -12,7 +13,7 @@ import select
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -40,13 +41,23 @@ TAG = "SSMSessionRunAs"
 def apeers(users: Users) -> Peers:
     p = Peers(a="apeer-a", b="apeer-b", admin="apeer-adm", group="atransport",
               admin_group="aagentadm", target="apeer-t", pkg=public_copy_of_agent())
-    sh("groupadd", p.group)
-    sh("groupadd", p.admin_group)
-    for name in (p.a, p.b):
-        sh("useradd", "-m", "-s", "/bin/sh", "-G", p.group, "--", name)
-    sh("useradd", "-m", "-s", "/bin/sh", "-G", f"{p.group},{p.admin_group}", "--", p.admin)
-    sh("useradd", "-m", "-s", "/bin/sh", "--", p.target)
+    # The module's tests may run apart (a selection of node ids): the accounts may exist.
+    for group in (p.group, p.admin_group):
+        if not _exists(grp.getgrnam, group):
+            sh("groupadd", group)
+    for name, groups in ((p.a, p.group), (p.b, p.group),
+                         (p.admin, f"{p.group},{p.admin_group}"), (p.target, "")):
+        if not _exists(pwd.getpwnam, name):
+            sh("useradd", "-m", "-s", "/bin/sh", *(("-G", groups) if groups else ()), "--", name)
     return p
+
+
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _config(p: Peers, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
