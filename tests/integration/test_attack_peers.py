@@ -10,6 +10,7 @@ import json
 import os
 import pwd
 import select
+import shutil
 import subprocess
 import time
 import uuid
@@ -38,7 +39,7 @@ TAG = "SSMSessionRunAs"
 
 
 @pytest.fixture(scope="module")
-def apeers(users: Users) -> Peers:
+def apeers(users: Users) -> Iterator[Peers]:
     p = Peers(a="apeer-a", b="apeer-b", admin="apeer-adm", group="atransport",
               admin_group="aagentadm", target="apeer-t", pkg=public_copy_of_agent())
     # The module's tests may run apart (a selection of node ids): the accounts may exist.
@@ -49,7 +50,8 @@ def apeers(users: Users) -> Peers:
                          (p.admin, f"{p.group},{p.admin_group}"), (p.target, "")):
         if not _exists(pwd.getpwnam, name):
             sh("useradd", "-m", "-s", "/bin/sh", *(("-G", groups) if groups else ()), "--", name)
-    return p
+    yield p
+    shutil.rmtree(p.pkg, ignore_errors=True)
 
 
 def _exists(lookup: Callable[[str], object], name: str) -> bool:
