@@ -30,20 +30,52 @@ MAX_REPLY = 16 * 1024 * 1024
 
 def _connect(path: str, timeout: Optional[float], server_uid: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
     try:
-        sock.connect(path)
+        _connect_waiting(sock, path, timeout)
     except OSError as exc:
         sock.close()
         raise Unreachable(f"cannot reach the agent at {path}: {exc.strerror or exc}",
                           hint="is `runas-agent serve` running, and may you use its socket?"
                           ) from None
+    sock.settimeout(timeout)
     try:
         _check_server(sock, path, server_uid)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def _connect_waiting(sock: socket.socket, path: str, timeout: Optional[float]) -> None:
+    """Connect SOCK to PATH, waiting up to TIMEOUT for room in the daemon's accept queue.
+    A socket with a timeout connects without blocking, and a Unix socket's connect then fails
+    at once (EAGAIN) whenever the queue is full: one peer connecting in a loop would lock
+    every other client out. A blocking connect waits in the kernel for room instead; on Linux
+    SO_SNDTIMEO bounds that wait. Elsewhere, or where the option cannot be set, the connect
+    does not wait."""
+    import sys
+
+    sock.settimeout(None)  # not socket.getdefaulttimeout(): blocking
+    if timeout is None:
+        sock.connect(path)
+        return
+    if sys.platform.startswith("linux") and timeout > 0:
+        import struct
+
+        sec = int(timeout)
+        wait = struct.pack("@ll", sec, max(1, int((timeout - sec) * 1000000)))
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, wait)
+        except OSError:
+            pass
+        else:
+            try:
+                sock.connect(path)  # blocking: the socket has no timeout yet
+            finally:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bytes(len(wait)))
+            return
+    sock.settimeout(timeout)
+    sock.connect(path)
 
 
 def _check_server(sock: socket.socket, path: str, server_uid: int) -> None:

@@ -65,6 +65,9 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class SessionConfig:
     max_sessions: int = 256
+    # Live sessions started by one peer uid (other than root); null: a quarter of max_sessions,
+    # at least 1.
+    max_sessions_per_peer: Optional[int] = None
     max_duration: float = 0.0  # seconds, 0 = unlimited
     idle_timeout: float = 0.0  # seconds, 0 = unlimited
     grace_period: float = 5.0
@@ -72,6 +75,11 @@ class SessionConfig:
     pam: bool = True  # Linux: used when /etc/pam.d/<pam_service> exists; false turns PAM off
     pam_service: str = "runas-agent"
     state_dir: str = "/run/runas-agent/sessions"  # one record per live session
+
+    def peer_share(self) -> int:
+        if self.max_sessions_per_peer is not None:
+            return self.max_sessions_per_peer
+        return max(1, self.max_sessions // 4)
 
 
 @dataclass(frozen=True)
@@ -239,6 +247,11 @@ def _check_values(cfg: Config) -> None:
             f"session.pam_service: {cfg.session.pam_service!r} is not a PAM service name",
             hint="a file name in /etc/pam.d: letters, digits, '.', '_' and '-'",
         )
+    sessions_share = cfg.session.max_sessions_per_peer
+    if sessions_share is not None and not 1 <= sessions_share <= cfg.session.max_sessions:
+        raise ConfigError(
+            f"session.max_sessions_per_peer: must be between 1 and session.max_sessions "
+            f"({cfg.session.max_sessions}), got {sessions_share}")
     share = cfg.limits.max_connections_per_peer
     if share is not None and not 1 <= share <= cfg.limits.max_connections:
         raise ConfigError(

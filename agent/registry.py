@@ -52,7 +52,8 @@ def process_start_time(pid: int, *, sys_platform: str = sys.platform,
 
 def _proc_start_time(pid: int) -> Optional[float]:
     """Linux: psutil's create_time() computed the same way (the same float for the same process)
-    from /proc, without importing psutil on every session's start path."""
+    from /proc, without importing psutil on every session's start path; None for a process that
+    has exited (a zombie) as for one that is gone."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as fh:
             stat = fh.read()
@@ -61,8 +62,12 @@ def _proc_start_time(pid: int) -> Optional[float]:
     except (OSError, StopIteration, ValueError, IndexError):
         return None
     try:
-        ticks = stat[stat.rindex(b")") + 2:].split()[19]
-        return float(ticks) / os.sysconf("SC_CLK_TCK") + btime
+        fields = stat[stat.rindex(b")") + 2:].split()
+        if fields[0] in (b"Z", b"X"):
+            # Exited, only not reaped yet (a supervisor orphaned by a restart waits for init,
+            # which may be slow to reap, or never do it in a container): gone, not live.
+            return None
+        return float(fields[19]) / os.sysconf("SC_CLK_TCK") + btime
     except (ValueError, IndexError):
         return None
 
@@ -130,7 +135,10 @@ class Registry:
                         os.link(tmp, self._path(session_id))
                         return
                     except FileExistsError:
-                        if self._load_live(session_id) is not None:
+                        # Judged by the process the file names, not by the id it records: on a
+                        # case-insensitive filesystem (macOS) another id's live record answers
+                        # to this path, and must not be taken for a stale one.
+                        if self._names_live_process(session_id):
                             raise SessionExists(
                                 f"session id {session_id!r} is already in use") from None
                         self.remove(session_id)  # stale: its supervisor is gone
@@ -196,6 +204,19 @@ class Registry:
                 out.append(rec)
         out.sort(key=lambda r: (str(r.get("started_at", "")), str(r["id"])))
         return out
+
+    def _names_live_process(self, session_id: str) -> bool:
+        """Does the record at SESSION_ID's path name a live process, whatever id it records?
+        A record that cannot be read names none."""
+        try:
+            fd = os.open(self._path(session_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with os.fdopen(fd) as fh:
+                rec = json.load(fh)
+        except (OSError, ValueError):
+            return False
+        pid = rec.get("pid") if isinstance(rec, dict) else None
+        return (isinstance(pid, int) and not isinstance(pid, bool)
+                and process_start_time(pid) == rec.get("pid_start"))
 
     def _remove_if_stale(self, session_id: str) -> None:
         # Re-check right before removing: a record may have been written meanwhile.

@@ -69,10 +69,11 @@ class Daemon:
     cgroups: Optional[Setup] = None  # set up for end mode `all` (agent.cgroup)
     _cgroups_tried: bool = False
     _conns: dict[int, _Conn] = field(default_factory=dict)
-    _children: set[int] = field(default_factory=set)
-    # Supervisors of sessions started before this daemon process (pid -> start time); only they
-    # need the registry: this daemon's own are its children.
-    _foreign: dict[int, Optional[float]] = field(default_factory=dict)
+    # This daemon's supervisors: pid -> the uid of the peer that started the session.
+    _children: dict[int, int] = field(default_factory=dict)
+    # Supervisors of sessions started before this daemon process (pid -> start time, peer uid);
+    # only they need the registry: this daemon's own are its children.
+    _foreign: dict[int, tuple[Optional[float], Optional[int]]] = field(default_factory=dict)
     _allowed_gids: frozenset[int] = frozenset()
     _admin_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
@@ -97,7 +98,7 @@ class Daemon:
         sel.register(self.listener, selectors.EVENT_READ, "listen")
         sel.register(wake_r, selectors.EVENT_READ, "wake")
         live = self.registry.live(include_starting=True)
-        self._foreign = {int(r["pid"]): r.get("pid_start") for r in live}
+        self._foreign = {int(r["pid"]): (r.get("pid_start"), _peer_uid(r)) for r in live}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
         self._setup_cgroups()
         prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
@@ -380,20 +381,31 @@ class Daemon:
         if not signal_process(int(rec["pid"]), rec.get("pid_start"), signal.SIGTERM):
             raise SessionNotFound(f"no live session {session_id!r} on this node")
 
-    def _live_sessions(self) -> int:
-        # O(sessions started elsewhere), not O(all live sessions): reading every record on each
-        # start cost 60 ms per start with 1000 live sessions (bench/run, docs/performance.md).
+    def _live_sessions(self) -> list[Optional[int]]:
+        """The peer uid of every live session (None: a record that does not say).
+        O(sessions started elsewhere) system calls, not O(all live sessions): reading every
+        record on each start cost 60 ms per start with 1000 live sessions (bench/run,
+        docs/performance.md)."""
         from agent.registry import process_start_time
 
-        for pid, start in list(self._foreign.items()):
+        for pid, (start, _owner) in list(self._foreign.items()):
             if pid in self._children or process_start_time(pid) != start:
                 del self._foreign[pid]
-        return len(self._children) + len(self._foreign)
+        return [*self._children.values(), *(owner for _start, owner in self._foreign.values())]
 
     def _start(self, sel: selectors.BaseSelector, conn: _Conn, req: protocol.StartRequest) -> None:
         limit = self.cfg.session.max_sessions
-        if self._live_sessions() >= limit:
+        owners = self._live_sessions()
+        if len(owners) >= limit:
             exc = LimitReached(f"the node's limit of {limit} live sessions is reached")
+            self._audit_denied(conn, req, exc)
+            raise exc
+        # One peer cannot take every session: the same rule as for connections, root excepted.
+        share = self.cfg.session.peer_share()
+        uid = conn.peer.uid
+        if uid != 0 and owners.count(uid) >= share:
+            self.log.warning("session.peer_limit_reached", peer_uid=uid, share=share)
+            exc = LimitReached(f"uid {uid} already has {share} live sessions; try again later")
             self._audit_denied(conn, req, exc)
             raise exc
         try:
@@ -415,7 +427,7 @@ class Daemon:
                     os._exit(1)
             finally:
                 os._exit(code)
-        self._children.add(pid)
+        self._children[pid] = conn.peer.uid
         conn.sock.close()
 
     def _audit_denied(self, conn: _Conn, req: protocol.StartRequest, exc: AgentError) -> None:
@@ -466,7 +478,7 @@ class Daemon:
                 return
             if pid == 0:
                 return
-            self._children.discard(pid)
+            self._children.pop(pid, None)
 
 
 def signal_process(pid: int, start: Optional[float], signum: int) -> bool:
@@ -495,6 +507,11 @@ def signal_process(pid: int, start: Optional[float], signum: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _peer_uid(rec: dict[str, Any]) -> Optional[int]:
+    owner = rec.get("peer_uid")
+    return owner if isinstance(owner, int) and not isinstance(owner, bool) else None
 
 
 def _keep_paths(new: Config, old: Config) -> Config:

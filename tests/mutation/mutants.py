@@ -219,6 +219,27 @@ MUTANTS: tuple[Mutant, ...] = (
            "        (lambda *a, **k: None)(\"session"
            ".terminate_requested\", session_id=session_id,\n",
            ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
+    Mutant("no-per-peer-session-share", "agent/server.py",
+           "if uid != 0 and owners.count(uid) >= share:",
+           "if False:",
+           ("tests/integration/test_attack_peers.py::test_one_peer_cannot_take_every_session",)),
+    Mutant("exited-supervisor-counts-as-live", "agent/registry.py",
+           "        if fields[0] in (b\"Z\", b\"X\"):\n",
+           "        if False:\n",
+           ("tests/unit/test_registry_liveness.py::"
+            "test_an_exited_process_not_yet_reaped_is_gone",)),
+    Mutant("claim-judges-a-record-by-its-id", "agent/registry.py",
+           "                        if self._names_live_process(session_id):\n",
+           "                        if self._load_live(session_id) is not None:\n",
+           ("tests/unit/test_registry_liveness.py::"
+            "test_a_claim_never_removes_the_record_of_a_live_session",)),
+    Mutant("client-gives-up-on-a-full-queue", "agent/client.py",
+           "                sock.connect(path)  # blocking: the socket has no timeout yet\n",
+           "                sock.settimeout(timeout)\n                sock.connect(path)\n",
+           ("tests/unit/test_peer_scope.py::"
+            "test_a_full_accept_queue_makes_the_client_wait_not_fail",
+            "tests/integration/test_attack_peers.py::"
+            "test_a_peer_flooding_the_socket_with_connects_cannot_lock_the_others_out")),
     # -- end mode `all` means all ------------------------------------------------------------
     Mutant("session-outside-its-cgroup", "agent/session.py",
            "                _adopt(cgroup, pid)\n",

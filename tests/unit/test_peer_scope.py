@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from agent import protocol
 from agent.client import Client
 from agent.config import LimitsConfig, parse
-from agent.errors import ConfigError, UntrustedServer
+from agent.errors import ConfigError, Unreachable, UntrustedServer
 from agent.peer import Peer, is_admin, may_see
 from agent.server import check_socket_path
 
@@ -56,7 +57,20 @@ def test_admin_groups_and_the_per_peer_share_are_read() -> None:
                  ).limits.peer_share() == 10
 
 
+def test_the_per_peer_share_of_sessions_is_read() -> None:
+    assert parse("").session.peer_share() == 64
+    assert parse("session: {max_sessions: 10}").session.peer_share() == 2
+    assert parse("session: {max_sessions: 3}").session.peer_share() == 1
+    assert parse("session: {max_sessions: 10, max_sessions_per_peer: 10}"
+                 ).session.peer_share() == 10
+
+
 @pytest.mark.parametrize(("text", "message"), [
+    ("session: {max_sessions_per_peer: 0}", "session.max_sessions_per_peer: must be"),
+    ("session: {max_sessions: 4, max_sessions_per_peer: 5}",
+     "session.max_sessions_per_peer: must be between 1 and session.max_sessions (4)"),
+    ("session: {max_sessions_per_peer: '3'}",
+     "session.max_sessions_per_peer: expected integer or null, got str"),
     ("peers: {admin_groups: ops}", "peers.admin_groups: expected list of string, got str"),
     ("peers: {admin_groups: [1]}", "peers.admin_groups[0]: expected string, got int"),
     ("limits: {max_connections_per_peer: 0}", "limits.max_connections_per_peer: must be"),
@@ -136,3 +150,62 @@ def test_the_client_sends_nothing_to_a_server_of_another_uid(tmp_path: Path) -> 
 
 def test_by_default_the_client_wants_root() -> None:
     assert Client().server_uid == 0
+
+
+def _full_queue(path: str) -> socket.socket:
+    """A listening socket at PATH whose accept queue is full (of connections already closed)."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(0)
+    fillers = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            break
+        fillers.append(s)
+    for s in fillers:
+        s.close()  # still queued: the server has not accepted them
+    return server
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: SO_SNDTIMEO on connect")
+def test_a_full_accept_queue_makes_the_client_wait_not_fail(tmp_path: Path) -> None:
+    """One peer connecting in a loop keeps the daemon's accept queue full most of the time; a
+    client that gave up at once (EAGAIN) whenever it is full would be locked out. Here the
+    queue is full when the client connects, and the server starts accepting a moment later."""
+    path = str(tmp_path / "q.sock")
+    server = _full_queue(path)
+
+    def serve() -> None:
+        threading.Event().wait(0.3)
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                if conn.recv(65536):
+                    conn.sendall(protocol.encode(protocol.reply("pong", version="x", pid=1)))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        assert Client(path, timeout=30, server_uid=os.getuid()).ping()["type"] == "pong"
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: SO_SNDTIMEO on connect")
+def test_the_wait_for_room_in_the_queue_is_bounded_by_the_timeout(tmp_path: Path) -> None:
+    server = _full_queue(str(tmp_path / "q.sock"))
+    try:
+        with pytest.raises(Unreachable, match="cannot reach the agent"):
+            Client(str(tmp_path / "q.sock"), timeout=0.2, server_uid=os.getuid()).ping()
+    finally:
+        server.close()
