@@ -550,6 +550,7 @@ class Daemon:
         sig = session.Signals()
         os.setsid()
         name = _set_process_name(SPARE_NAME, self.sys_platform)
+        session.prewarm(self.sys_platform)
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
