@@ -117,7 +117,8 @@ class Daemon:
         self._foreign = {int(r["pid"]): r.get("pid_start") for r in live}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
         self._setup_cgroups()
-        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
+        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all",
+                         sys_platform=self.sys_platform)
         self._fork_spare(sel)
         self.on_ready()
         try:
@@ -550,7 +551,6 @@ class Daemon:
         sig = session.Signals()
         os.setsid()
         name = _set_process_name(SPARE_NAME, self.sys_platform)
-        session.prewarm(self.sys_platform)
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
@@ -716,23 +716,21 @@ SUPERVISOR_MODULES = (
 )
 
 
-def prepare_for_fork(*, end_mode_all: bool = False) -> None:
+def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.platform) -> None:
     """Import the supervisor's modules (psutil too when sessions end in mode `all`, which uses
-    it), load the NSS modules with one lookup each, then move everything allocated so far out of
-    the garbage collector's reach (gc.freeze), so a forked supervisor neither re-imports nor
-    copies pages that collections would touch."""
+    it), ctypes and every NSS module of the passwd and group chains (agent.session.prewarm),
+    then move everything allocated so far out of the garbage collector's reach (gc.freeze), so
+    a forked supervisor neither re-imports nor copies pages that collections would touch.
+    ctypes alone, imported in each supervisor, cost 1.3 MB of private memory per session;
+    imported here, 0.5 MB once (docs/performance.md)."""
     import gc
-    import grp
     import importlib
-    import pwd
 
     for name in (*SUPERVISOR_MODULES, *(("psutil",) if end_mode_all else ())):
         importlib.import_module(name)
-    for lookup in (lambda: pwd.getpwuid(0), lambda: grp.getgrgid(0)):
-        try:
-            lookup()
-        except KeyError:
-            pass
+    from agent import session
+
+    session.prewarm(sys_platform)
     gc.collect()
     gc.freeze()
 

@@ -102,18 +102,18 @@ class Signals:
 
 
 def prewarm(sys_platform: str) -> None:
-    """Do ahead of a session what every session's start would do first: load ctypes (the
-    subreaper call, the keyring calls) and every NSS module of the passwd and group chains
-    (a lookup that misses and a group list walk every source). Called by an idle spare
-    supervisor, so none of it is on a start's path; nothing here depends on the session."""
+    """Do once, before supervisors are forked, what every session's start would otherwise do
+    in its own supervisor: load ctypes (the subreaper call, the keyring calls) and every NSS
+    module of the passwd and group chains (a lookup that misses and a group list walk every
+    source). Nothing here depends on a session."""
+    import ctypes
     import grp
     import pwd
 
     if sys_platform == "linux":
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True)
     for lookup in (lambda: pwd.getpwnam(PREWARM_NAME), lambda: grp.getgrnam(PREWARM_NAME),
+                   lambda: pwd.getpwuid(0), lambda: grp.getgrgid(0),
                    lambda: os.getgrouplist("root", 0)):
         try:
             lookup()
