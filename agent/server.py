@@ -2,8 +2,17 @@
 
 For every connection: read the peer's credentials from the kernel and check them before reading
 anything; enforce the connection limit and a read deadline; parse exactly one request frame; then
-either answer it (ping, list, terminate) or fork the session's supervisor (start), which takes the
-connection over. The daemon itself never drops privileges and never waits on a session.
+either answer it (ping, list, terminate) or give the connection to the session's supervisor
+(start), which takes it over. The daemon itself never drops privileges and never waits on a
+session.
+
+The supervisor is forked ahead of its request: a spare, waiting on a socket pair only the daemon
+holds the other end of, receives the connection (SCM_RIGHTS), the peer's credentials as the
+daemon read them, the start request and any bytes that followed it; the daemon forks the next
+spare after handing over. Without a spare (its fork failed, or it died), the start forks its
+supervisor itself, as before. A spare is the daemon's child in its own session, as a supervisor
+is; it exits when its channel ends (the daemon stopped, crashed or let it go on reload), so it
+never outlives the daemon, while the supervisors it became do.
 """
 
 from __future__ import annotations
@@ -301,6 +310,8 @@ class Daemon:
             self._close(sel, conn)
 
     def _next_deadline(self) -> Optional[float]:
+        if self._want_spare:
+            return 0.0  # forked at the end of the next turn of the loop
         deadlines = [c.deadline for c in self._conns.values()]
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
@@ -651,9 +662,12 @@ def _await_handover(chan: socket.socket, sig: Any) -> Optional[
     # A handover that came with a SIGTERM is taken: the session then ends as terminated, on
     # record, before its shell starts.
     data, fds, _flags, _addr = socket.recv_fds(chan, 65536, 1)
-    sock = socket.socket(fileno=fds[0]) if fds else None
     for extra in fds[1:]:  # pragma: no cover - the daemon sends one
         os.close(extra)
+    sock = None
+    if fds:
+        os.set_inheritable(fds[0], False)  # as accept() made it in the daemon
+        sock = socket.socket(fileno=fds[0])
     try:
         frames = protocol.FrameDecoder(HANDOVER_MAX)
         frames.push(data)

@@ -141,6 +141,12 @@ def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
         assert load.children_of(_pid(daemon)) == [spare]
         assert _status(spare)["Name"] != SPARE_NAME
         assert started["user"] == users.alice
+        # The connection it was handed is close-on-exec, as accept() makes it.
+        for fd in os.listdir(f"/proc/{spare}/fd"):
+            if os.readlink(f"/proc/{spare}/fd/{fd}").startswith("socket:"):
+                with open(f"/proc/{spare}/fdinfo/{fd}") as fh:
+                    flags = int(next(x for x in fh if x.startswith("flags:")).split()[1], 8)
+                assert flags & os.O_CLOEXEC, fd
         assert daemon.events("spare-held") == ["session.requested", "session.started"]
         daemon.client.terminate("spare-held")
         assert sess.wait()["reason"] == "terminated"
