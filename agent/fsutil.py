@@ -20,7 +20,6 @@ import errno
 import fcntl
 import os
 import re
-import secrets
 import stat
 from dataclasses import dataclass
 
@@ -62,7 +61,7 @@ def full_fsync(fd: int) -> None:
 
 def temp_name(name: str) -> str:
     """A fresh dotted temp name for NAME (same directory)."""
-    return f".{name}.{secrets.token_hex(_TOKEN_BYTES)}"
+    return f".{name}.{os.urandom(_TOKEN_BYTES).hex()}"
 
 
 def is_temp_name(entry: str, name: str) -> bool:

@@ -64,6 +64,10 @@ class FrameDecoder:
     def pending(self) -> int:
         return len(self._buf)
 
+    def buffered(self) -> bytes:
+        """The bytes received and not yet popped."""
+        return bytes(self._buf)
+
     def push(self, data: bytes) -> None:
         self._buf += data
 

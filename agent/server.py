@@ -2,8 +2,17 @@
 
 For every connection: read the peer's credentials from the kernel and check them before reading
 anything; enforce the connection limit and a read deadline; parse exactly one request frame; then
-either answer it (ping, list, terminate) or fork the session's supervisor (start), which takes the
-connection over. The daemon itself never drops privileges and never waits on a session.
+either answer it (ping, list, terminate) or give the connection to the session's supervisor
+(start), which takes it over. The daemon itself never drops privileges and never waits on a
+session.
+
+The supervisor is forked ahead of its request: a spare, waiting on a socket pair only the daemon
+holds the other end of, receives the connection (SCM_RIGHTS), the peer's credentials as the
+daemon read them, the start request and any bytes that followed it; the daemon forks the next
+spare after handing over. Without a spare (its fork failed, or it died), the start forks its
+supervisor itself, as before. A spare is the daemon's child in its own session, as a supervisor
+is; it exits when its channel ends (the daemon stopped, crashed or let it go on reload), so it
+never outlives the daemon, while the supervisors it became do.
 """
 
 from __future__ import annotations
@@ -48,10 +57,23 @@ class _Conn:
     deadline: float
     decoder: protocol.FrameDecoder
     out: bytes = b""  # a reply being written; the connection closes once it is sent
+    request: Optional[dict[str, Any]] = None  # the request frame, once read
+
+
+@dataclass
+class _Spare:
+    """A supervisor forked ahead of demand, waiting for a connection on its channel."""
+
+    pid: int
+    chan: socket.socket  # the daemon's end of their socket pair
 
 
 LIST_COMMAND_MAX = 1024  # `list` shows at most this much of a session's command
 ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
+HANDOVER_TIMEOUT = 2.0  # seconds a handover to the spare supervisor may take
+SPARE_EXIT_WAIT = 1.0  # seconds a stopping daemon waits for its spare to exit
+SPARE_NAME = "runas-spare"  # an idle spare's process name (ps, /proc/PID/comm; Linux)
+HANDOVER_MAX = 1 << 24  # the largest handover frame a spare accepts
 
 
 @dataclass
@@ -74,6 +96,10 @@ class Daemon:
     # Supervisors of sessions started before this daemon process (pid -> start time, peer uid);
     # only they need the registry: this daemon's own are its children.
     _foreign: dict[int, tuple[Optional[float], Optional[int]]] = field(default_factory=dict)
+    # The supervisor of the next session, forked before it is asked for (off the start's path).
+    _spare: Optional[_Spare] = None
+    _want_spare: bool = False
+    _retired: set[int] = field(default_factory=set)  # spares let go, not reaped yet
     _allowed_gids: frozenset[int] = frozenset()
     _admin_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
@@ -101,13 +127,17 @@ class Daemon:
         self._foreign = {int(r["pid"]): (r.get("pid_start"), _peer_uid(r)) for r in live}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
         self._setup_cgroups()
-        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all")
+        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all",
+                         sys_platform=self.sys_platform)
+        self._fork_spare(sel)
         self.on_ready()
         try:
             while not self._stop:
                 for key, mask in sel.select(self._next_deadline()):
                     self._event(sel, key, mask)
                 self._reap()
+                if self._want_spare and not self._stop:
+                    self._fork_spare(sel)
                 self._expire(sel)
                 self._resume_accepting(sel)
                 if self._hup:
@@ -116,6 +146,7 @@ class Daemon:
         finally:
             self.on_stopping()
             self.log.info("daemon.stopping", live_sessions=len(self._children))
+            self._drop_spare(wait=SPARE_EXIT_WAIT)
             if self.cgroups is not None:
                 from agent import cgroup
 
@@ -168,6 +199,9 @@ class Daemon:
         self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
         self._admin_gids = _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")
         self._setup_cgroups()
+        # The spare was forked with the old configuration: a new one takes its place.
+        self._drop_spare()
+        self._want_spare = True
         self.log.info("config.reloaded")
 
     def _setup_cgroups(self) -> None:
@@ -277,6 +311,8 @@ class Daemon:
             self._close(sel, conn)
 
     def _next_deadline(self) -> Optional[float]:
+        if self._want_spare:
+            return 0.0  # forked at the end of the next turn of the loop
         deadlines = [c.deadline for c in self._conns.values()]
         if self._accept_paused_until:
             deadlines.append(self._accept_paused_until)
@@ -316,6 +352,7 @@ class Daemon:
             if msg is None:
                 return
             req = protocol.parse_request(msg)
+            conn.request = msg
             # After a start, the connection is the session's control channel: what follows
             # stays in the decoder for the supervisor. Other requests come alone.
             if conn.decoder.pending and not isinstance(req, protocol.StartRequest):
@@ -408,6 +445,8 @@ class Daemon:
             exc = LimitReached(f"uid {uid} already has {share} live sessions; try again later")
             self._audit_denied(conn, req, exc)
             raise exc
+        if self._spare is not None and self._hand_over(conn):
+            return
         try:
             pid = os.fork()
         except OSError as exc:  # EAGAIN (process limit), ENOMEM
@@ -429,6 +468,7 @@ class Daemon:
                 os._exit(code)
         self._children[pid] = conn.peer.uid
         conn.sock.close()
+        self._want_spare = True
 
     def _audit_denied(self, conn: _Conn, req: protocol.StartRequest, exc: AgentError) -> None:
         """A start the daemon refuses itself: requested and denied, as a supervisor records."""
@@ -453,6 +493,105 @@ class Daemon:
                               self.sys_platform, self.cgroups)
         return session.run(conn.sock, req, ctx, sig, conn.decoder)
 
+    # -- the spare supervisor ------------------------------------------------------------------
+
+    def _fork_spare(self, sel: selectors.BaseSelector) -> None:
+        """Fork the supervisor of the next session ahead of its request. Best effort: without
+        a spare, a start forks its supervisor itself."""
+        self._want_spare = False
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            self.log.warning("spare.fork_failed", error=str(exc))
+            return
+        if pid == 0:  # the spare
+            code = 1
+            try:
+                ours.close()
+                code = self._become_spare(sel, theirs)
+            except BaseException as exc:
+                try:
+                    self.log.exception("session.supervisor_failed", error=str(exc))
+                finally:
+                    os._exit(1)
+            finally:
+                os._exit(code)
+        theirs.close()
+        ours.settimeout(HANDOVER_TIMEOUT)
+        self._spare = _Spare(pid, ours)
+
+    def _hand_over(self, conn: _Conn) -> bool:
+        """Give CONN, its peer and its start request to the spare, which becomes the session's
+        supervisor. False (the spare let go) if the spare cannot take it."""
+        spare, self._spare = self._spare, None
+        if spare is None or conn.request is None:  # pragma: no cover - checked by the caller
+            return False
+        pending = conn.decoder.buffered()
+        head = protocol.encode({
+            "peer": [conn.peer.pid, conn.peer.uid, conn.peer.gid, list(conn.peer.groups)],
+            "request": conn.request, "max_frame": conn.decoder.max_frame,
+            "pending": len(pending)})
+        try:
+            data = head + pending
+            sent = socket.send_fds(spare.chan, [data], [conn.sock.fileno()])
+            if sent < len(data):  # (never send nothing: a spare done reading may have closed)
+                spare.chan.sendall(data[sent:])
+        except OSError as exc:
+            # An incomplete handover is dropped by the spare (it runs nothing then).
+            self.log.warning("spare.handover_failed", pid=spare.pid, error=str(exc))
+            self._retire(spare)
+            return False
+        spare.chan.close()
+        self._children[spare.pid] = conn.peer.uid
+        conn.sock.close()
+        self._want_spare = True
+        return True
+
+    def _retire(self, spare: _Spare) -> None:
+        """Let SPARE go: at the end of its channel it exits (reaped with the other children)."""
+        spare.chan.close()
+        self._retired.add(spare.pid)
+
+    def _drop_spare(self, *, wait: float = 0.0) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        self._retire(spare)
+        deadline = time.monotonic() + wait
+        while wait and spare.pid in self._retired and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.005)
+
+    def _become_spare(self, sel: selectors.BaseSelector, chan: socket.socket) -> int:
+        """In the forked spare: the supervisor's set-up (as _become_supervisor), then wait for
+        a session. Only the daemon holds the other end of CHAN: nothing else can reach it."""
+        from agent import session
+
+        self._release_inherited(sel)
+        sig = session.Signals()
+        os.setsid()
+        name = _set_process_name(SPARE_NAME, self.sys_platform)
+        got = _await_handover(chan, sig)
+        chan.close()
+        if got is None:  # the daemon let it go, or is gone
+            return 0
+        sock, peer, msg, decoder = got
+        _set_process_name(name, self.sys_platform)
+        try:
+            # The daemon parsed the same object with the same code: this cannot fail.
+            req = protocol.parse_request(msg)
+            if not isinstance(req, protocol.StartRequest):
+                raise BadRequest("a spare supervisor runs start requests only")
+        except AgentError as exc:
+            self._refuse(sock, exc)
+            return 1
+        ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
+                              self.sys_platform, self.cgroups)
+        return session.run(sock, req, ctx, sig, decoder)
+
     def _release_inherited(self, sel: selectors.BaseSelector) -> None:
         """In a forked supervisor: let go of the daemon's listener, wake-up pipe, selector and
         other connections. macOS: XNU does not pass kqueue descriptors to a forked child, so
@@ -470,15 +609,23 @@ class Daemon:
             other.sock.close()
 
     def _reap(self) -> None:
-        while self._children:
+        while self._children or self._retired or self._spare is not None:
             try:
                 pid, _status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 self._children.clear()
+                self._retired.clear()
                 return
             if pid == 0:
                 return
             self._children.pop(pid, None)
+            self._retired.discard(pid)
+            if self._spare is not None and pid == self._spare.pid:
+                # Not replaced here (a spare that cannot live would be forked again and
+                # again): the next start forks its supervisor itself, then a new spare.
+                self.log.warning("spare.died", pid=pid)
+                self._spare.chan.close()
+                self._spare = None
 
 
 def signal_process(pid: int, start: Optional[float], signum: int) -> bool:
@@ -514,6 +661,75 @@ def _peer_uid(rec: dict[str, Any]) -> Optional[int]:
     return owner if isinstance(owner, int) and not isinstance(owner, bool) else None
 
 
+def _await_handover(chan: socket.socket, sig: Any) -> Optional[
+        tuple[socket.socket, Peer, dict[str, Any], protocol.FrameDecoder]]:
+    """In a spare: wait for the daemon's handover on CHAN (a connection, its peer, its start
+    request and what followed it). None when the channel ends first, or on SIGTERM."""
+    import select
+
+    from agent.peer import Peer
+
+    poller = select.poll()
+    poller.register(chan, select.POLLIN)
+    poller.register(sig.wake_r, select.POLLIN)
+    while not any(fd == chan.fileno() for fd, _ in poller.poll()):
+        sig.drain()
+        if sig.terminate:
+            return None
+    # A handover that came with a SIGTERM is taken: the session then ends as terminated, on
+    # record, before its shell starts.
+    data, fds, _flags, _addr = socket.recv_fds(chan, 65536, 1)
+    for extra in fds[1:]:  # pragma: no cover - the daemon sends one
+        os.close(extra)
+    sock = None
+    if fds:
+        os.set_inheritable(fds[0], False)  # as accept() made it in the daemon
+        sock = socket.socket(fileno=fds[0])
+    try:
+        frames = protocol.FrameDecoder(HANDOVER_MAX)
+        frames.push(data)
+        chan.settimeout(HANDOVER_TIMEOUT)
+        head = frames.pop()
+        while head is None:
+            more = chan.recv(65536)
+            if not more:
+                raise EOFError
+            frames.push(more)
+            head = frames.pop()
+        while frames.pending < int(head["pending"]):
+            more = chan.recv(int(head["pending"]) - frames.pending)
+            if not more:
+                raise EOFError
+            frames.push(more)
+        pid, uid, gid, groups = head["peer"]
+        peer = Peer(int(pid), int(uid), int(gid), tuple(int(g) for g in groups))
+        decoder = protocol.FrameDecoder(int(head["max_frame"]))
+        decoder.push(frames.buffered())
+        request = head["request"]
+        if sock is None or frames.pending != int(head["pending"]) \
+                or not isinstance(request, dict):
+            raise EOFError
+    except (EOFError, OSError, AgentError, KeyError, TypeError, ValueError):
+        if sock is not None:
+            sock.close()
+        return None
+    return sock, peer, request, decoder
+
+
+def _set_process_name(name: str, sys_platform: str) -> str:
+    """Set this process's name (/proc/self/comm on Linux); returns the previous one."""
+    if sys_platform != "linux":
+        return name
+    try:
+        with open("/proc/self/comm", "r+") as fh:
+            old = fh.read().rstrip("\n")
+            fh.seek(0)
+            fh.write(name)
+        return old
+    except OSError:
+        return name
+
+
 def _keep_paths(new: Config, old: Config) -> Config:
     import dataclasses
 
@@ -531,23 +747,21 @@ SUPERVISOR_MODULES = (
 )
 
 
-def prepare_for_fork(*, end_mode_all: bool = False) -> None:
+def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.platform) -> None:
     """Import the supervisor's modules (psutil too when sessions end in mode `all`, which uses
-    it), load the NSS modules with one lookup each, then move everything allocated so far out of
-    the garbage collector's reach (gc.freeze), so a forked supervisor neither re-imports nor
-    copies pages that collections would touch."""
+    it), ctypes and every NSS module of the passwd and group chains (agent.session.prewarm),
+    then move everything allocated so far out of the garbage collector's reach (gc.freeze), so
+    a forked supervisor neither re-imports nor copies pages that collections would touch.
+    ctypes alone, imported in each supervisor, cost 1.3 MB of private memory per session;
+    imported here, 0.5 MB once (docs/performance.md)."""
     import gc
-    import grp
     import importlib
-    import pwd
 
     for name in (*SUPERVISOR_MODULES, *(("psutil",) if end_mode_all else ())):
         importlib.import_module(name)
-    for lookup in (lambda: pwd.getpwuid(0), lambda: grp.getgrgid(0)):
-        try:
-            lookup()
-        except KeyError:
-            pass
+    from agent import session
+
+    session.prewarm(sys_platform)
     gc.collect()
     gc.freeze()
 

@@ -48,6 +48,7 @@ PROFILE_HEAD_START = 0.5  # seconds the shell profile may take to be typed befor
 # subreaper, where orphans go to init.
 END_RECHECK_SUBREAPER = 0.5
 END_RECHECK_OTHER = 0.02
+PREWARM_NAME = "runas-agent-prewarm-none"  # an account name looked up to load NSS modules
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
 # not from argv (readable by everyone in /proc).
@@ -98,6 +99,26 @@ class Signals:
 
     def drain(self) -> None:
         drain(self.wake_r)
+
+
+def prewarm(sys_platform: str) -> None:
+    """Do once, before supervisors are forked, what every session's start would otherwise do
+    in its own supervisor: load ctypes (the subreaper call, the keyring calls) and every NSS
+    module of the passwd and group chains (a lookup that misses and a group list walk every
+    source). Nothing here depends on a session."""
+    import ctypes
+    import grp
+    import pwd
+
+    if sys_platform == "linux":
+        ctypes.CDLL(None, use_errno=True)
+    for lookup in (lambda: pwd.getpwnam(PREWARM_NAME), lambda: grp.getgrnam(PREWARM_NAME),
+                   lambda: pwd.getpwuid(0), lambda: grp.getgrgid(0),
+                   lambda: os.getgrouplist("root", 0)):
+        try:
+            lookup()
+        except (KeyError, OSError):
+            pass
 
 
 def drain(fd: int) -> None:

@@ -214,6 +214,15 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/integration/test_peers.py::"
             "test_the_client_library_sends_nothing_to_a_server_that_is_not_root",
             "tests/integration/test_peers.py::test_the_cli_sends_nothing_to_a_server_that_is_not_root")),
+    Mutant("spare-keeps-the-old-config", "agent/server.py",
+           "        self._drop_spare()\n        self._want_spare = True\n",
+           "",
+           (f"{_DAEMON}::test_sighup_reloads_config",)),
+    Mutant("spare-holds-the-daemons-sockets", "agent/server.py",
+           "        self._release_inherited(sel)\n        sig = session.Signals()\n"
+           "        os.setsid()\n        name = ",
+           "        sig = session.Signals()\n        os.setsid()\n        name = ",
+           ("tests/integration/test_spare.py::test_one_idle_spare_reachable_only_by_the_daemon",)),
     Mutant("terminate-not-audited", "agent/server.py",
            "        self.audit.record(\"session.terminate_requested\", session_id=session_id,\n",
            "        (lambda *a, **k: None)(\"session"

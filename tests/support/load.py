@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from agent.client import Client, Session
+from agent.server import SPARE_NAME
 
 TAG = "SSMSessionRunAs"
 
@@ -35,11 +36,29 @@ class Usage:
 
 
 def children_of(pid: int) -> list[int]:
+    """The session supervisors of the daemon PID: its children but the idle spare."""
+    return [c for c in all_children_of(pid) if _comm(c) != SPARE_NAME]
+
+
+def spares_of(pid: int) -> list[int]:
+    """The daemon's idle spare supervisors (one at most)."""
+    return [c for c in all_children_of(pid) if _comm(c) == SPARE_NAME]
+
+
+def all_children_of(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
             return [int(p) for p in fh.read().split()]
     except OSError:
         return []
+
+
+def _comm(pid: int) -> Optional[str]:
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return fh.read().rstrip("\n")
+    except OSError:
+        return None
 
 
 def raise_nofile(want: int) -> int:

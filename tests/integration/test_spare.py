@@ -1,0 +1,242 @@
+"""The spare supervisor: forked by the daemon ahead of each start, handed the connection.
+
+Real daemon, real accounts and shells in the isolated namespace. What is checked: one idle spare
+at a time, reachable by nothing but the daemon; a session it takes over runs exactly as one the
+daemon forks for itself; a spare that dies, is stopped or outlives its daemon never costs a
+session or stays behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from agent.errors import AgentError
+from agent.server import SPARE_NAME
+from tests.conftest import Users
+from tests.support import load
+from tests.support.daemon import DaemonProc, make_daemon, running
+
+pytestmark = pytest.mark.privileged
+
+TAG = "SSMSessionRunAs"
+
+
+@pytest.fixture
+def daemon(users: Users) -> Iterator[DaemonProc]:
+    with running() as d:
+        yield d
+
+
+def _pid(d: DaemonProc) -> int:
+    assert d.proc is not None
+    return d.proc.pid
+
+
+def _spare(d: DaemonProc, timeout: float = 10) -> int:
+    """The daemon's one idle spare, once there is one."""
+    assert load.wait_until(lambda: len(load.spares_of(_pid(d))) == 1, timeout), \
+        load.all_children_of(_pid(d))
+    (pid,) = load.spares_of(_pid(d))
+    return pid
+
+
+def _status(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/status") as fh:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in fh if ":" in line)}
+
+
+def _stat(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()
+
+
+def _socket_inodes(pid: int) -> list[int]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.append(int(target[8:-1]))
+    return out
+
+
+def _unix_peers() -> dict[int, int]:
+    """inode -> peer inode of every connected Unix socket (ss -x)."""
+    text = subprocess.run(["ss", "-xaH"], check=True, capture_output=True, text=True).stdout
+    out = {}
+    for line in text.splitlines():
+        f = line.split()
+        # Netid State Recv-Q Send-Q Local-Address Port Peer-Address Port
+        if len(f) >= 8 and f[5].isdigit() and f[7].isdigit():
+            out[int(f[5])] = int(f[7])
+    return out
+
+
+def _gone(pid: int) -> bool:
+    """PID has exited (a zombie its new parent has not reaped yet counts as gone)."""
+    try:
+        return _stat(pid)[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _start(d: DaemonProc, user: str, sid: str, command: str) -> dict[str, object]:
+    sess = load.start(d.client, user, sid, command)
+    try:
+        return sess.wait()
+    finally:
+        sess.close()
+
+
+def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: Users) -> None:
+    # A connection that is open (no request yet) while a spare is forked must not be in it.
+    idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    idle.connect(daemon.socket)
+    try:
+        first = _spare(daemon)
+        assert _start(daemon, users.bob, "spare-1", "true")["code"] == 0
+        assert load.wait_until(lambda: load.spares_of(_pid(daemon)) not in ([], [first]), 10)
+        spare = _spare(daemon)
+        assert spare != first
+        st = _status(spare)
+        assert st["Name"] == SPARE_NAME
+        assert st["Uid"].split() == ["0"] * 4  # root, as any supervisor, and nothing else
+        fields = _stat(spare)
+        assert int(fields[1]) == _pid(daemon)  # ppid: the daemon's child (it reaps it)
+        assert int(fields[3]) == spare  # its own session
+        assert int(fields[2]) == spare  # and process group
+        # One socket: connected, unnamed, and its peer is in the daemon. No listener, no
+        # client connection: nothing but the daemon can hand it anything.
+        (inode,) = _socket_inodes(spare)
+        peer = _unix_peers().get(inode)
+        assert peer is not None
+        assert peer in _socket_inodes(_pid(daemon))
+        assert load.spares_of(_pid(daemon)) == [spare]
+        # (the session's supervisor is gone once it has recorded the end; the spare stays and
+        # is not counted as a session)
+        assert load.wait_until(lambda: load.children_of(_pid(daemon)) == [], 10)
+        assert load.spares_of(_pid(daemon)) == [spare]
+    finally:
+        idle.close()
+
+
+def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
+                                                              users: Users) -> None:
+    spare = _spare(daemon)
+    sess = load.start(daemon.client, users.alice, "spare-held", "sleep 30")
+    try:
+        started = sess.info
+        rec = next(r for r in daemon.client.sessions() if r["id"] == "spare-held")
+        # The spare became the session's supervisor: listed under its pid, the daemon's
+        # child, its process name back to the daemon's.
+        assert rec["pid"] == spare
+        assert load.children_of(_pid(daemon)) == [spare]
+        assert _status(spare)["Name"] != SPARE_NAME
+        assert started["user"] == users.alice
+        # The connection it was handed is close-on-exec, as accept() makes it.
+        for fd in os.listdir(f"/proc/{spare}/fd"):
+            if os.readlink(f"/proc/{spare}/fd/{fd}").startswith("socket:"):
+                with open(f"/proc/{spare}/fdinfo/{fd}") as fh:
+                    flags = int(next(x for x in fh if x.startswith("flags:")).split()[1], 8)
+                assert flags & os.O_CLOEXEC, fd
+        assert daemon.events("spare-held") == ["session.requested", "session.started"]
+        daemon.client.terminate("spare-held")
+        assert sess.wait()["reason"] == "terminated"
+    finally:
+        sess.close()
+    assert daemon.events("spare-held") == ["session.requested", "session.started",
+                                           "session.terminate_requested", "session.ended"]
+    assert load.wait_until(lambda: not load.children_of(_pid(daemon)), 10)
+
+
+def test_control_frames_sent_with_the_start_reach_the_spare(daemon: DaemonProc,
+                                                            users: Users) -> None:
+    """The bytes that followed the start request in the daemon's buffer go with the handover:
+    a terminate written in the same send as the start ends the session before its shell."""
+    from agent import protocol
+
+    _spare(daemon)
+    start = {"v": protocol.VERSION, "type": "start", "session_id": "spare-early",
+             "principal": {"arn": "arn:spare", "tags": {TAG: users.bob}},
+             "preferences": {"run_as_enabled": True}, "command": "touch /tmp/spare-early",
+             "env": {}, "terminal": None}
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    conn.connect(daemon.socket)
+    try:
+        terminate = {"v": protocol.VERSION, "type": "terminate"}
+        conn.sendall(protocol.encode(start) + protocol.encode(terminate))
+        conn.settimeout(10)
+        decoder = protocol.FrameDecoder()
+        msgs: list[dict[str, object]] = []
+        while not msgs:
+            data = conn.recv(65536)
+            assert data
+            msgs = decoder.feed(data)
+    finally:
+        conn.close()
+    assert msgs[0]["type"] == "error", msgs
+    assert msgs[0]["reason"] == "terminated", msgs
+    assert daemon.events("spare-early") == ["session.requested", "session.denied"]
+    assert not os.path.exists("/tmp/spare-early")
+
+
+def test_a_spare_that_dies_is_replaced_and_sessions_still_start(daemon: DaemonProc,
+                                                                 users: Users) -> None:
+    spare = _spare(daemon)
+    os.kill(spare, signal.SIGKILL)
+    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) == [], 10)
+    assert "spare.died" in daemon.log()
+    # The next start forks its own supervisor; a new spare follows it.
+    assert _start(daemon, users.bob, "after-death", "true")["code"] == 0
+    assert _spare(daemon) != spare
+    assert _start(daemon, users.bob, "after-death-2", "true")["code"] == 0
+    for sid in ("after-death", "after-death-2"):
+        assert daemon.events(sid) == ["session.requested", "session.started", "session.ended"]
+
+
+def test_a_stopped_spare_exits_without_a_trace(daemon: DaemonProc, users: Users) -> None:
+    spare = _spare(daemon)
+    audit_before = len(daemon.audit())
+    os.kill(spare, signal.SIGTERM)
+    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) == [], 10)
+    assert len(daemon.audit()) == audit_before
+    assert not os.path.exists(daemon.state_dir) or os.listdir(daemon.state_dir) == []
+    assert _start(daemon, users.bob, "after-term", "true")["code"] == 0
+
+
+def test_a_reload_replaces_the_spare(daemon: DaemonProc) -> None:
+    spare = _spare(daemon)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) not in ([], [spare]), 10)
+    assert load.wait_until(lambda: _gone(spare), 10)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+def test_the_spare_does_not_outlive_its_daemon(users: Users, how: int) -> None:
+    d = make_daemon()
+    d.start()
+    try:
+        sess = load.start(d.client, users.bob, "outlive", "sleep 30")
+        spare = _spare(d)
+        supervisor = load.children_of(_pid(d))
+        assert d.stop(how) is not None
+        assert load.wait_until(lambda: _gone(spare), 10)
+        # The session's supervisor lives on and still ends the session on record.
+        assert supervisor
+        assert not any(_gone(p) for p in supervisor)
+        sess.close()  # a hang-up
+        d.wait_event("outlive", "session.ended")
+        with pytest.raises((AgentError, OSError)):
+            d.client.ping()
+    finally:
+        d.stop()
+        d.cleanup()
