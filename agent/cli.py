@@ -357,7 +357,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.audit import AuditLog
     from agent.config import load_config
     from agent.registry import Registry
-    from agent.server import Daemon, bind_socket, check_socket_path
+    from agent.server import Daemon, bind_socket, check_socket_path, check_state_dir
 
     cfg = _load(args.config)
     # structlog's import pulls in asyncio, and asyncio would load ssl (OpenSSL, ~1.2 MB of
@@ -385,6 +385,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except AgentError as exc:  # the manager went away: not a reason to stop serving
             log.warning("notify.failed", state=state, error=str(exc))
 
+    check_state_dir(cfg.session.state_dir)
     path = args.socket or cfg.socket.path
     if listener is None:
         listener = bind_socket(path, cfg.socket.mode, cfg.socket.group)

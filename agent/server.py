@@ -848,7 +848,28 @@ def check_socket_path(path: str, *, own_directory: bool = True,
     One exception, macOS's own: /private/var/run is root:daemon 0775 there, and the `daemon`
     group (like `wheel`, gid 0) holds root alone, so on darwin a directory that only those
     groups may write counts as root's."""
-    directory = os.path.dirname(os.path.abspath(path))
+    _check_ancestors(os.path.dirname(os.path.abspath(path)), own_directory=own_directory,
+                     sys_platform=sys_platform, subject=f"socket path {path}",
+                     below="the socket",
+                     hint="put the socket under a root-owned directory such as /run")
+
+
+def check_state_dir(directory: str, *, sys_platform: str = sys.platform) -> None:
+    """Refuse a session.state_dir under a directory that is not root's alone (the rule of
+    check_socket_path, for the directories above DIRECTORY; the registry checks DIRECTORY
+    itself). `sessions` and `terminate` believe the records there: whoever could swap the
+    directory could make the daemon signal any process, as a session of theirs."""
+    _check_ancestors(os.path.abspath(directory), own_directory=False,
+                     sys_platform=sys_platform, subject=f"session.state_dir {directory}",
+                     below="the session records",
+                     hint="put the session records under a root-owned directory such as /run")
+
+
+def _check_ancestors(directory: str, *, own_directory: bool, sys_platform: str, subject: str,
+                     below: str, hint: str) -> None:
+    """Raise ConfigError naming the first directory above DIRECTORY (and DIRECTORY itself when
+    OWN_DIRECTORY), as written and where symbolic links lead, that someone other than root
+    may change. SUBJECT and BELOW name the path in the message."""
     for chain in (directory, os.path.realpath(directory)):
         ancestors = _ancestors(chain)
         for ancestor in ancestors if own_directory else ancestors[:-1]:
@@ -860,9 +881,9 @@ def check_socket_path(path: str, *, own_directory: bool = True,
                 raise ConfigError(f"{ancestor}: cannot inspect it: {exc.strerror}") from None
             if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):
                 raise ConfigError(
-                    f"socket path {path}: {ancestor} is {_who_writes(st)}; every directory above "
-                    "the socket must be owned by root and not writable by group or others",
-                    hint="put the socket under a root-owned directory such as /run")
+                    f"{subject}: {ancestor} is {_who_writes(st)}; every directory above "
+                    f"{below} must be owned by root and not writable by group or others",
+                    hint=hint)
 
 
 DARWIN_ROOT_GROUPS = (0, 1)  # wheel, daemon: groups of root alone on macOS

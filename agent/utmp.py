@@ -354,11 +354,17 @@ def _write_darwin(record: Record, libc: Any) -> list[str]:
 
 
 def _lastlog(uid: int, record: Record, path: str) -> list[str]:
+    import errno
+
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in its place (by whoever may write /var/log) must not keep
+        # the session waiting for a reader; with no reader, opening it fails with ENXIO.
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return []  # no lastlog on this system (lastlog2 or none): nothing to keep up to date
     except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            return [f"lastlog: {path}: not a regular file"]
         return [f"lastlog: {path}: {exc.strerror}"]
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

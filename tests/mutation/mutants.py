@@ -203,11 +203,18 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("socket-ancestors-not-checked", "agent/server.py",
            "            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):"
            "\n                raise ConfigError(\n"
-           "                    f\"socket path {path}",
+           "                    f\"{subject}",
            "            if False:\n                raise ConfigError(\n"
-           "                    f\"socket path {path}",
+           "                    f\"{subject}",
            ("tests/integration/test_peers.py::"
-            "test_the_daemon_refuses_a_socket_path_under_an_untrusted_directory",)),
+            "test_the_daemon_refuses_a_socket_path_under_an_untrusted_directory",
+            "tests/integration/test_attack_paths.py::"
+            "test_the_daemon_refuses_session_records_under_a_directory_a_user_controls")),
+    Mutant("state-dir-ancestors-not-checked", "agent/cli.py",
+           "    check_state_dir(cfg.session.state_dir)\n",
+           "",
+           ("tests/integration/test_attack_paths.py::"
+            "test_the_daemon_refuses_session_records_under_a_directory_a_user_controls",)),
     Mutant("client-trusts-any-server", "agent/client.py",
            "    if uid != server_uid:\n        raise UntrustedServer(",
            "    if False:\n        raise UntrustedServer(",
@@ -292,4 +299,10 @@ MUTANTS: tuple[Mutant, ...] = (
            "    mode = fcntl.LOCK_SH\n",
            (f"{_SSM}::test_the_creator_waits_for_a_session_holding_the_lock_shared",
             f"{_SSM}::test_twenty_simultaneous_first_sessions_create_it_once")),
+    # -- login records never hold a session up -----------------------------------------------------
+    Mutant("lastlog-open-blocks", "agent/utmp.py",
+           "os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)",
+           "os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)",
+           ("tests/unit/test_utmp.py::"
+            "test_linux_a_fifo_in_place_of_lastlog_is_reported_not_waited_on",)),
 )

@@ -16,7 +16,7 @@ import pytest
 
 from agent.config import parse
 from agent.errors import ConfigError
-from agent.server import bind_socket
+from agent.server import bind_socket, check_state_dir
 from tests.support.isolation import REPO
 
 PLIST = Path(REPO) / "launchd/org.runas-agent.agent.plist"
@@ -28,6 +28,13 @@ def _macos_config_socket() -> str:
     out = subprocess.run(["/bin/sh", str(Path(REPO) / "packaging/macos/config.sh")],
                          input=text, capture_output=True, text=True, check=True).stdout
     return parse(out).socket.path
+
+
+def _macos_config_state_dir() -> str:
+    text = (Path(REPO) / "packaging/config.yaml").read_text()
+    out = subprocess.run(["/bin/sh", str(Path(REPO) / "packaging/macos/config.sh")],
+                         input=text, capture_output=True, text=True, check=True).stdout
+    return parse(out).session.state_dir
 
 
 @pytest.fixture
@@ -79,6 +86,18 @@ def test_only_macos_trusts_a_directory_its_daemon_group_may_write(var_run: Path)
     with pytest.raises(ConfigError, match=f"{var_run} is writable by group"):
         bind_socket(str(var_run / "runas-agent" / "agent.sock"), 0o660, None,
                     sys_platform="darwin")
+
+
+def test_the_macos_session_records_sit_below_macos_var_run(var_run: Path) -> None:
+    """The directories above the session records are held to the socket's rule, with the same
+    macOS exception (root:daemon 0775 /var/run), and only on macOS."""
+    state_dir = _under(var_run, _macos_config_state_dir())
+    check_state_dir(state_dir, sys_platform="darwin")
+    with pytest.raises(ConfigError, match=f"{var_run} is writable by group"):
+        check_state_dir(state_dir, sys_platform="linux")
+    os.chown(var_run, 0, 1000)  # another group: not root's alone, on macOS either
+    with pytest.raises(ConfigError, match=f"{var_run} is writable by group"):
+        check_state_dir(state_dir, sys_platform="darwin")
 
 
 def test_the_macos_config_gives_ssm_user_zsh() -> None:

@@ -18,7 +18,7 @@ from agent.client import Client
 from agent.config import LimitsConfig, parse
 from agent.errors import ConfigError, Unreachable, UntrustedServer
 from agent.peer import Peer, is_admin, may_see
-from agent.server import check_socket_path
+from agent.server import check_socket_path, check_state_dir
 
 ALICE = Peer(pid=10, uid=1001, gid=1001, groups=(1001, 50))
 ROOT = Peer(pid=1, uid=0, gid=0, groups=(0,))
@@ -100,6 +100,16 @@ def test_a_socket_path_under_a_directory_others_can_write_is_refused(tmp_path: P
                     reason="needs a root-owned /run not writable by others")
 def test_the_default_kind_of_path_is_trusted() -> None:
     check_socket_path("/run/runas-agent-not-created/agent.sock")  # missing parts are fine
+    check_state_dir("/run/runas-agent-not-created/sessions")
+
+
+def test_session_records_under_a_directory_others_can_write_are_refused(tmp_path: Path) -> None:
+    weak = tmp_path / "weak"
+    weak.mkdir()
+    os.chmod(weak, 0o1777)  # sticky, like /tmp: still refused
+    with pytest.raises(ConfigError, match="every directory above the session records must be "
+                                          "owned by root and not writable by group or others"):
+        check_state_dir(str(weak / "agent" / "sessions"))
 
 
 # -- the client checks who serves the socket ---------------------------------------------------

@@ -290,3 +290,25 @@ def test_linux_a_lock_released_within_the_wait_is_taken(tmp_path: Path) -> None:
     utmp.login_record(1, "alice", "/dev/pts/3", "", lock_wait=5.0, **files)
     holder.wait()
     assert (tmp_path / "utmp").stat().st_size == utmp.LINUX_UTMPX_SIZE
+
+
+@pytest.mark.timeout(20)
+def test_linux_a_fifo_in_place_of_lastlog_is_reported_not_waited_on(tmp_path: Path) -> None:
+    """Whoever may write /var/log can put a FIFO where lastlog is expected: opening it for
+    writing would wait for a reader for ever, on the session's start path."""
+    import os
+
+    files = {**_files(tmp_path), "lastlog_path": str(tmp_path / "lastlog")}
+    os.mkfifo(files["lastlog_path"])
+    with pytest.raises(LoginRecordFailed) as err:  # no reader
+        utmp.login_record(1, "alice", "/dev/pts/3", "", uid=1000, **files)
+    assert err.value.message.endswith(f"lastlog: {files['lastlog_path']}: not a regular file")
+    reader = os.open(files["lastlog_path"], os.O_RDONLY | os.O_NONBLOCK)
+    try:  # a reader (the one who planted it)
+        with pytest.raises(LoginRecordFailed) as err:
+            utmp.login_record(1, "alice", "/dev/pts/3", "", uid=1000, **files)
+        assert err.value.message.endswith(f"lastlog: {files['lastlog_path']}: not a regular file")
+        assert os.read(reader, 1) == b""  # nothing was written into it
+    finally:
+        os.close(reader)
+    assert (tmp_path / "wtmp").stat().st_size == 2 * utmp.LINUX_UTMPX_SIZE  # the rest written
