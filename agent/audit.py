@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import stat
 import time
 from dataclasses import dataclass
 
@@ -56,16 +55,25 @@ class AuditLog:
             ) from exc
 
     def _open(self) -> int:
-        directory = os.path.dirname(self.path)
-        if not os.path.isdir(directory):
+        """The log, opened through a descriptor of its directory: the directory checked is the
+        one the file is opened in, whoever may rename what around it (e.g. /var/log is
+        group-writable on some distributions)."""
+        directory, name = os.path.split(self.path)
+        created = not os.path.isdir(directory)
+        if created:
             os.makedirs(directory, mode=0o700, exist_ok=True)
-            os.chmod(directory, 0o700)
-        st = os.lstat(directory)
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise OSError(1, f"{directory} must be a directory owned by the agent's user and "
-                          "not writable by group or others")
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
-        return os.open(self.path, flags, 0o600)
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            if created:
+                os.fchmod(dfd, 0o700)
+            st = os.fstat(dfd)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+                raise OSError(1, f"{directory} must be a directory owned by the agent's user and "
+                              "not writable by group or others")
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            return os.open(name, flags, 0o600, dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
 
 def _drop_partial(fd: int, written: int) -> None:

@@ -1,6 +1,8 @@
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,50 @@ def test_every_record_is_fsynced_before_record_returns(tmp_path: Path,
         on_disk = path.read_bytes()
         assert len(on_disk.splitlines()) == n
         assert (str(path), on_disk) in synced, f"{event} was not fsynced before record returned"
+
+
+SWAPPER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = os.fsencode(sys.argv[1]), os.fsencode(sys.argv[2])
+while libc.renameat2(-100, a, -100, b, 2) == 0:
+    pass
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the attacker's directory needs another owner")
+def test_a_directory_swapped_under_the_log_never_receives_a_record(tmp_path: Path) -> None:
+    """Someone who may rename entries in the directory above the log's (a group-writable
+    /var/log) swaps the log's directory for a link to one of theirs, again and again, while
+    records are written: a record lands in the checked directory or fails, never in theirs."""
+    os.chmod(tmp_path, 0o755)
+    logdir = tmp_path / "log"
+    logdir.mkdir(mode=0o700)
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    os.chown(evil, 4242, 4242)
+    os.chmod(evil, 0o777)
+    log = AuditLog(str(logdir / "audit.log"))
+
+    link = tmp_path / "link"
+    link.symlink_to(evil)
+    # Another process (no lock shared with the writer) swaps the two names without pause;
+    # renameat2's RENAME_EXCHANGE keeps both names in place at every moment.
+    flipper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(logdir), str(link)])
+    written = failed = 0
+    try:
+        for _ in range(3000):
+            try:
+                log.record("session.requested")
+                written += 1
+            except AuditFailed:
+                failed += 1
+    finally:
+        flipper.kill()
+        flipper.wait()
+    # The swap really raced the writes: some found the link in place and were refused.
+    assert written > 0, failed
+    assert failed > 0, written
+    assert os.listdir(evil) == []
+    real = logdir if logdir.is_dir() and not logdir.is_symlink() else link
+    assert len((real / "audit.log").read_text().splitlines()) == written
