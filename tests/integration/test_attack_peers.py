@@ -30,7 +30,13 @@ from tests.integration.test_peers import (
     _list,
     _terminate,
 )
-from tests.integration.test_session_keyring import Ring, _read_until, _values, ring  # noqa: F401
+from tests.integration.test_session_keyring import (  # noqa: F401
+    Ring,
+    _read_until,
+    _values,
+    ring,
+    run_to_done,
+)
 from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent
 
 pytestmark = pytest.mark.privileged
@@ -323,13 +329,7 @@ then echo alice{i}=found; else echo alice{i}=absent; fi
 """ for i, name in enumerate(names)) + "echo DONE\n"
         bob = d.client.start(session_id=f"kn-bob-{tag}", principal_arn="arn:aws:iam::1:role/B",
                              tags={TAG: users.bob}, run_as_enabled=True, command=probe)
-        assert bob.stdout is not None
-        assert bob.stdin is not None
-        os.close(bob.stdin)
-        bob.stdin = None
-        seen = _values(_read_until(bob.stdout, b"DONE\n"))
-        bob.wait()
-        bob.close()
+        seen = run_to_done(bob)
         bob_uid = str(pwd.getpwnam(users.bob).pw_uid)
         for i, name in enumerate(names):
             kind, owner, _gid, _perm, desc = seen[f"ring{i}"].split(";")

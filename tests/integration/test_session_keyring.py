@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from agent.client import Session
 from tests.conftest import Users
 from tests.support.daemon import REPO, DaemonProc, make_daemon
 
@@ -112,6 +113,18 @@ def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
     return data
 
 
+def run_to_done(sess: Session) -> dict[str, str]:
+    """Close SESS's stdin, read its NAME=VALUE lines up to DONE, and let it end."""
+    assert sess.stdout is not None
+    assert sess.stdin is not None
+    os.close(sess.stdin)
+    sess.stdin = None
+    seen = _values(_read_until(sess.stdout, b"DONE\n"))
+    sess.wait()
+    sess.close()
+    return seen
+
+
 def _expect_own_fresh_ring(values: dict[str, str], user: str, r: Ring) -> None:
     uid = pwd.getpwnam(user).pw_uid
     kind, owner, _gid, _perm, desc = values["ring"].split(";")
@@ -152,13 +165,7 @@ else echo alice_search=absent; fi
 if grep -q -e {alice_key} /proc/keys; then echo alice_listed=yes; else echo alice_listed=no; fi
 echo DONE
 """)
-        assert bob.stdout is not None
-        assert bob.stdin is not None
-        os.close(bob.stdin)
-        bob.stdin = None
-        bob_seen = _values(_read_until(bob.stdout, b"DONE\n"))
-        bob.wait()
-        bob.close()
+        bob_seen = run_to_done(bob)
         _expect_own_fresh_ring(bob_seen, users.bob, r)
         assert bob_seen["alice_key"] == "unreadable", bob_seen
         assert bob_seen["alice_search"] == "absent", bob_seen
