@@ -164,13 +164,17 @@ class Registry:
         except FileNotFoundError:
             pass
 
-    def _load_live(self, session_id: str) -> Optional[dict[str, Any]]:
+    def _read(self, session_id: str) -> Any:
+        """The JSON at SESSION_ID's path (never through a link), or None."""
         try:
             fd = os.open(self._path(session_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             with os.fdopen(fd) as fh:
-                rec = json.load(fh)
+                return json.load(fh)
         except (OSError, ValueError):
             return None
+
+    def _load_live(self, session_id: str) -> Optional[dict[str, Any]]:
+        rec = self._read(session_id)
         if (not isinstance(rec, dict) or not isinstance(rec.get("pid"), int)
                 or rec.get("id") != session_id):
             return None
@@ -208,12 +212,7 @@ class Registry:
     def _names_live_process(self, session_id: str) -> bool:
         """Does the record at SESSION_ID's path name a live process, whatever id it records?
         A record that cannot be read names none."""
-        try:
-            fd = os.open(self._path(session_id), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            with os.fdopen(fd) as fh:
-                rec = json.load(fh)
-        except (OSError, ValueError):
-            return False
+        rec = self._read(session_id)
         pid = rec.get("pid") if isinstance(rec, dict) else None
         return (isinstance(pid, int) and not isinstance(pid, bool)
                 and process_start_time(pid) == rec.get("pid_start"))
