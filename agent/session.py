@@ -23,7 +23,14 @@ import time
 from dataclasses import dataclass
 
 from agent import protocol
-from agent.errors import AgentError, AuditFailed, InternalError, SpawnFailed, Terminated
+from agent.errors import (
+    AgentError,
+    AuditFailed,
+    InternalError,
+    RecordingFailed,
+    SpawnFailed,
+    Terminated,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,7 +42,9 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.peer import Peer
     from agent.platform import Platform
+    from agent.recording import Recorder
     from agent.registry import Registry
+    from agent.relay import Relay
 
 PR_SET_CHILD_SUBREAPER = 36
 IDLE_CHECK = 1.0  # seconds between idle checks
@@ -76,6 +85,8 @@ class Started:
     pam: Any  # agent.pam.PamSession or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
+    recorder: Optional[Recorder] = None  # recording on: the session's recording
+    relay: Optional[Relay] = None  # recording on: the supervisor sits between client and shell
 
 
 class Signals:
@@ -273,6 +284,9 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     pty = None
     pam: Any = None
     cgroup: Optional[SessionCgroup] = None
+    recorder: Optional[Recorder] = None
+    relay_: Optional[Relay] = None
+    relayed: tuple[int, ...] = ()  # the relay's fds for the client
     child_fds: tuple[int, ...] = ()
     client_fds: tuple[int, ...] = ()
     try:
@@ -318,6 +332,11 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             # long as the session), so `who` in the session already lists it.
             _login_record(ctx, os.getpid(), account, pty.slave_path)
         tty_path = pty.slave_path if pty is not None else None
+        # The recording exists (its header on disk) before the shell runs.
+        recorder = _open_recording(ctx, req, account, base=base)
+        if recorder is not None:
+            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
+                                     client_fds)
 
         def record_start(pid: int) -> None:
             if cgroup is not None:
@@ -334,8 +353,15 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                 _logout_record(ctx, os.getpid(), pty.slave_path)
             raise
     except BaseException:
-        for fd in set(child_fds) | set(client_fds):
+        unclosed = set(child_fds) | set(client_fds) | set(relayed)
+        if relay_ is not None:
+            unclosed -= relay_.held
+            relay_.close()
+        for fd in unclosed:
             os.close(fd)
+        if recorder is not None:  # no session ran: its recording would record nothing
+            recorder.close_now()
+            _unlink(recorder.path)
         if cgroup is not None:
             _remove_cgroup(cgroup)
         if pam is not None:
@@ -346,10 +372,63 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         raise
     for fd in set(child_fds):
         os.close(fd)
+    if relay_ is not None:
+        client_fds = relayed
     if pty is not None:
         return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
-                       typed_profile, cgroup)
-    return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup)
+                       typed_profile, cgroup, recorder, relay_)
+    return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup, recorder,
+                   relay_)
+
+
+def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,
+                    base: dict[str, Any]) -> Optional[Recorder]:
+    """The session's recording, when recording is on. Raises RecordingFailed when it cannot be
+    created and recording.on_failure is `end`; with `continue`, records the failure and returns
+    None (the session runs unrecorded, its I/O handed over directly)."""
+    cfg = ctx.cfg.recording
+    if not cfg.enabled:
+        return None
+    from agent import recording
+
+    term = req.terminal
+    head = recording.header_for(
+        width=term.cols if term is not None else 80, height=term.rows if term is not None else 24,
+        term=term.term if term is not None else None, shell=account.shell,
+        session_id=req.session_id, user=account.name, uid=account.uid,
+        principal=req.principal.arn, command=req.command)
+    try:
+        return recording.Recorder.create(cfg, req.session_id, head)
+    except RecordingFailed as exc:
+        if cfg.on_failure == "end":
+            raise
+        _warn(f"session {req.session_id} runs unrecorded: {exc}")
+        ctx.audit.record("recording.failed", **base, user=account.name, uid=account.uid,
+                         error=str(exc), action="continue")
+        return None
+
+
+def _relay(rec: Recorder, master: Optional[int],
+           client_fds: tuple[int, ...]) -> tuple[Relay, tuple[int, ...]]:
+    """Put the supervisor between the client and the session: the client gets the relay's fds
+    in place of CLIENT_FDS (which the relay holds, or, for a PTY, the supervisor keeps)."""
+    from agent import relay
+
+    if master is not None:
+        r, client = relay.for_pty(master, rec.output, rec.input)
+        return r, (client,)
+    stdin_w, stdout_r, stderr_r = client_fds
+    r, fds = relay.for_pipes(stdin_w, stdout_r, stderr_r,
+                             on_stdout=lambda d: rec.output(d, "stdout"),
+                             on_stderr=lambda d: rec.output(d, "stderr"), on_input=rec.input)
+    return r, fds
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
@@ -481,6 +560,7 @@ class _Supervision:
         self.bad_frames = 0
         self.recheck = (END_RECHECK_SUBREAPER if ctx.sys_platform == "linux"
                         else END_RECHECK_OTHER)
+        self.rec_reported = False  # a recording stop or failure is on record
 
     def run(self) -> int:
         from agent.registry import process_start_time
@@ -523,6 +603,7 @@ class _Supervision:
         sel.register(self.sig.wake_r, selectors.EVENT_READ)
         started_mono, started_wall = time.monotonic(), time.time()
         idle = cfg.idle_timeout if st.slave_path is not None else 0.0
+        rec, relay = st.recorder, st.relay
         try:
             held = self._apply_control()  # what the client sent while the session started
             if held is not None:
@@ -532,6 +613,14 @@ class _Supervision:
                     return "exited"
                 if self.sig.terminate:
                     return "terminated"
+                if rec is not None:
+                    if rec.flush_due() == 0.0:
+                        rec.flush()
+                    why = self._recording_state()
+                    if why is not None:
+                        return why
+                if relay is not None:
+                    relay.sync(sel)
                 timeout: Optional[float] = None
                 if cfg.max_duration > 0:
                     timeout = started_mono + cfg.max_duration - time.monotonic()
@@ -542,15 +631,52 @@ class _Supervision:
                     if time.time() - last >= idle:
                         return "idle_timeout"
                     timeout = IDLE_CHECK if timeout is None else min(timeout, IDLE_CHECK)
-                for key, _ in sel.select(timeout):
-                    if key.fileobj is self.conn:
+                due = rec.flush_due() if rec is not None else None
+                if due is not None:
+                    timeout = due if timeout is None else min(timeout, due)
+                for key, mask in sel.select(timeout):
+                    if key.data == "relay":
+                        assert relay is not None
+                        relay.handle(key.fd, mask)
+                    elif key.fileobj is self.conn:
                         reason = self._control()
                         if reason is not None:
                             return reason
                     else:
                         self.sig.drain()
         finally:
+            if relay is not None:
+                relay.unregister(sel)
             sel.close()
+
+    def _recording_state(self) -> Optional[str]:
+        """Record (once) that the recording stopped at its limit or failed; returns an end
+        reason when the config says the session ends then."""
+        rec = self.st.recorder
+        if rec is None or self.rec_reported or (rec.stopped is None and rec.failed is None):
+            return None
+        self.rec_reported = True
+        rcfg = self.ctx.cfg.recording
+        user = {"user": self.st.account.name, "uid": self.st.account.uid}
+        if rec.failed is not None:
+            action = rcfg.on_failure
+            _warn(f"session {self.req.session_id}: recording failed ({rec.failed}); {action}")
+            self._audit("recording.failed", **user, error=rec.failed, action=action,
+                        recording=rec.summary().as_record())
+            if action == "end":
+                return "recording_failed"
+            rec.stop_writing()
+            return None
+        action = rcfg.on_limit
+        self._audit("recording.stopped", **user, cause=rec.stopped, action=action,
+                    max_bytes=rcfg.max_bytes, recording=rec.summary().as_record())
+        return "recording_limit" if action == "end" else None
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        try:
+            self.ctx.audit.record(event, **self.base, **fields)
+        except AuditFailed as exc:
+            _warn(f"{event} not recorded: {exc}")
 
     def _reap_children(self) -> bool:
         """Reap exited children other than the shell (orphans in end mode `all`, the profile
@@ -605,6 +731,9 @@ class _Supervision:
                     terminal.set_window_size(self.st.master, ctl.rows, ctl.cols)
                 except OSError as exc:
                     _warn(f"resize: {exc}")
+                else:
+                    if self.st.recorder is not None:
+                        self.st.recorder.resize(ctl.rows, ctl.cols)
         return "hangup" if self.chan.hung_up else None
 
     def _error_nowait(self, exc: AgentError) -> None:
@@ -640,10 +769,19 @@ class _Supervision:
             self.status = status
         self._end_the_rest(deadline)
         exit_status = spawn.describe_status(status)
+        recorded: dict[str, Any] = {}
+        if self.st.relay is not None:
+            # What the session wrote last reaches the client (and the recording) before the
+            # end, within a bounded time; then the client's fds reach end-of-file.
+            self.st.relay.drain(time.monotonic() + SEND_TIMEOUT)
+            self.st.relay.close()
+        if self.st.recorder is not None:
+            self._recording_state()
+            recorded["recording"] = self.st.recorder.close(reason, exit_status).as_record()
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,
-                                  exit_status=exit_status)
+                                  exit_status=exit_status, **recorded)
         except AuditFailed as exc:
             _warn(f"session.ended not recorded: {exc}")
         if notify and reason != "hangup":

@@ -1,0 +1,195 @@
+"""Session recording end to end: real daemon, real accounts and shells; every recording is judged
+by asciinema's own reader and by its hash in the audit log."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import pytest
+
+from agent import asciicast
+from tests.conftest import Users
+from tests.support.daemon import DaemonProc, running
+
+pytestmark = pytest.mark.privileged
+
+TAG = "SSMSessionRunAs"
+
+
+def _rec_dir() -> str:
+    base = tempfile.mkdtemp(prefix="runas-agent-rec-", dir="/run")
+    return os.path.join(base, "casts")
+
+
+@contextlib.contextmanager
+def recording(**rec: Any) -> Iterator[tuple[DaemonProc, str]]:
+    path = rec.pop("dir", None) or _rec_dir()
+    with running({"recording": {"enabled": True, "dir": path, **rec}}) as d:
+        yield d, path
+
+
+def _start(d: DaemonProc, users: Users, sid: str, command: Optional[str], *,
+           tty: bool = False) -> Any:
+    return d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/Rec",
+                          tags={TAG: users.alice}, run_as_enabled=True, command=command,
+                          terminal=("xterm-256color", 24, 80) if tty else None)
+
+
+def _read_until(fd: int, want: bytes, timeout: float = 15) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while want not in out and time.monotonic() < deadline:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            time.sleep(0.01)
+            continue
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _read_all(fd: int, timeout: float = 30) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return out
+        out += chunk
+    raise AssertionError("no end of output")
+
+
+def _asciinema(path: str) -> tuple[dict[str, Any], list[list[Any]]]:
+    """The recording as asciinema's reader sees it (it raises on anything invalid)."""
+    from asciinema import asciicast as reader
+
+    with reader.open_from_url(path) as cast:
+        return cast.v2_header, list(cast.events())
+
+
+def _asciinema_cat(path: str) -> bytes:
+    proc = subprocess.run([sys.executable, "-m", "asciinema", "cat", path], capture_output=True,
+                          stdin=subprocess.DEVNULL, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def _file_digest(path: str) -> tuple[int, str]:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _check_ended(d: DaemonProc, sid: str, rec_dir: str) -> dict[str, Any]:
+    """session.ended names the recording with its size and hash, and they match the file."""
+    ended = d.wait_event(sid, "session.ended")
+    rec = ended["recording"]
+    assert rec["file"] == f"{sid}.cast"
+    assert _file_digest(os.path.join(rec_dir, rec["file"])) == (rec["bytes"], rec["sha256"])
+    return ended
+
+
+def _output(events: list[list[Any]]) -> str:
+    return "".join(e[2] for e in events if e[1] == "o")
+
+
+def test_interactive_session(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        sess = _start(d, users, "rec-tty", None, tty=True)
+        assert sess.master is not None
+        assert stat.S_ISSOCK(os.fstat(sess.master).st_mode)  # the relay, not the PTY master
+        os.write(sess.master, b"stty -echoctl; echo mark-$((6*7))\n")
+        assert b"mark-42" in _read_until(sess.master, b"mark-42")
+        sess.resize(30, 100)
+        os.write(sess.master, b"stty size; exit 7\n")
+        out = _read_all(sess.master)
+        assert b"30 100" in out
+        status = sess.wait()
+        sess.close()
+        assert status["code"] == 7
+        path = os.path.join(rec_dir, "rec-tty.cast")
+        head, events = _asciinema(path)
+        assert (head["width"], head["height"]) == (80, 24)
+        assert head["env"]["TERM"] == "xterm-256color"
+        assert head["env"]["SHELL"] == "/bin/bash"
+        assert head["session"]["id"] == "rec-tty"
+        assert head["session"]["user"] == users.alice
+        assert head["session"]["principal"] == "arn:aws:iam::1:role/Rec"
+        text = _output(events)
+        assert "echo mark-$((6*7))" in text  # the typed input, echoed by the terminal
+        assert "mark-42" in text
+        assert "30 100" in text
+        assert [e[2] for e in events if e[1] == "r"] == ["100x30"]
+        assert not [e for e in events if e[1] == "i"]  # input is not recorded by default
+        assert events[-1][1] == "m"
+        assert asciicast.parse_end(events[-1][2]) == {"reason": "exited", "code": "7"}
+        ended = _check_ended(d, "rec-tty", rec_dir)
+        assert ended["recording"]["complete"] is True
+        st = os.stat(path)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+        st = os.stat(rec_dir)
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
+
+
+def test_input_is_recorded_when_asked(users: Users) -> None:
+    with recording(input=True) as (d, rec_dir):
+        sess = _start(d, users, "rec-input", None, tty=True)
+        os.write(sess.master, b"echo typed-$((1+1)); exit\n")
+        out = _read_all(sess.master)
+        assert b"typed-2" in out
+        sess.wait()
+        sess.close()
+        _, events = _asciinema(os.path.join(rec_dir, "rec-input.cast"))
+        assert "echo typed-$((1+1)); exit\n" in "".join(e[2] for e in events if e[1] == "i")
+        _check_ended(d, "rec-input", rec_dir)
+
+
+def test_command_session_stdout_and_stderr(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        proc = d.cli("session", "--session-id", "rec-cmd", "--run-as", "--tag",
+                     f"{TAG}={users.alice}", "--", "sh", "-c",
+                     "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2; exit 3")
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout == b"out1\nout2\n"
+        assert b"err1\n" in proc.stderr
+        path = os.path.join(rec_dir, "rec-cmd.cast")
+        head, events = _asciinema(path)
+        assert head["session"]["command"] is not None
+        assert _output(events) == "out1\nerr1\nout2\n"  # in the order they came
+        assert asciicast.parse_end(events[-1][2]) == {"reason": "exited", "code": "3"}
+        assert _asciinema_cat(path) == b"out1\nerr1\nout2\n"
+        _check_ended(d, "rec-cmd", rec_dir)
+
+
+def test_a_megabyte_of_random_bytes(users: Users) -> None:
+    data = os.urandom(1 << 20)
+    src = f"/home/{users.alice}/random.bin"
+    with open(src, "wb") as fh:
+        fh.write(data)
+    os.chmod(src, 0o644)
+    with recording() as (d, rec_dir):
+        sess = _start(d, users, "rec-random", f"cat {src}")
+        assert sess.stdout is not None
+        out = _read_all(sess.stdout)
+        status = sess.wait()
+        sess.close()
+        assert out == data  # the client gets every byte, unchanged
+        assert status["code"] == 0
+        path = os.path.join(rec_dir, "rec-random.cast")
+        _, events = _asciinema(path)
+        assert _output(events) == data.decode("utf-8", errors="replace")
+        _asciinema_cat(path)
+        _check_ended(d, "rec-random", rec_dir)
