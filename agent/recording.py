@@ -128,6 +128,10 @@ class Recorder:
         if rec.failed is not None:
             err = rec.failed
             rec.close_now()
+            try:  # an empty file would stand for a session that never ran
+                os.unlink(rec.path)
+            except OSError:
+                pass
             raise RecordingFailed(f"cannot write the recording {rec.path}: {err}")
         return rec
 

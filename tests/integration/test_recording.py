@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+import select
 import signal
 import stat
 import subprocess
@@ -50,11 +51,9 @@ def _read_until(fd: int, want: bytes, timeout: float = 15) -> bytes:
     out = b""
     deadline = time.monotonic() + timeout
     while want not in out and time.monotonic() < deadline:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            time.sleep(0.01)
+        if not select.select([fd], [], [], 0.1)[0]:
             continue
+        chunk = os.read(fd, 65536)
         if not chunk:
             break
         out += chunk
@@ -193,3 +192,185 @@ def test_a_megabyte_of_random_bytes(users: Users) -> None:
         assert _output(events) == data.decode("utf-8", errors="replace")
         _asciinema_cat(path)
         _check_ended(d, "rec-random", rec_dir)
+
+
+BIG = "head -c 100000 /dev/zero | tr '\\0' a; echo; echo done"
+
+
+def test_max_bytes_ends_the_session(users: Users) -> None:
+    with recording(max_bytes=8192, on_limit="end") as (d, rec_dir):
+        sess = _start(d, users, "rec-limit-end", BIG + "; sleep 60")
+        status = sess.wait()
+        sess.close()
+        assert status["reason"] == "recording_limit"
+        path = os.path.join(rec_dir, "rec-limit-end.cast")
+        assert os.path.getsize(path) <= 8192
+        _, events = _asciinema(path)
+        markers = [e[2] for e in events if e[1] == "m"]
+        assert markers[0] == "recording stopped reason=max_bytes"
+        assert asciicast.parse_end(markers[-1])["reason"] == "recording_limit"
+        stopped = d.wait_event("rec-limit-end", "recording.stopped")
+        assert (stopped["cause"], stopped["action"]) == ("max_bytes", "end")
+        ended = _check_ended(d, "rec-limit-end", rec_dir)
+        assert ended["reason"] == "recording_limit"
+        assert ended["recording"]["complete"] is False
+
+
+def test_max_bytes_stops_recording_only(users: Users) -> None:
+    with recording(max_bytes=8192, on_limit="stop") as (d, rec_dir):
+        sess = _start(d, users, "rec-limit-stop", BIG)
+        assert sess.stdout is not None
+        out = _read_all(sess.stdout)
+        status = sess.wait()
+        sess.close()
+        assert out == b"a" * 100000 + b"\ndone\n"  # the session goes on, unrecorded
+        assert (status["reason"], status["code"]) == ("exited", 0)
+        path = os.path.join(rec_dir, "rec-limit-stop.cast")
+        assert os.path.getsize(path) <= 8192
+        _, events = _asciinema(path)
+        assert "done" not in _output(events)
+        assert asciicast.parse_end(events[-1][2]) == {"reason": "exited", "code": "0"}
+        stopped = d.wait_event("rec-limit-stop", "recording.stopped")
+        assert (stopped["cause"], stopped["action"]) == ("max_bytes", "stop")
+        _check_ended(d, "rec-limit-stop", rec_dir)
+
+
+@contextlib.contextmanager
+def _small_fs(size: str) -> Iterator[str]:
+    """A tiny tmpfs as the recording directory (root-owned 0700), unmounted afterwards."""
+    path = _rec_dir()
+    os.makedirs(path, mode=0o700)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", path], check=False)
+
+
+def _fill(path: str) -> None:
+    with open(os.path.join(path, "filler"), "wb", buffering=0) as fh:
+        with contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize("on_failure", ["end", "continue"])
+def test_full_directory_at_start(users: Users, on_failure: str) -> None:
+    with _small_fs("64k") as path, recording(dir=path, on_failure=on_failure) as (d, _):
+        _fill(path)
+        sid = f"rec-full-{on_failure}"
+        if on_failure == "end":
+            from agent.errors import AgentError
+
+            with pytest.raises(AgentError) as info:
+                _start(d, users, sid, "echo ran")
+            assert info.value.reason == "recording_failed"
+            denied = d.wait_event(sid, "session.denied")
+            assert denied["reason"] == "recording_failed"
+            assert "session.started" not in d.events(sid)
+            assert not os.path.exists(os.path.join(path, f"{sid}.cast"))
+        else:
+            sess = _start(d, users, sid, "echo ran")
+            assert sess.stdout is not None
+            assert _read_all(sess.stdout) == b"ran\n"
+            assert sess.wait()["code"] == 0
+            sess.close()
+            failed = d.wait_event(sid, "recording.failed")
+            assert failed["action"] == "continue"
+            assert "recording" not in d.wait_event(sid, "session.ended")
+
+
+@pytest.mark.parametrize("on_failure", ["end", "continue"])
+def test_directory_full_mid_session(users: Users, on_failure: str) -> None:
+    with _small_fs("128k") as path, recording(dir=path, on_failure=on_failure) as (d, _):
+        sid = f"rec-fills-{on_failure}"
+        cmd = ("echo start; sleep 0.5; head -c 400000 /dev/zero | tr '\\0' b; echo; echo done"
+               + ("; sleep 60" if on_failure == "end" else ""))
+        sess = _start(d, users, sid, cmd)
+        assert sess.stdout is not None
+        out = _read_all(sess.stdout)
+        status = sess.wait()
+        sess.close()
+        failed = d.wait_event(sid, "recording.failed")
+        assert failed["action"] == on_failure
+        cast = os.path.join(path, f"{sid}.cast")
+        _, events = _asciinema(cast)  # what was written is still a valid recording
+        assert _output(events).startswith("start\n")
+        ended = d.wait_event(sid, "session.ended")
+        assert _file_digest(cast) == (ended["recording"]["bytes"], ended["recording"]["sha256"])
+        assert ended["recording"]["complete"] is False
+        if on_failure == "end":
+            assert status["reason"] == "recording_failed"
+        else:
+            assert (status["reason"], status["code"]) == ("exited", 0)
+            assert out == b"start\n" + b"b" * 400000 + b"\ndone\n"
+
+
+def test_unsafe_directory_is_refused(users: Users) -> None:
+    path = _rec_dir()
+    os.makedirs(path, mode=0o755)
+    os.chmod(path, 0o755)
+    with recording(dir=path) as (d, _):
+        from agent.errors import AgentError
+
+        with pytest.raises(AgentError, match="mode 0700") as info:
+            _start(d, users, "rec-unsafe", "echo ran")
+        assert info.value.reason == "recording_failed"
+        assert os.listdir(path) == []
+
+
+def _as_alice(users: Users, script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["setpriv", f"--reuid={users.alice}", f"--regid={users.alice}",
+                           "--init-groups", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=30, check=False)
+
+
+def _probe(rec_dir: str, cast: str) -> str:
+    return (f"ls {rec_dir} >/dev/null 2>&1 && echo listed || echo no-list; "
+            f"cat {cast} >/dev/null 2>&1 && echo read || echo no-read; "
+            f"(echo x >> {cast}) 2>/dev/null && echo wrote || echo no-write")
+
+
+def test_the_session_user_cannot_read_write_or_list(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        sid = "rec-private"
+        cast = os.path.join(rec_dir, f"{sid}.cast")
+        # From inside the session, as its user, while its recording is being written:
+        sess = _start(d, users, sid, _probe(rec_dir, cast), tty=True)
+        assert sess.master is not None
+        out = _read_all(sess.master)
+        sess.wait()
+        sess.close()
+        assert out.split() == [b"no-list", b"no-read", b"no-write"], out
+        # And from outside it, as the same account:
+        probe = _as_alice(users, _probe(rec_dir, cast))
+        assert probe.stdout.split() == ["no-list", "no-read", "no-write"], probe
+        _check_ended(d, sid, rec_dir)
+
+
+def test_daemon_sigkill_mid_session(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        sid = "rec-sigkill"
+        flag = f"/home/{users.alice}/rec-go"
+        sess = _start(d, users, sid, f"echo before; while [ ! -e {flag} ]; do sleep 0.05; done;"
+                      " echo after")
+        assert sess.stdout is not None
+        assert _read_until(sess.stdout, b"before") == b"before\n"
+        assert d.stop(signal.SIGKILL) == -signal.SIGKILL
+        cast = os.path.join(rec_dir, f"{sid}.cast")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # flushed within a fraction of a second
+            with open(cast, "rb") as fh:
+                if b'"o", "before' in fh.read():
+                    break
+            time.sleep(0.05)
+        _, events = _asciinema(cast)  # the prefix on disk mid-session replays
+        assert _output(events) == "before\n"
+        open(flag, "w").close()
+        assert _read_all(sess.stdout) == b"after\n"
+        assert sess.wait()["code"] == 0
+        sess.close()
+        _, events = _asciinema(cast)
+        assert _output(events) == "before\nafter\n"
+        _check_ended(d, sid, rec_dir)
