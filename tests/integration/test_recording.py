@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import select
 import signal
@@ -208,7 +207,7 @@ def test_max_bytes_ends_the_session(users: Users) -> None:
         _, events = _asciinema(path)
         markers = [e[2] for e in events if e[1] == "m"]
         assert markers[0] == "recording stopped reason=max_bytes"
-        assert asciicast.parse_end(markers[-1])["reason"] == "recording_limit"
+        assert asciicast.parse_end(markers[-1]) == {"reason": "recording_limit"}
         stopped = d.wait_event("rec-limit-end", "recording.stopped")
         assert (stopped["cause"], stopped["action"]) == ("max_bytes", "end")
         ended = _check_ended(d, "rec-limit-end", rec_dir)
@@ -249,10 +248,10 @@ def _small_fs(size: str) -> Iterator[str]:
 
 
 def _fill(path: str) -> None:
-    with open(os.path.join(path, "filler"), "wb", buffering=0) as fh:
-        with contextlib.suppress(OSError):
-            while True:
-                fh.write(b"\0" * 4096)
+    with open(os.path.join(path, "filler"), "wb", buffering=0) as fh, \
+            contextlib.suppress(OSError):
+        while True:
+            fh.write(b"\0" * 4096)
 
 
 @pytest.mark.parametrize("on_failure", ["end", "continue"])
