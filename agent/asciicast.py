@@ -131,10 +131,11 @@ def parse(data: bytes) -> Recording:
     for key in ("width", "height"):
         if not isinstance(head.get(key), int):
             raise FormatError(f"line 1: header {key} is not an integer")
-    return Recording(head, tuple(_events(body[1:])), truncated)
+    return Recording(head, tuple(read_events(body[1:])), truncated)
 
 
-def _events(lines: Iterable[bytes]) -> Iterator[tuple[float, str, str]]:
+def read_events(lines: Iterable[bytes]) -> Iterator[tuple[float, str, str]]:
+    """The events of event lines (numbered from 2: the header is line 1). Raises FormatError."""
     last = 0.0
     for n, raw in enumerate(lines, start=2):
         try:

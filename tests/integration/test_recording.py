@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import select
 import signal
@@ -373,3 +374,63 @@ def test_daemon_sigkill_mid_session(users: Users) -> None:
         _, events = _asciinema(cast)
         assert _output(events) == "before\nafter\n"
         _check_ended(d, sid, rec_dir)
+
+
+def _cli(d: DaemonProc, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args, "--config", d.config_path],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+
+
+def test_cli_lists_verifies_and_replays(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        for sid, cmd in (("rec-cli-a", "echo alpha; sleep 0.3; echo omega"),
+                         ("rec-cli-b", "echo beta")):
+            sess = _start(d, users, sid, cmd)
+            assert sess.stdout is not None
+            _read_all(sess.stdout)
+            sess.wait()
+            sess.close()
+            _check_ended(d, sid, rec_dir)
+        live = _start(d, users, "rec-cli-live", "sleep 60")
+        try:
+            listed = _cli(d, "recordings", "--json")
+            assert listed.returncode == 0, listed.stderr
+            rows = {r["id"]: r for r in json.loads(listed.stdout)}
+            assert set(rows) == {"rec-cli-a", "rec-cli-b", "rec-cli-live"}
+            a = rows["rec-cli-a"]
+            assert (a["user"], a["verified"], a["file"]) == (users.alice, "ok", "rec-cli-a.cast")
+            assert a["bytes"] == os.path.getsize(os.path.join(rec_dir, "rec-cli-a.cast"))
+            assert a["duration"] >= 0.3
+            assert a["started"].endswith("Z")
+            assert rows["rec-cli-live"]["verified"] == "unverified"
+            text = _cli(d, "recordings")
+            assert "rec-cli-a" in text.stdout
+            assert _cli(d, "recordings", "verify").returncode == 0
+
+            replay = _cli(d, "replay", "rec-cli-a", "--speed", "10", "--max-idle", "0.1")
+            assert replay.returncode == 0, replay.stderr
+            assert replay.stdout == "alpha\nomega\n"
+
+            # An edit after the session ended, even one that keeps the file valid and its size:
+            path = os.path.join(rec_dir, "rec-cli-a.cast")
+            with open(path, "rb") as fh:
+                data = fh.read()
+            with open(path, "wb") as fh:
+                fh.write(data.replace(b"alpha", b"ALPHA"))
+            bad = _cli(d, "recordings", "verify")
+            assert bad.returncode == 1
+            assert "rec-cli-a.cast: mismatch" in bad.stderr
+            assert "rec-cli-b" not in bad.stderr
+            assert _cli(d, "recordings", "verify", "rec-cli-a").returncode == 1
+            assert _cli(d, "recordings", "verify", "rec-cli-b").returncode == 0
+            os.unlink(os.path.join(rec_dir, "rec-cli-b.cast"))
+            gone = _cli(d, "recordings", "verify", "rec-cli-b")
+            assert gone.returncode == 1
+            assert "rec-cli-b.cast: missing" in gone.stderr
+            assert _cli(d, "replay", "nope").returncode == 1
+            assert _cli(d, "replay", "../etc/passwd").returncode == 1
+        finally:
+            live.terminate()
+            live.wait()
+            live.close()
