@@ -30,6 +30,7 @@ TAG = "SSMSessionRunAs"
 
 def _rec_dir() -> str:
     base = tempfile.mkdtemp(prefix="runas-agent-rec-", dir="/run")
+    os.chmod(base, 0o755)  # only the recording directory itself keeps others out
     return os.path.join(base, "casts")
 
 
