@@ -109,8 +109,8 @@ class Recorder:
 
     @classmethod
     def create(cls, cfg: RecordingConfig, session_id: str, head: bytes) -> Recorder:
-        """Create the session's file and write its header (durably: the recording exists before
-        the shell runs). Raises RecordingFailed."""
+        """Create the session's file and write its header (the recording exists before the shell
+        runs; it is synced when it is closed). Raises RecordingFailed."""
         dir_fd = open_dir(cfg.dir)
         try:
             fd, name = _create(dir_fd, session_id)
@@ -122,9 +122,7 @@ class Recorder:
         rec = cls(fd, os.path.join(cfg.dir, name), max_bytes=cfg.max_bytes,
                   record_input=cfg.input, clock=time.monotonic())
         rec.buf += head
-        rec.flush()
-        if rec.failed is None:
-            rec._sync()
+        rec.flush()  # written, not synced: an fsync here would delay every session's start
         if rec.failed is not None:
             err = rec.failed
             rec.close_now()

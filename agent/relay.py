@@ -59,20 +59,26 @@ class Pump:
         return out
 
     def readable(self) -> bool:
-        """Read once; True when something was read."""
-        if not self.src_open or len(self.buf) >= CHUNK:
-            return False
-        data = _read(self.src)
-        if data is None:
-            return False
-        if not data:
+        """Read what is there, up to the buffer's room (a PTY gives a few KiB a read: one chunk
+        per wake-up would cost a loop per few KiB); True when something was read."""
+        data = b""
+        end = False
+        while self.src_open and len(self.buf) + len(data) < CHUNK:
+            got = _read(self.src)
+            if got is None:
+                break
+            if not got:
+                end = True
+                break
+            data += got
+        if data:
+            self.on_data(data)
+            if self.dst_open:
+                self.buf += data
+                self.writable()
+        if end:
             self._src_done()
-            return False
-        self.on_data(data)
-        if self.dst_open:
-            self.buf += data
-            self.writable()
-        return True
+        return bool(data)
 
     def writable(self) -> None:
         if not self.dst_open or not self.buf:

@@ -22,7 +22,10 @@ import socket
 import time
 from dataclasses import dataclass
 
-from agent import protocol
+# recording and relay are imported with this module, so the daemon's import of the supervisor's
+# modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
+# does not pay for their import.
+from agent import protocol, recording, relay
 from agent.errors import (
     AgentError,
     AuditFailed,
@@ -42,9 +45,7 @@ if TYPE_CHECKING:
     from agent.config import Config
     from agent.peer import Peer
     from agent.platform import Platform
-    from agent.recording import Recorder
     from agent.registry import Registry
-    from agent.relay import Relay
 
 PR_SET_CHILD_SUBREAPER = 36
 IDLE_CHECK = 1.0  # seconds between idle checks
@@ -85,8 +86,8 @@ class Started:
     pam: Any  # agent.pam.PamSession or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
-    recorder: Optional[Recorder] = None  # recording on: the session's recording
-    relay: Optional[Relay] = None  # recording on: the supervisor sits between client and shell
+    recorder: Optional[recording.Recorder] = None  # recording on: the session's recording
+    io_relay: Optional[relay.Relay] = None  # recording on: the supervisor relays the I/O
 
 
 class Signals:
@@ -284,8 +285,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     pty = None
     pam: Any = None
     cgroup: Optional[SessionCgroup] = None
-    recorder: Optional[Recorder] = None
-    relay_: Optional[Relay] = None
+    recorder: Optional[recording.Recorder] = None
+    relay_: Optional[relay.Relay] = None
     relayed: tuple[int, ...] = ()  # the relay's fds for the client
     child_fds: tuple[int, ...] = ()
     client_fds: tuple[int, ...] = ()
@@ -382,15 +383,13 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 
 
 def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,
-                    base: dict[str, Any]) -> Optional[Recorder]:
+                    base: dict[str, Any]) -> Optional[recording.Recorder]:
     """The session's recording, when recording is on. Raises RecordingFailed when it cannot be
     created and recording.on_failure is `end`; with `continue`, records the failure and returns
     None (the session runs unrecorded, its I/O handed over directly)."""
     cfg = ctx.cfg.recording
     if not cfg.enabled:
         return None
-    from agent import recording
-
     term = req.terminal
     head = recording.header_for(
         width=term.cols if term is not None else 80, height=term.rows if term is not None else 24,
@@ -408,12 +407,10 @@ def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, 
         return None
 
 
-def _relay(rec: Recorder, master: Optional[int],
-           client_fds: tuple[int, ...]) -> tuple[Relay, tuple[int, ...]]:
+def _relay(rec: recording.Recorder, master: Optional[int],
+           client_fds: tuple[int, ...]) -> tuple[relay.Relay, tuple[int, ...]]:
     """Put the supervisor between the client and the session: the client gets the relay's fds
     in place of CLIENT_FDS (which the relay holds, or, for a PTY, the supervisor keeps)."""
-    from agent import relay
-
     if master is not None:
         r, client = relay.for_pty(master, rec.output, rec.input)
         return r, (client,)
@@ -603,7 +600,7 @@ class _Supervision:
         sel.register(self.sig.wake_r, selectors.EVENT_READ)
         started_mono, started_wall = time.monotonic(), time.time()
         idle = cfg.idle_timeout if st.slave_path is not None else 0.0
-        rec, relay = st.recorder, st.relay
+        rec, io_relay = st.recorder, st.io_relay
         try:
             held = self._apply_control()  # what the client sent while the session started
             if held is not None:
@@ -619,8 +616,8 @@ class _Supervision:
                     why = self._recording_state()
                     if why is not None:
                         return why
-                if relay is not None:
-                    relay.sync(sel)
+                if io_relay is not None:
+                    io_relay.sync(sel)
                 timeout: Optional[float] = None
                 if cfg.max_duration > 0:
                     timeout = started_mono + cfg.max_duration - time.monotonic()
@@ -636,8 +633,8 @@ class _Supervision:
                     timeout = due if timeout is None else min(timeout, due)
                 for key, mask in sel.select(timeout):
                     if key.data == "relay":
-                        assert relay is not None
-                        relay.handle(key.fd, mask)
+                        assert io_relay is not None
+                        io_relay.handle(key.fd, mask)
                     elif key.fileobj is self.conn:
                         reason = self._control()
                         if reason is not None:
@@ -645,8 +642,8 @@ class _Supervision:
                     else:
                         self.sig.drain()
         finally:
-            if relay is not None:
-                relay.unregister(sel)
+            if io_relay is not None:
+                io_relay.unregister(sel)
             sel.close()
 
     def _recording_state(self) -> Optional[str]:
@@ -770,11 +767,11 @@ class _Supervision:
         self._end_the_rest(deadline)
         exit_status = spawn.describe_status(status)
         recorded: dict[str, Any] = {}
-        if self.st.relay is not None:
+        if self.st.io_relay is not None:
             # What the session wrote last reaches the client (and the recording) before the
             # end, within a bounded time; then the client's fds reach end-of-file.
-            self.st.relay.drain(time.monotonic() + SEND_TIMEOUT)
-            self.st.relay.close()
+            self.st.io_relay.drain(time.monotonic() + SEND_TIMEOUT)
+            self.st.io_relay.close()
         if self.st.recorder is not None:
             self._recording_state()
             recorded["recording"] = self.st.recorder.close(reason, exit_status).as_record()

@@ -209,7 +209,9 @@ def test_max_bytes_ends_the_session(users: Users) -> None:
         _, events = _asciinema(path)
         markers = [e[2] for e in events if e[1] == "m"]
         assert markers[0] == "recording stopped reason=max_bytes"
-        assert asciicast.parse_end(markers[-1]) == {"reason": "recording_limit"}
+        end = asciicast.parse_end(markers[-1])
+        assert end is not None
+        assert end["reason"] == "recording_limit"
         stopped = d.wait_event("rec-limit-end", "recording.stopped")
         assert (stopped["cause"], stopped["action"]) == ("max_bytes", "end")
         ended = _check_ended(d, "rec-limit-end", rec_dir)
