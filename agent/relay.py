@@ -58,9 +58,9 @@ class Pump:
             out.append((self.dst, WRITE))
         return out
 
-    def readable(self) -> bool:
+    def readable(self) -> int:
         """Read what is there, up to the buffer's room (a PTY gives a few KiB a read: one chunk
-        per wake-up would cost a loop per few KiB); True when something was read."""
+        per wake-up would cost a loop per few KiB); returns how much was read."""
         data = b""
         end = False
         while self.src_open and len(self.buf) + len(data) < CHUNK:
@@ -78,7 +78,7 @@ class Pump:
                 self.writable()
         if end:
             self._src_done()
-        return bool(data)
+        return len(data)
 
     def writable(self) -> None:
         if not self.dst_open or not self.buf:
@@ -158,9 +158,28 @@ class Relay:
             sel.unregister(fd)
         self._registered.clear()
 
-    def drain(self, deadline: float) -> None:
+    def drain(self, deadline: float, *, sweep: int = 1 << 20) -> None:
         """At the session's end: take what the sources still hold and deliver what is buffered,
-        until nothing is left or DEADLINE (a client that does not read loses the rest)."""
+        until nothing is left or DEADLINE. A destination that did not take it all by then loses
+        the rest, and its source is read on without it (up to SWEEP bytes: what is still there
+        is recorded all the same)."""
+        try:
+            self._deliver(deadline)
+        finally:
+            for p in self.pumps:
+                if p.dst_open and p.buf:
+                    p.buf.clear()
+                    p.dst_open = False
+                    if p.close_dst:
+                        os.close(p.dst)
+                taken = 0
+                while taken < sweep and not p.dst_open and p.src_open:
+                    got = p.readable()
+                    if not got:
+                        break
+                    taken += got
+
+    def _deliver(self, deadline: float) -> None:
         sel = selectors.DefaultSelector()
         try:
             while time.monotonic() < deadline:

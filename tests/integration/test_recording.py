@@ -437,3 +437,55 @@ def test_cli_lists_verifies_and_replays(users: Users) -> None:
             live.terminate()
             live.wait()
             live.close()
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_the_supervisor_memory_stays_bounded(users: Users) -> None:
+    with recording(max_bytes=0) as (d, rec_dir):
+        sess = _start(d, users, "rec-big", "head -c 100000000 /dev/zero | tr '\\0' c")
+        assert sess.stdout is not None
+        sup = next(int(r["pid"]) for r in d.client.sessions() if r["id"] == "rec-big")
+        first = os.read(sess.stdout, 65536)
+        before = _rss_kb(sup)
+        total, peak = len(first), before
+        while True:
+            chunk = os.read(sess.stdout, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total % (8 << 20) < len(chunk):
+                with contextlib.suppress(OSError, AssertionError):
+                    peak = max(peak, _rss_kb(sup))
+        assert sess.wait()["code"] == 0
+        sess.close()
+        assert total == 100000000
+        assert peak - before < 8 * 1024, (before, peak)  # KiB: 100 MB went through
+        ended = _check_ended(d, "rec-big", rec_dir)
+        assert ended["recording"]["bytes"] > 100000000
+
+
+def test_a_client_that_stops_reading_does_not_wedge_the_session(users: Users) -> None:
+    with recording(max_bytes=0) as (d, rec_dir):
+        sess = _start(d, users, "rec-stall", "yes stalled", tty=True)
+        assert sess.master is not None
+        time.sleep(1.0)  # the client reads nothing: the relay's buffers fill, `yes` blocks
+        cast = os.path.join(rec_dir, "rec-stall.cast")
+        size = os.path.getsize(cast)
+        time.sleep(0.5)
+        assert os.path.getsize(cast) - size < 1 << 20  # the writer is held back, not recorded on
+        t = time.monotonic()
+        sess.terminate()  # the control channel still works
+        status = sess.wait()
+        assert status["reason"] == "terminated"
+        assert time.monotonic() - t < 10
+        sess.close()
+        _, events = _asciinema(cast)
+        assert "stalled" in _output(events)
+        _check_ended(d, "rec-stall", rec_dir)
