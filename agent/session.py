@@ -328,16 +328,16 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         _become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
             cgroup = _open_cgroup(ctx, req.session_id)
+        # The recording exists (its header written) before the shell runs.
+        recorder = _open_recording(ctx, req, account, base=base)
+        if recorder is not None:
+            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
+                                     client_fds)
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
             _login_record(ctx, os.getpid(), account, pty.slave_path)
         tty_path = pty.slave_path if pty is not None else None
-        # The recording exists (its header on disk) before the shell runs.
-        recorder = _open_recording(ctx, req, account, base=base)
-        if recorder is not None:
-            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
-                                     client_fds)
 
         def record_start(pid: int) -> None:
             if cgroup is not None:
@@ -773,8 +773,8 @@ class _Supervision:
             self.st.io_relay.drain(time.monotonic() + SEND_TIMEOUT)
             self.st.io_relay.close()
         if self.st.recorder is not None:
-            self._recording_state()
             recorded["recording"] = self.st.recorder.close(reason, exit_status).as_record()
+            self._recording_state()  # a stop or failure not on record yet (the last write's)
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,
