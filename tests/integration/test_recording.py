@@ -489,3 +489,15 @@ def test_a_client_that_stops_reading_does_not_wedge_the_session(users: Users) ->
         _, events = _asciinema(cast)
         assert "stalled" in _output(events)
         _check_ended(d, "rec-stall", rec_dir)
+
+
+def test_the_cli_on_a_recorded_pty(users: Users) -> None:
+    with recording() as (d, rec_dir):
+        proc = d.cli("session", "--session-id", "rec-cli-tty", "-t", "--run-as", "--tag",
+                     f"{TAG}={users.alice}", "--", "sh", "-c", "echo on-the-pty; exit 4")
+        assert proc.returncode == 4, proc.stderr
+        assert b"on-the-pty" in proc.stdout
+        _, events = _asciinema(os.path.join(rec_dir, "rec-cli-tty.cast"))
+        assert "on-the-pty\r\n" in _output(events)
+        assert asciicast.parse_end(events[-1][2]) == {"reason": "exited", "code": "4"}
+        _check_ended(d, "rec-cli-tty", rec_dir)
