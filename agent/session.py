@@ -322,17 +322,17 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             typed_profile = (profile.rstrip("\n") + "\n").encode()
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
+        # The recording exists (its header written) before the shell runs.
+        recorder = _open_recording(ctx, req, account, base=base)
+        if recorder is not None:
+            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
+                                     client_fds)
         # Every process the session starts ends as a child or descendant of this supervisor,
         # so their exits wake it (SIGCHLD) and it reaps them: the end is reported as soon as
         # they are gone, whatever init does with orphans. End mode `all` also kills them.
         _become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
             cgroup = _open_cgroup(ctx, req.session_id)
-        # The recording exists (its header written) before the shell runs.
-        recorder = _open_recording(ctx, req, account, base=base)
-        if recorder is not None:
-            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
-                                     client_fds)
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
