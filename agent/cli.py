@@ -59,7 +59,7 @@ def _add_prefs(p: argparse.ArgumentParser) -> None:
 
 
 COMMANDS = ("check", "resolve", "config", "serve", "session", "sessions", "terminate", "ssm-user",
-            "version")
+            "recordings", "replay", "version")
 CONFIG_PATH = "/etc/runas-agent/config.yaml"  # agent.config.DEFAULT_PATH, without importing it
 SOCKET_PATH = "/run/runas-agent/runas-agent.sock"  # agent.config.SocketConfig's default path
 
@@ -214,6 +214,39 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
         u.add_argument("--config", metavar="PATH", help=cfg_help)
         u.add_argument("--json", action="store_true", help="print one JSON object")
         u.set_defaults(func=func)
+
+    p = sub.add_parser("recordings", help="list session recordings, or verify them",
+                       description="List the session recordings in recording.dir (id, user, "
+                       "start, duration, bytes, and whether the file still has the size and "
+                       "SHA-256 that the audit log's session.ended holds: ok, mismatch, "
+                       "missing, or unverified when no end is on record, e.g. a live "
+                       "session). Needs root. Exit 0, 2 on a usage or configuration error.")
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_recordings)
+    rsub = p.add_subparsers(dest="recordings_command", metavar="[verify]",
+                            parser_class=_Parser)
+    v = rsub.add_parser("verify", help="check recordings against the audit log's hashes",
+                        description="Check every recording (or session ID's) against the size "
+                        "and SHA-256 recorded in the audit log when its session ended. Exit 0 "
+                        "when none differs, 1 when a file was changed or removed after its "
+                        "session ended (each one named), 2 on a usage or configuration error.")
+    v.add_argument("id", nargs="?", metavar="ID", help="a session id (default: all)")
+    v.add_argument("--config", metavar="PATH", help=cfg_help)
+    v.add_argument("--json", action="store_true", help="print a JSON list")
+    v.set_defaults(func=cmd_recordings_verify)
+
+    p = sub.add_parser("replay", help="play a session recording in this terminal",
+                       description="Play session ID's recording (recording.dir/ID.cast) on "
+                       "stdout with its timing. Needs root. Exit 0, 1 when there is no such "
+                       "recording or it is not valid, 2 on a usage or configuration error.")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--speed", metavar="X", type=_positive, default=1.0,
+                   help="play X times as fast (default 1)")
+    p.add_argument("--max-idle", metavar="S", type=_positive, default=None,
+                   help="shorten every pause to at most S seconds")
+    p.add_argument("--config", metavar="PATH", help=cfg_help)
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("version", help="print the version", description="Print the version.")
     p.set_defaults(func=cmd_version)
@@ -579,6 +612,90 @@ def cmd_version(args: argparse.Namespace) -> int:
     from agent import __version__
 
     sys.stdout.write(f"runas-agent {__version__}\n")
+    return EXIT_OK
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _recordings(args: argparse.Namespace, only: Optional[str] = None) -> Any:
+    from agent import recordings
+
+    cfg = _load(args.config)
+    try:
+        return recordings.scan(cfg.recording.dir, cfg.audit.path, only)
+    except OSError as exc:
+        sys.stderr.write(f"runas-agent: cannot read the recordings in {cfg.recording.dir}: "
+                         f"{exc.strerror or exc}\n")
+        return None
+
+
+def _show_recordings(entries: Any, as_json: bool) -> None:
+    if as_json:
+        _dump([e.as_dict() for e in entries])
+        return
+    lines = [f"{'ID':<24} {'USER':<12} {'STARTED':<20} {'DURATION':>9} {'BYTES':>11} VERIFIED"]
+    for e in entries:
+        duration = "-" if e.duration is None else f"{e.duration:.1f}s"
+        size = "-" if e.bytes is None else str(e.bytes)
+        lines.append(f"{_printable(e.id or e.file):<24} {_printable(e.user or '-'):<12} "
+                     f"{e.started or '-':<20} {duration:>9} {size:>11} {e.verified}")
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def cmd_recordings(args: argparse.Namespace) -> int:
+    entries = _recordings(args)
+    if entries is None:
+        return EXIT_USAGE
+    _show_recordings(entries, args.json)
+    return EXIT_OK
+
+
+def cmd_recordings_verify(args: argparse.Namespace) -> int:
+    from agent import recordings
+
+    entries = _recordings(args, args.id)
+    if entries is None:
+        return EXIT_USAGE
+    if args.id is not None and not entries:
+        sys.stderr.write(f"runas-agent: no recording of session {_printable(args.id)}\n")
+        return EXIT_REFUSED
+    bad = [e for e in entries if e.verified in (recordings.MISMATCH, recordings.MISSING)]
+    if args.json:
+        _dump([e.as_dict() for e in entries])
+    else:
+        for e in entries:
+            sys.stdout.write(f"{e.verified:<10} {_printable(e.file)}"
+                             f"{': ' + e.detail if e.detail else ''}\n")
+    for e in bad:
+        sys.stderr.write(f"runas-agent: {_printable(e.file)}: {e.verified}: {e.detail}\n")
+    return EXIT_REFUSED if bad else EXIT_OK
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from agent import asciicast, recordings
+
+    cfg = _load(args.config)
+    try:
+        path = recordings.find(cfg.recording.dir, args.id)
+        out = sys.stdout
+
+        def write(text: str) -> None:
+            out.write(text)
+            out.flush()
+
+        recordings.play(path, write, speed=args.speed, max_idle=args.max_idle)
+    except (OSError, asciicast.FormatError) as exc:
+        msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        sys.stderr.write(f"runas-agent: replay {_printable(args.id)}: {msg}\n")
+        return EXIT_REFUSED
     return EXIT_OK
 
 

@@ -112,6 +112,18 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class RecordingConfig:
+    """Session recording (asciicast v2, one root-only file per session), off by default."""
+
+    enabled: bool = False
+    dir: str = "/var/log/runas-agent/sessions"  # root-owned, mode 0700
+    input: bool = False  # keystrokes too (they carry passwords)
+    max_bytes: int = 1 << 30  # per session; 0 = unlimited
+    on_limit: str = "end"  # end the session, or stop recording (and say so in the audit log)
+    on_failure: str = "end"  # when the file cannot be written: end the session, or continue
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     format: str = "auto"  # auto, json, console
     level: str = "info"
@@ -127,6 +139,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     ssm_user: SsmUserConfig = field(default_factory=SsmUserConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    recording: RecordingConfig = field(default_factory=RecordingConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
@@ -134,12 +147,17 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "session.end_mode": ("process_group", "all"),
     "logging.format": ("auto", "json", "console"),
     "logging.level": ("debug", "info", "warning", "error"),
+    "recording.on_limit": ("end", "stop"),
+    "recording.on_failure": ("end", "continue"),
 }
+# The smallest recording limit: room for the header and the closing marker.
+MIN_RECORDING_BYTES = 4096
 _NON_NEGATIVE = (
     "policy.min_uid",
     "session.max_duration",
     "session.idle_timeout",
     "session.grace_period",
+    "recording.max_bytes",
 )
 _POSITIVE = (
     "session.max_sessions",
@@ -150,6 +168,7 @@ _POSITIVE = (
 _PAM_SERVICE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ABSOLUTE_PATHS = (
     "socket.path", "audit.path", "session.state_dir", "ssm_user.shell", "ssm_user.home",
+    "recording.dir",
 )
 
 
@@ -257,6 +276,7 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"limits.max_connections_per_peer: must be between 1 and limits.max_connections "
             f"({cfg.limits.max_connections}), got {share}")
+    _check_recording(cfg)
     if not 0 <= cfg.socket.mode <= 0o777:
         raise ConfigError("socket.mode: expected a permission mode such as 0o660")
     if cfg.socket.mode & 0o007:
@@ -264,6 +284,21 @@ def _check_values(cfg: Config) -> None:
             "socket.mode: the socket must not be accessible to others",
             hint="use 0o660 and socket.group for the session transport",
         )
+
+
+def _check_recording(cfg: Config) -> None:
+    rec = cfg.recording
+    if os.path.normpath(rec.dir) != rec.dir.rstrip("/") or rec.dir.rstrip("/") == "":
+        raise ConfigError(f"recording.dir: {rec.dir!r} must be a normalized path other than /")
+    shared = {os.path.normpath(cfg.session.state_dir): "session.state_dir",
+              os.path.dirname(os.path.normpath(cfg.audit.path)): "the audit log's directory"}
+    if os.path.normpath(rec.dir) in shared:
+        raise ConfigError(f"recording.dir: {rec.dir!r} is also "
+                          f"{shared[os.path.normpath(rec.dir)]}",
+                          hint="recordings need a directory of their own")
+    if 0 < rec.max_bytes < MIN_RECORDING_BYTES:
+        raise ConfigError(f"recording.max_bytes: must be 0 (unlimited) or at least "
+                          f"{MIN_RECORDING_BYTES}, got {rec.max_bytes}")
 
 
 def from_mapping(data: Any) -> Config:

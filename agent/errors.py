@@ -36,6 +36,7 @@ UNREACHABLE = "unreachable"
 TERMINATED = "terminated"
 ACTIVATION_FAILED = "activation_failed"
 UNTRUSTED_SERVER = "untrusted_server"
+RECORDING_FAILED = "recording_failed"
 
 
 
@@ -199,6 +200,13 @@ class UntrustedServer(AgentError):
     reason = UNTRUSTED_SERVER
 
 
+class RecordingFailed(AgentError):
+    """The session's recording cannot be written (its directory unsafe or unwritable, the disk
+    full); with recording.on_failure `end`, no session runs (or goes on) unrecorded."""
+
+    reason = RECORDING_FAILED
+
+
 _BY_REASON = {
     cls.reason: cls
     for cls in (
@@ -231,6 +239,7 @@ _BY_REASON = {
         Terminated,
         ActivationFailed,
         UntrustedServer,
+        RecordingFailed,
     )
 }
 

@@ -22,8 +22,18 @@ import socket
 import time
 from dataclasses import dataclass
 
-from agent import protocol
-from agent.errors import AgentError, AuditFailed, InternalError, SpawnFailed, Terminated
+# recording and relay are imported with this module, so the daemon's import of the supervisor's
+# modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
+# does not pay for their import.
+from agent import protocol, recording, relay
+from agent.errors import (
+    AgentError,
+    AuditFailed,
+    InternalError,
+    RecordingFailed,
+    SpawnFailed,
+    Terminated,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -77,6 +87,8 @@ class Started:
     pam: Any  # agent.pam.Opened (the PAM process) or None
     profile: bytes  # to type into the PTY once the client has the session (interactive only)
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
+    recorder: Optional[recording.Recorder] = None  # recording on: the session's recording
+    io_relay: Optional[relay.Relay] = None  # recording on: the supervisor relays the I/O
 
 
 class Signals:
@@ -294,6 +306,9 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     pty = None
     pam: Any = None
     cgroup: Optional[SessionCgroup] = None
+    recorder: Optional[recording.Recorder] = None
+    relay_: Optional[relay.Relay] = None
+    relayed: tuple[int, ...] = ()  # the relay's fds for the client
     child_fds: tuple[int, ...] = ()
     client_fds: tuple[int, ...] = ()
     try:
@@ -332,6 +347,11 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             typed_profile = (profile.rstrip("\n") + "\n").encode()
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
+        # The recording exists (its header written) before the shell runs.
+        recorder = _open_recording(ctx, req, account, base=base)
+        if recorder is not None:
+            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
+                                     client_fds)
         # Every process the session starts ends as a child or descendant of this supervisor,
         # so their exits wake it (SIGCHLD) and it reaps them: the end is reported as soon as
         # they are gone, whatever init does with orphans. End mode `all` also kills them.
@@ -362,8 +382,15 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                 _logout_record(ctx, os.getpid(), pty.slave_path)
             raise
     except BaseException:
-        for fd in set(child_fds) | set(client_fds):
+        unclosed = set(child_fds) | set(client_fds) | set(relayed)
+        if relay_ is not None:
+            unclosed -= relay_.held
+            relay_.close()
+        for fd in unclosed:
             os.close(fd)
+        if recorder is not None:  # no session ran: its recording would record nothing
+            recorder.close_now()
+            _unlink(recorder.path)
         if cgroup is not None:
             _remove_cgroup(cgroup)
         if pam is not None:
@@ -374,10 +401,59 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         raise
     for fd in set(child_fds):
         os.close(fd)
+    if relay_ is not None:
+        client_fds = relayed
     if pty is not None:
         return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
-                       typed_profile, cgroup)
-    return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup)
+                       typed_profile, cgroup, recorder, relay_)
+    return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup, recorder,
+                   relay_)
+
+
+def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,
+                    base: dict[str, Any]) -> Optional[recording.Recorder]:
+    """The session's recording, when recording is on. Raises RecordingFailed when it cannot be
+    created and recording.on_failure is `end`; with `continue`, records the failure and returns
+    None (the session runs unrecorded, its I/O handed over directly)."""
+    cfg = ctx.cfg.recording
+    if not cfg.enabled:
+        return None
+    term = req.terminal
+    head = recording.header_for(
+        width=term.cols if term is not None else 80, height=term.rows if term is not None else 24,
+        term=term.term if term is not None else None, shell=account.shell,
+        session_id=req.session_id, user=account.name, uid=account.uid,
+        principal=req.principal.arn, command=req.command)
+    try:
+        return recording.Recorder.create(cfg, req.session_id, head)
+    except RecordingFailed as exc:
+        if cfg.on_failure == "end":
+            raise
+        _warn(f"session {req.session_id} runs unrecorded: {exc}")
+        ctx.audit.record("recording.failed", **base, user=account.name, uid=account.uid,
+                         error=str(exc), action="continue")
+        return None
+
+
+def _relay(rec: recording.Recorder, master: Optional[int],
+           client_fds: tuple[int, ...]) -> tuple[relay.Relay, tuple[int, ...]]:
+    """Put the supervisor between the client and the session: the client gets the relay's fds
+    in place of CLIENT_FDS (which the relay holds, or, for a PTY, the supervisor keeps)."""
+    if master is not None:
+        r, client = relay.for_pty(master, rec.output, rec.input)
+        return r, (client,)
+    stdin_w, stdout_r, stderr_r = client_fds
+    r, fds = relay.for_pipes(stdin_w, stdout_r, stderr_r,
+                             on_stdout=lambda d: rec.output(d, "stdout"),
+                             on_stderr=lambda d: rec.output(d, "stderr"), on_input=rec.input)
+    return r, fds
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
@@ -538,6 +614,7 @@ class _Supervision:
         self.bad_frames = 0
         self.recheck = (END_RECHECK_SUBREAPER if ctx.sys_platform == "linux"
                         else END_RECHECK_OTHER)
+        self.rec_reported = False  # a recording stop or failure is on record
 
     def run(self) -> int:
         from agent.registry import process_start_time
@@ -580,6 +657,7 @@ class _Supervision:
         sel.register(self.sig.wake_r, selectors.EVENT_READ)
         started_mono, started_wall = time.monotonic(), time.time()
         idle = cfg.idle_timeout if st.slave_path is not None else 0.0
+        rec, io_relay = st.recorder, st.io_relay
         try:
             held = self._apply_control()  # what the client sent while the session started
             if held is not None:
@@ -589,6 +667,14 @@ class _Supervision:
                     return "exited"
                 if self.sig.terminate:
                     return "terminated"
+                if rec is not None:
+                    if rec.flush_due() == 0.0:
+                        rec.flush()
+                    why = self._recording_state()
+                    if why is not None:
+                        return why
+                if io_relay is not None:
+                    io_relay.sync(sel)
                 timeout: Optional[float] = None
                 if cfg.max_duration > 0:
                     timeout = started_mono + cfg.max_duration - time.monotonic()
@@ -599,15 +685,52 @@ class _Supervision:
                     if time.time() - last >= idle:
                         return "idle_timeout"
                     timeout = IDLE_CHECK if timeout is None else min(timeout, IDLE_CHECK)
-                for key, _ in sel.select(timeout):
-                    if key.fileobj is self.conn:
+                due = rec.flush_due() if rec is not None else None
+                if due is not None:
+                    timeout = due if timeout is None else min(timeout, due)
+                for key, mask in sel.select(timeout):
+                    if key.data == "relay":
+                        assert io_relay is not None
+                        io_relay.handle(key.fd, mask)
+                    elif key.fileobj is self.conn:
                         reason = self._control()
                         if reason is not None:
                             return reason
                     else:
                         self.sig.drain()
         finally:
+            if io_relay is not None:
+                io_relay.unregister(sel)
             sel.close()
+
+    def _recording_state(self) -> Optional[str]:
+        """Record (once) that the recording stopped at its limit or failed; returns an end
+        reason when the config says the session ends then."""
+        rec = self.st.recorder
+        if rec is None or self.rec_reported or (rec.stopped is None and rec.failed is None):
+            return None
+        self.rec_reported = True
+        rcfg = self.ctx.cfg.recording
+        user = {"user": self.st.account.name, "uid": self.st.account.uid}
+        if rec.failed is not None:
+            action = rcfg.on_failure
+            _warn(f"session {self.req.session_id}: recording failed ({rec.failed}); {action}")
+            self._audit("recording.failed", **user, error=rec.failed, action=action,
+                        recording=rec.summary().as_record())
+            if action == "end":
+                return "recording_failed"
+            rec.stop_writing()
+            return None
+        action = rcfg.on_limit
+        self._audit("recording.stopped", **user, cause=rec.stopped, action=action,
+                    max_bytes=rcfg.max_bytes, recording=rec.summary().as_record())
+        return "recording_limit" if action == "end" else None
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        try:
+            self.ctx.audit.record(event, **self.base, **fields)
+        except AuditFailed as exc:
+            _warn(f"{event} not recorded: {exc}")
 
     def _reap_children(self) -> bool:
         """Reap exited children other than the shell (orphans in end mode `all`, the profile
@@ -662,6 +785,9 @@ class _Supervision:
                     terminal.set_window_size(self.st.master, ctl.rows, ctl.cols)
                 except OSError as exc:
                     _warn(f"resize: {exc}")
+                else:
+                    if self.st.recorder is not None:
+                        self.st.recorder.resize(ctl.rows, ctl.cols)
         return "hangup" if self.chan.hung_up else None
 
     def _error_nowait(self, exc: AgentError) -> None:
@@ -697,10 +823,19 @@ class _Supervision:
             self.status = status
         self._end_the_rest(deadline)
         exit_status = spawn.describe_status(status)
+        recorded: dict[str, Any] = {}
+        if self.st.io_relay is not None:
+            # What the session wrote last reaches the client (and the recording) before the
+            # end, within a bounded time; then the client's fds reach end-of-file.
+            self.st.io_relay.drain(time.monotonic() + SEND_TIMEOUT)
+            self.st.io_relay.close()
+        if self.st.recorder is not None:
+            recorded["recording"] = self.st.recorder.close(reason, exit_status).as_record()
+            self._recording_state()  # a stop or failure not on record yet (the last write's)
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,
-                                  exit_status=exit_status)
+                                  exit_status=exit_status, **recorded)
         except AuditFailed as exc:
             _warn(f"session.ended not recorded: {exc}")
         if notify and reason != "hangup":

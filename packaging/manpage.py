@@ -22,6 +22,8 @@ FILES = (
      "The daemon's socket: root and group runas-agent (the session transport), mode 0660."),
     ("/run/runas-agent/sessions", "One record per live session."),
     ("/var/log/runas-agent/audit.log", "Audit records, one JSON object per line."),
+    ("/var/log/runas-agent/sessions",
+     "Session recordings (recording.enabled), one asciicast v2 file per session, root-only."),
     ("/etc/pam.d/runas-agent", "PAM service used for each session on Linux, when present."),
     ("/etc/sudoers.d/ssm-agent-users",
      "sudo rights of ssm-user, written only when the agent created that account."),

@@ -57,7 +57,15 @@ def test_quick_bench_reports_everything(isolated: Isolated) -> None:
         "agent_p50_vs_floor", "agent_p50_vs_runuser", "ssh_over_agent",
         "cli_p50_vs_import_plus_agent", "check_cold_vs_import", "pty_p50_vs_su_login",
         "starts_per_s_4_clients_vs_runuser_4", "idle_rss_mb", "uss_per_live_session_mb",
-        "concurrent_sessions_held"}
+        "concurrent_sessions_held", "recording_pty_throughput_vs_off",
+        "recording_echo_p50_added_ms", "recording_start_p50_added_ms"}
+    for mode in ("off", "on"):
+        r = res["recording"][mode]
+        assert r["pty_mb_s"] > 0, mode
+        assert r["pty_bytes"] > 0, mode
+        for key in ("echo", "start_pty"):
+            assert r[key]["n"] >= 10, (mode, key)
+            assert 0 < r[key]["p50_ms"] <= r[key]["p99_ms"], (mode, key)
     assert report["ratios"]["runuser"]["x_runuser"] == 1.0
     # The bench removed what it made outside its namespace.
     leftovers = [e for e in os.listdir("/tmp") if e.startswith("runas-agent-bench-")]

@@ -91,3 +91,39 @@ def test_end_mode_all_is_flagged_on_macos_only() -> None:
     assert "macOS" in warning
     assert platform_warnings(cfg, "linux") == ()
     assert platform_warnings(parse("{}"), "darwin") == ()
+
+
+def test_recording_defaults_and_values() -> None:
+    rec = parse("").recording
+    assert rec.enabled is False
+    assert rec.dir == "/var/log/runas-agent/sessions"
+    assert rec.input is False
+    assert rec.on_limit == "end"
+    assert rec.on_failure == "end"
+    rec = parse("recording: {enabled: true, dir: /srv/casts, input: true, max_bytes: 0,"
+                " on_limit: stop, on_failure: continue}").recording
+    assert (rec.enabled, rec.dir, rec.input, rec.max_bytes, rec.on_limit, rec.on_failure) == (
+        True, "/srv/casts", True, 0, "stop", "continue")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("recording: {enable: true}", "recording.enable: unknown key"),
+        ("recording: {enabled: 1}", "recording.enabled: expected boolean, got int"),
+        ("recording: {dir: casts}", "recording.dir: expected an absolute path"),
+        ("recording: {dir: /}", "recording.dir: '/' must be a normalized path other than /"),
+        ("recording: {dir: /var/../tmp}", "must be a normalized path"),
+        ("recording: {dir: /run/runas-agent/sessions}", "is also session.state_dir"),
+        ("recording: {dir: /var/log/runas-agent}", "is also the audit log's directory"),
+        ("recording: {max_bytes: -1}", "recording.max_bytes: must not be negative"),
+        ("recording: {max_bytes: 100}", "recording.max_bytes: must be 0 (unlimited) or at least"),
+        ("recording: {max_bytes: 1.5}", "recording.max_bytes: expected integer, got float"),
+        ("recording: {on_limit: drop}", "recording.on_limit: expected one of end, stop"),
+        ("recording: {on_failure: ignore}", "recording.on_failure: expected one of end, continue"),
+    ],
+)
+def test_recording_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse(text, "cfg.yaml")
+    assert message in str(info.value)

@@ -1,0 +1,104 @@
+"""Listing, verifying and playing recordings, on real files and a real audit log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from agent import asciicast, recordings
+
+
+def _cast(sid: str, ts: int, outputs: list[tuple[float, str]]) -> bytes:
+    lines = [asciicast.header(width=80, height=24, timestamp=ts, term="xterm", shell="/bin/sh",
+                              session_id=sid, user="alice", uid=1001, principal="p",
+                              command=None)]
+    lines += [asciicast.event(t, asciicast.OUTPUT, text) for t, text in outputs]
+    end = outputs[-1][0] if outputs else 0.0
+    lines.append(asciicast.event(end, asciicast.MARKER,
+                                 asciicast.end_label("exited", {"code": 0, "signal": None})))
+    return b"".join(lines)
+
+
+def _ended(audit: Path, name: str, data: bytes) -> None:
+    rec = {"ts": "x", "event": "session.ended", "session_id": name[:-5],
+           "recording": {"file": name, "bytes": len(data),
+                         "sha256": hashlib.sha256(data).hexdigest(), "complete": True}}
+    with audit.open("a") as fh:
+        fh.write(json.dumps(rec) + "\n")
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> tuple[Path, Path]:
+    d = tmp_path / "casts"
+    d.mkdir()
+    audit = tmp_path / "audit.log"
+    audit.write_text('{"event": "session.started", "session_id": "a"}\nnot json\n')
+    for sid, ts in (("a", 1700000000), ("b", 1700000100), ("gone", 1700000200)):
+        data = _cast(sid, ts, [(0.5, f"{sid}-out\n"), (2.0, "bye\n")])
+        (d / f"{sid}.cast").write_bytes(data)
+        _ended(audit, f"{sid}.cast", data)
+    (d / "live.cast").write_bytes(_cast("live", 1700000300, [(0.1, "x")]))
+    (d / "junk.cast").write_bytes(b"not a recording\n")
+    (d / "notes.txt").write_text("ignored")
+    return d, audit
+
+
+def test_scan_verifies_each_recording(node: tuple[Path, Path]) -> None:
+    d, audit = node
+    b = d / "b.cast"
+    b.write_bytes(b.read_bytes().replace(b"b-out", b"B-OUT"))
+    (d / "gone.cast").unlink()
+    got = {e.file: e for e in recordings.scan(str(d), str(audit))}
+    assert set(got) == {"a.cast", "b.cast", "gone.cast", "live.cast", "junk.cast"}
+    assert got["a.cast"].verified == recordings.OK
+    assert (got["a.cast"].id, got["a.cast"].user) == ("a", "alice")
+    assert got["a.cast"].started == "2023-11-14T22:13:20Z"
+    assert got["a.cast"].duration == 2.0
+    assert got["b.cast"].verified == recordings.MISMATCH
+    assert "the audit log has" in got["b.cast"].detail
+    assert got["gone.cast"].verified == recordings.MISSING
+    assert got["live.cast"].verified == recordings.UNVERIFIED
+    assert got["junk.cast"].verified == recordings.UNVERIFIED
+    assert got["junk.cast"].detail.startswith("not a recording")
+    only = recordings.scan(str(d), str(audit), "a")
+    assert [e.file for e in only] == ["a.cast"]
+
+
+def test_a_missing_directory_lists_nothing(tmp_path: Path) -> None:
+    assert recordings.scan(str(tmp_path / "none"), str(tmp_path / "audit.log")) == []
+
+
+def test_repeat_recordings_of_an_id_belong_to_it() -> None:
+    assert recordings._is_repeat("s.1.cast", "s")
+    assert not recordings._is_repeat("s.x.cast", "s")
+    assert not recordings._is_repeat("t.1.cast", "s")
+
+
+def test_find_stays_in_the_directory(node: tuple[Path, Path]) -> None:
+    d, _ = node
+    assert recordings.find(str(d), "a") == str(d / "a.cast")
+    for bad in ("../a", ".hidden", "nope"):
+        with pytest.raises(FileNotFoundError):
+            recordings.find(str(d), bad)
+
+
+def test_play_keeps_the_timing(node: tuple[Path, Path]) -> None:
+    d, _ = node
+    out: list[str] = []
+    slept: list[float] = []
+    recordings.play(str(d / "a.cast"), out.append, speed=2.0, max_idle=0.5,
+                    sleep=slept.append)
+    assert out == ["a-out\n", "bye\n"]
+    assert slept == [0.25, 0.25]
+
+
+def test_play_leaves_out_a_line_cut_short(node: tuple[Path, Path]) -> None:
+    d, _ = node
+    p = d / "cut.cast"
+    p.write_bytes(_cast("cut", 1, [(0.1, "one\n")]) + b'[0.2, "o", "tw')
+    out: list[str] = []
+    recordings.play(str(p), out.append, sleep=lambda _: None)
+    assert out == ["one\n"]
