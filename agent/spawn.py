@@ -7,9 +7,9 @@ values only, in this order (design §5):
  1. every signal disposition back to default, the signal mask cleared;
  2. a new session; with a terminal, the slave becomes the controlling terminal;
  3. stdin/stdout/stderr onto 0/1/2;
- 4. what the PAM session stage set for the session (resource limits, umask, nice value, and
-    the login uid pam_loginuid set; the stage ran in a process of its own, agent.pam), still
-    as root: raising a hard limit, the priority or setting the login uid needs it;
+ 4. what the PAM session stage set for the session (the login uid pam_loginuid set, then the
+    resource limits, umask and nice value; the stage ran in a process of its own, agent.pam),
+    still as root: setting the login uid, raising a hard limit or the priority needs it;
  5. supplementary groups, then gid, then uid (real, effective, saved);
  6. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
  7. a new session keyring, joined as the account so that it owns it (agent.keyring): the
@@ -519,12 +519,12 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         stage = "stdio"
         for target, fd in enumerate(high):
             os.dup2(fd, target)
+        if p.loginuid is not None:  # before the limits: it takes a descriptor (nofile)
+            stage = "loginuid"
+            _write_loginuid(p.loginuid)
         if not p.limits.empty:
             stage = "limits"
             proclimits.apply(p.limits)
-        if p.loginuid is not None:
-            stage = "loginuid"
-            _write_loginuid(p.loginuid)
         become(ops, p.ident)
         verify(ops, p.ident)
         session_keyring(ops, p.ident)
