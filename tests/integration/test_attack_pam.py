@@ -7,6 +7,10 @@ namespace.
   supervisor went on waiting for PAM and then started the shell anyway, which ran the command
   it had been told not to. Terminated while PAM works, nothing of the session runs, and the
   client hears so at once.
+- An unset login uid (PAM off; or a stack without pam_loginuid, or where it is optional and
+  failed) can be set once by anyone: the session's user wrote 0 to /proc/self/loginuid and
+  every audit event of the session then named root as the one who logged in. Where it is
+  unset, the session's process sets it to the account's uid before the drop.
 - A small `nofile` limit for the account (limits.d): the session's child set the limit before
   it wrote the login uid, so opening /proc/self/loginuid failed (EMFILE) and every session of
   the account was refused. The login uid is written first, as root, the limits after.
@@ -199,3 +203,46 @@ def test_a_small_nofile_limit_still_gets_its_login_uid(few_files: DaemonProc,
         assert sess.wait().get("code") == 0
     finally:
         sess.close()
+
+
+LOGINUID_PROBE = ('cat /proc/self/loginuid; echo; echo 0 > /proc/self/loginuid 2>/dev/null; '
+                  'echo "rc=$?"; cat /proc/self/loginuid; echo; echo DONE')
+
+
+@pytest.mark.parametrize("pam", ["off", "no pam_loginuid"])
+def test_the_account_cannot_choose_its_login_uid(users: Users, pam: str) -> None:
+    with open("/proc/self/loginuid") as fh:
+        assert fh.read().strip() == "4294967295"  # the daemon's is unset, as under systemd
+    if pam != "off":
+        with open(SERVICE_FILE) as fh:
+            service = fh.read()
+        with open("/etc/pam.d/runas-agent", "w") as fh:
+            fh.write("".join(ln for ln in service.splitlines(keepends=True)
+                             if "pam_loginuid" not in ln))
+    d = make_daemon({"session": {"pam": pam != "off"}})
+    d.start()
+    try:
+        sess = d.client.start(session_id="loginuid", principal_arn="arn:aws:iam::1:role/A",
+                              tags={TAG: users.alice}, run_as_enabled=True,
+                              command=LOGINUID_PROBE)
+        try:
+            assert sess.stdout is not None
+            data = b""
+            while b"DONE" not in data:
+                assert select.select([sess.stdout], [], [], 20)[0], data
+                chunk = os.read(sess.stdout, 4096)
+                assert chunk, data
+                data += chunk
+            assert sess.wait().get("code") == 0
+        finally:
+            sess.close()
+        uid = str(pwd.getpwnam(users.alice).pw_uid)
+        before, rc, after, _ = data.decode().split("\n", 3)
+        assert (before, after) == (uid, uid), data
+        assert rc != "rc=0", data
+    finally:
+        d.stop()
+        d.cleanup()
+        _kill_account(users.alice)
+        if os.path.exists("/etc/pam.d/runas-agent"):
+            os.unlink("/etc/pam.d/runas-agent")
