@@ -735,9 +735,10 @@ def _read_report(fd: int, timeout: float, wake: int,
                             hint="check the session modules of the PAM service (pam_exec "
                             "scripts, directory lookups)")
         ready = {got for got, _ in poller.poll(max(1, int(min(left, CANCEL_CHECK) * 1000)))}
-        if cancelled is not None:
-            cancelled()
         if fd not in ready:
+            # Only while nothing is reported: a session PAM opened is closed, never killed.
+            if cancelled is not None:
+                cancelled()
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -18,10 +18,12 @@ namespace.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import select
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -165,6 +167,32 @@ def test_a_terminate_frame_while_a_pam_module_hangs_runs_nothing(slow_pam: Daemo
         assert "session.started" not in d.events("pam-slow-frame")
     finally:
         sock.close()
+
+
+def test_a_hanging_module_is_given_up_after_the_open_timeout(slow_pam: DaemonProc,
+                                                            users: Users) -> None:
+    """Without a terminate, the wait for PAM is bounded all the same (open_login's timeout,
+    here 1 s instead of pam.OPEN_TIMEOUT): pam_failed, and no PAM process is left."""
+    code = f"""
+import json, pwd, time
+from agent import pam
+from agent.errors import AgentError
+pw = pwd.getpwnam({users.alice!r})
+began = time.monotonic()
+try:
+    pam.open_login("runas-agent", pw.pw_name, pw.pw_gid, timeout=1.0)
+    print(json.dumps({{"opened": True}}))
+except AgentError as exc:
+    print(json.dumps({{"reason": exc.reason, "message": exc.message,
+                      "took": time.monotonic() - began}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res.get("reason") == "pam_failed", res
+    assert "within 1 s" in res["message"], res
+    assert res["took"] < float(SLEEP[1]) - 2, res
 
 
 @pytest.fixture
