@@ -559,6 +559,8 @@ def login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
 
 REPORT_MAX = 1 << 20  # the largest report the PAM process may send (groups, environment...)
 CLOSE_TIMEOUT = 10.0  # seconds the PAM process may take to end the session once told to
+OPEN_TIMEOUT = 300.0  # seconds the stages may take to open it (agent.client's start timeout)
+CANCEL_CHECK = 0.1  # seconds between two calls of open_login's CANCELLED while PAM works
 _CLOSE = b"c"
 _UNSET_LOGINUID = 4294967295  # (uid_t)-1: no login uid
 
@@ -607,6 +609,21 @@ class PamProcess:
         _end_process(self.pid, timeout)
 
 
+    def kill(self) -> None:
+        """Kill the process at once and reap it (it has not opened a session to close)."""
+        if self._control is None or os.getpid() != self._owner:
+            return
+        import signal
+
+        control, self._control = self._control, None
+        os.close(control)
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is its own
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 class _Gone(Exception):
     """The PAM process is no longer this process's child (reaped before)."""
 
@@ -639,12 +656,19 @@ def _end_process(pid: int, timeout: float) -> None:
 
 def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
                ruser: Optional[str] = None, rhost: Optional[str] = None,
-               groups: Optional[Sequence[int]] = None) -> Opened:
+               groups: Optional[Sequence[int]] = None, timeout: float = OPEN_TIMEOUT,
+               wake: int = -1, cancelled: Optional[Callable[[], None]] = None) -> Opened:
     """`login()` in a process of its own, forked here: the caller's limits, umask, nice value,
     groups, loginuid and cgroup stay as they are, whatever the session stage does. The process
     keeps the handle until `Opened.close()` (or until the caller dies: the pipe it waits on
     closes), then ends the session and exits. A refusal or failure raises the same error
-    `login()` would, after that process has ended. Call from a single-threaded process."""
+    `login()` would, after that process has ended. Call from a single-threaded process.
+
+    A module may hang (a pam_exec script, a directory that does not answer): the wait for the
+    report is bounded. After TIMEOUT seconds the PAM process is killed and PamFailed raised;
+    CANCELLED(), called when WAKE (a descriptor, -1: none) is readable and every CANCEL_CHECK
+    seconds, empties WAKE and raises to give up (the session was terminated): the PAM process
+    is killed and that error propagates. Either way nothing of the session runs."""
     import json
 
     report_r, report_w = os.pipe()
@@ -668,7 +692,10 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     process = PamProcess(pid, control_w)
     try:
         try:
-            data = _read_report(report_r)
+            data = _read_report(report_r, timeout, wake, cancelled)
+        except BaseException:
+            process.kill()  # still in the stages: there is no session it could end yet
+            raise
         finally:
             os.close(report_r)
         report = json.loads(data.decode("utf-8")) if data else None
@@ -689,10 +716,30 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     return opened
 
 
-def _read_report(fd: int) -> bytes:
+def _read_report(fd: int, timeout: float, wake: int,
+                 cancelled: Optional[Callable[[], None]]) -> bytes:
+    import select
+    import time
+
+    deadline = time.monotonic() + timeout
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    if wake != -1:
+        poller.register(wake, select.POLLIN)
     chunks: list[bytes] = []
     size = 0
     while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise PamFailed(f"PAM did not open the session within {timeout:g} s: a module hangs",
+                            hint="check the session modules of the PAM service (pam_exec "
+                            "scripts, directory lookups)")
+        ready = {got for got, _ in poller.poll(max(1, int(min(left, CANCEL_CHECK) * 1000)))}
+        if fd not in ready:
+            # Only while nothing is reported: a session PAM opened is closed, never killed.
+            if cancelled is not None:
+                cancelled()
+            continue
         chunk = os.read(fd, 65536)
         if not chunk:
             return b"".join(chunks)

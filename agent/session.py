@@ -244,7 +244,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         chan.receive()
         if sig.terminate or chan.terminate_held():
             raise Terminated("the session was terminated before its shell started")
-        started = _start(req, ctx, account, source, base=base)
+        started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig)
     except AgentError as exc:
         if claimed:
             ctx.registry.remove(req.session_id)
@@ -297,7 +297,7 @@ def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:
 
 
 def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str, *,
-           base: dict[str, Any]) -> Started:
+           base: dict[str, Any], chan: Channel, sig: Signals) -> Started:
     """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure.
     `session.started` is on record before the shell is exec'd: if it cannot be written, the
     shell never runs (AuditFailed)."""
@@ -325,7 +325,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             err_r, err_w = os.pipe()
             child_fds, client_fds = (in_r, out_w, err_w), (in_w, out_r, err_r)
         login = _pam_login(ctx, account, pty.slave_path if pty is not None else None,
-                           ruser=req.principal.arn or None)
+                           ruser=req.principal.arn or None, chan=chan, sig=sig)
         extra: dict[str, str] = {}
         limits = None
         loginuid = None
@@ -365,6 +365,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         tty_path = pty.slave_path if pty is not None else None
 
         def record_start(pid: int) -> None:
+            _refuse_if_terminated(chan, sig)  # asked while the session was set up: run nothing
             if scope is not None:
                 _join_scope(scope, pid, pam.pid)
             if cgroup is not None:
@@ -457,19 +458,30 @@ def _unlink(path: str) -> None:
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
-               ruser: Optional[str]) -> Any:
+               ruser: Optional[str], chan: Channel, sig: Signals) -> Any:
     """PAM's account and session stages in a root process of their own (agent.pam.open_login),
     never in this one: what the stages set (limits, umask, nice value, groups, loginuid, the
     logind scope) comes back in the returned agent.pam.Opened for the shell alone. None when PAM
     is off or its service is not installed. PAM_RUSER is the principal that asked for the
-    session."""
+    session. A `terminate` (signal or control frame) while a module takes its time ends the
+    wait at once: Terminated, and the PAM process is killed."""
     from agent import pam
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
-                          groups=account.groups)
+                          groups=account.groups, wake=sig.wake_r,
+                          cancelled=lambda: _refuse_if_terminated(chan, sig))
+
+
+def _refuse_if_terminated(chan: Channel, sig: Signals) -> None:
+    """Raise Terminated when the session was terminated (SIGTERM from `terminate`, or the
+    client's terminate frame) before its shell runs."""
+    sig.drain()
+    chan.receive()
+    if sig.terminate or chan.terminate_held():
+        raise Terminated("the session was terminated before its shell started")
 
 
 def _logind_scope(ctx: Context, path: Optional[str]) -> Optional[str]:

@@ -7,9 +7,10 @@ values only, in this order (design §5):
  1. every signal disposition back to default, the signal mask cleared;
  2. a new session; with a terminal, the slave becomes the controlling terminal;
  3. stdin/stdout/stderr onto 0/1/2;
- 4. what the PAM session stage set for the session (resource limits, umask, nice value, and
-    the login uid pam_loginuid set; the stage ran in a process of its own, agent.pam), still
-    as root: raising a hard limit, the priority or setting the login uid needs it;
+ 4. what the PAM session stage set for the session (the login uid pam_loginuid set, else the
+    account's uid where the login uid is unset, then the resource limits, umask and nice
+    value; the stage ran in a process of its own, agent.pam), still as root: setting the login
+    uid, raising a hard limit or the priority needs it;
  5. supplementary groups, then gid, then uid (real, effective, saved);
  6. verification: the ids and groups are exactly the target's and setuid(0)/setgid(0) fail;
  7. a new session keyring, joined as the account so that it owns it (agent.keyring): the
@@ -52,6 +53,7 @@ _EXIT_FAILED = 127
 _REPORT_MAX = 1024
 _AT_GATE = b"\x06"  # the child's word, with a gate, that it is ready to exec
 _GO = b"g"
+_UNSET_LOGINUID = b"4294967295"  # (uid_t)-1 in /proc/self/loginuid
 
 
 @dataclass(frozen=True)
@@ -519,12 +521,14 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         stage = "stdio"
         for target, fd in enumerate(high):
             os.dup2(fd, target)
+        stage = "loginuid"  # before the limits: it takes a descriptor (nofile)
+        if p.loginuid is not None:
+            _write_loginuid(p.loginuid)
+        elif not p.ident.darwin:
+            _claim_unset_loginuid(str(p.ident.uid).encode())
         if not p.limits.empty:
             stage = "limits"
             proclimits.apply(p.limits)
-        if p.loginuid is not None:
-            stage = "loginuid"
-            _write_loginuid(p.loginuid)
         become(ops, p.ident)
         verify(ops, p.ident)
         session_keyring(ops, p.ident)
@@ -551,6 +555,28 @@ def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> N
         _report(report, stage, exc)
     finally:
         os._exit(_EXIT_FAILED)
+
+
+def _claim_unset_loginuid(value: bytes) -> None:
+    """Set the login uid to VALUE (the account's uid) when it is unset: PAM off, or a stack
+    without pam_loginuid. An unset login uid may be set once by anyone, so the account could
+    otherwise give its session any login uid it likes (0: its audit events would name root).
+    Nothing to do without one (a kernel without audit), or where the kernel refuses it even
+    to root (EPERM here means the account is refused as well)."""
+    try:
+        fd = os.open("/proc/self/loginuid", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        current = os.read(fd, 32).strip()
+    finally:
+        os.close(fd)
+    if current != _UNSET_LOGINUID:
+        return
+    try:
+        _write_loginuid(value)
+    except PermissionError:
+        pass
 
 
 def _write_loginuid(value: bytes) -> None:
