@@ -106,7 +106,7 @@ def _read_int(path: str) -> Optional[int]:
 
 
 @pytest.fixture(scope="module")
-def hopper_account(users: Users) -> tuple[str, int]:
+def hopper_account(users: Users) -> Iterator[tuple[str, int]]:
     """An account of its own, so "no process of the account is left" means exactly that: with
     a uid that no other account (nor another test run on this machine) has processes under."""
     uid = 40000 + os.getpid() % 20000
@@ -115,7 +115,10 @@ def hopper_account(users: Users) -> tuple[str, int]:
     sh("useradd", "-m", "-u", str(uid), "-s", "/bin/bash", "--", HOPPER_USER)
     with open(f"/home/{HOPPER_USER}/hop.py", "w") as fh:
         fh.write(HOPPER)
-    return HOPPER_USER, pwd.getpwnam(HOPPER_USER).pw_uid
+    try:
+        yield HOPPER_USER, uid
+    finally:
+        _kill_all_of(uid)  # also after a test that started a hopper without the fixture
 
 
 def _uid_taken(uid: int) -> bool:
