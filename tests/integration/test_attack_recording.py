@@ -1,0 +1,128 @@
+"""Attacks on session recording, replayed for real: a session user who tries to keep the
+supervisor from ending the session (and recording its end) once the shell has gone."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import Users
+from tests.integration.test_recording import _asciinema, _output, _start, recording
+
+pytestmark = pytest.mark.privileged
+
+
+def _kill_all(user: str) -> None:
+    """Every process of USER, gone."""
+    uid = str(pwd.getpwnam(user).pw_uid)
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "kill", "-9", "-1"], check=False, capture_output=True)
+
+
+@pytest.fixture
+def alice_cleanup(users: Users) -> Iterator[Users]:
+    try:
+        yield users
+    finally:
+        _kill_all(users.alice)
+
+
+def _sink(fd: int, stop: threading.Event) -> threading.Thread:
+    """A client that reads FD as fast as it can (and throws the bytes away)."""
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                if not os.read(fd, 1 << 20):
+                    return
+            except OSError:
+                return
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+# A process of the session that leaves its process group, ignores the hang-up and floods the
+# session's output for ever after the shell has exited.
+FLOOD = "setsid sh -c 'trap \"\" HUP; exec yes flood' </dev/null 2>/dev/null & sleep 0.5; exit 3"
+
+
+def test_flood_after_exit_does_not_wedge_the_end(alice_cleanup: Users) -> None:
+    """The end's drain is bounded even when the client takes everything at once: the session
+    ends, its end is recorded with the recording's hash, and the client is told."""
+    users = alice_cleanup
+    with recording(max_bytes=0) as (d, _):
+        sess = _start(d, users, "flood-exit", FLOOD)
+        stop = threading.Event()
+        readers = [_sink(sess.stdout, stop), _sink(sess.stderr, stop)]
+        try:
+            t0 = time.monotonic()
+            ended = d.wait_event("flood-exit", "session.ended", timeout=40)
+            assert time.monotonic() - t0 < 40
+            assert ended["exit_status"]["code"] == 3
+            assert ended["recording"]["file"] == "flood-exit.cast"
+        finally:
+            _kill_all(users.alice)
+            stop.set()
+            for t in readers:
+                t.join(5)
+        status = sess.wait()
+        assert status["code"] == 3
+        sess.close()
+
+
+def test_flood_after_exit_on_a_terminal(alice_cleanup: Users) -> None:
+    """The same on a PTY: a process outside the group keeps writing to the terminal."""
+    users = alice_cleanup
+    with recording(max_bytes=0) as (d, _):
+        sess = _start(d, users, "flood-tty", None, tty=True)
+        assert sess.master is not None
+        stop = threading.Event()
+        reader = _sink(sess.master, stop)
+        try:
+            os.write(sess.master, (
+                b"T=$(tty); setsid sh -c \"trap '' HUP; exec yes flood > $T\" </dev/null "
+                b"2>/dev/null & sleep 0.5; exit 3\n"))
+            ended = d.wait_event("flood-tty", "session.ended", timeout=40)
+            assert ended["recording"]["file"] == "flood-tty.cast"
+        finally:
+            _kill_all(users.alice)
+            stop.set()
+            reader.join(5)
+        sess.close()
+
+
+def _read_fast(fd: int, timeout: float = 60) -> bytes:
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return bytes(out)
+        out += chunk
+    raise AssertionError("no end of output")
+
+
+def test_output_past_the_limit_is_not_delivered(alice_cleanup: Users) -> None:
+    """With on_limit `end`, what reaches the client is in the recording: the session's output
+    past recording.max_bytes is not handed over unrecorded while the session ends."""
+    users = alice_cleanup
+    with recording(max_bytes=1 << 20, on_limit="end") as (d, rec_dir):
+        sess = _start(d, users, "limit-leak", "head -c 30000000 /dev/zero | tr '\\0' a")
+        got = _read_fast(sess.stdout)
+        sess.wait()
+        sess.close()
+        ended = d.wait_event("limit-leak", "session.ended")
+        assert ended["reason"] == "recording_limit"
+        _, events = _asciinema(os.path.join(rec_dir, "limit-leak.cast"))
+        recorded = _output(events).encode()
+        assert events[-2][2] == "recording stopped reason=max_bytes"
+        assert got  # what was recorded was shown
+        assert recorded.startswith(got), (len(got), len(recorded))
