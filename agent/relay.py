@@ -184,7 +184,10 @@ class Relay:
             while time.monotonic() < deadline:
                 progress = False
                 for p in self.pumps:
-                    while p.src_open and len(p.buf) < CHUNK and p.readable():
+                    # a source that never runs dry into a destination that takes it all
+                    # would keep this loop going: the deadline holds here too
+                    while (p.src_open and len(p.buf) < CHUNK and time.monotonic() < deadline
+                           and p.readable()):
                         progress = True
                     p.writable()
                 waiting = [(p.dst, WRITE) for p in self.pumps if p.dst_open and p.buf]

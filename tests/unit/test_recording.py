@@ -172,3 +172,22 @@ def test_recorded_input_past_the_limit_does_not_reach_the_session(tmp_path: Path
     assert rec.input(b"ls\r")
     assert not rec.input(b"y" * 8192)
     rec.close("exited", {"code": 0, "signal": None})
+
+
+def test_the_end_drain_stops_at_its_deadline_against_an_endless_source() -> None:
+    """A source that never runs dry (a process left behind that floods the session's output)
+    and a destination that takes everything at once (a fast client): the drain still returns
+    at its deadline, so the session's end is recorded."""
+    import threading
+    import time
+
+    src = os.open("/dev/zero", os.O_RDONLY)
+    dst = os.open("/dev/null", os.O_WRONLY)
+    pump = relay.Pump(src, dst, lambda d: True, close_dst=False, close_src=False)
+    r = relay.Relay([pump], {src, dst})
+    t = threading.Thread(target=r.drain, args=(time.monotonic() + 0.2,),
+                         kwargs={"sweep": 1 << 20}, daemon=True)
+    t.start()
+    t.join(60)  # the bound asserted is the drain's own deadline, with a wide margin
+    assert not t.is_alive()
+    r.close()
