@@ -2,8 +2,10 @@
 
 The directory is root-owned with no access for group or others (created 0700 when missing,
 refused otherwise); the file is created with O_EXCL|O_NOFOLLOW relative to the opened directory,
-mode 0600. Events are buffered (at most FLUSH_BYTES, flushed at least every FLUSH_INTERVAL
-seconds, whole lines only), so a crash leaves a valid prefix. The running SHA-256 and size cover
+mode 0600. Events are written as they come when a failed write ends the session (on_failure
+`end`: output reaches the client only once it is in the file), else buffered (at most
+FLUSH_BYTES, flushed at least every FLUSH_INTERVAL seconds); whole lines only, so a crash
+leaves a valid prefix. The running SHA-256 and size cover
 exactly the bytes in the file; they go into the audit log when the session ends.
 
 The recorder never raises once created: a write that fails (disk full, I/O error) puts it in
@@ -195,7 +197,7 @@ class Recorder:
         if not self.buf:
             self.buffered_at = time.monotonic()
         self.buf += line
-        if len(self.buf) >= FLUSH_BYTES:
+        if len(self.buf) >= FLUSH_BYTES or not self.go_on_failed:
             self.flush()
 
     def _marker(self, label: str) -> None:

@@ -126,3 +126,27 @@ def test_output_past_the_limit_is_not_delivered(alice_cleanup: Users) -> None:
         assert events[-2][2] == "recording stopped reason=max_bytes"
         assert got  # what was recorded was shown
         assert recorded.startswith(got), (len(got), len(recorded))
+
+
+def test_output_is_not_shown_before_it_is_written(alice_cleanup: Users) -> None:
+    """With on_failure `end`, output reaches the client only once it is in the file: a disk that
+    fills mid-session (the session user can fill a shared file system) does not let buffered,
+    never-written output through before the session ends."""
+    from tests.integration.test_recording import _fill, _read_until, _small_fs
+
+    users = alice_cleanup
+    with _small_fs("128k") as path, recording(dir=path, on_failure="end") as (d, _):
+        # less than the recorder's buffer, then nothing: written (or not) at the next flush
+        cmd = "echo start; sleep 2; head -c 30000 /dev/zero | tr '\\0' b; sleep 60"
+        sess = _start(d, users, "fills-gap", cmd)
+        got = _read_until(sess.stdout, b"start\n")
+        time.sleep(0.6)  # "start" is in the file: now the disk fills
+        _fill(path)
+        got += _read_fast(sess.stdout)
+        status = sess.wait()
+        sess.close()
+        assert status["reason"] == "recording_failed"
+        _, events = _asciinema(os.path.join(path, "fills-gap.cast"))
+        recorded = _output(events).encode()
+        assert got.startswith(b"start\n")
+        assert recorded.startswith(got), (len(got), len(recorded))
