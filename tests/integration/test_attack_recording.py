@@ -150,3 +150,30 @@ def test_output_is_not_shown_before_it_is_written(alice_cleanup: Users) -> None:
         recorded = _output(events).encode()
         assert got.startswith(b"start\n")
         assert recorded.startswith(got), (len(got), len(recorded))
+
+
+def test_supervisor_sigkill_leaves_a_valid_unverified_recording(alice_cleanup: Users) -> None:
+    """A supervisor killed outright: the client's descriptors end (nothing reaches it past the
+    relay), the shell is left without its terminal, and the recording on disk is a valid prefix
+    that `recordings verify` names as without an end on record."""
+    import json
+    import signal
+
+    from tests.integration.test_recording import _cli, _read_until
+
+    users = alice_cleanup
+    with recording() as (d, rec_dir):
+        sess = _start(d, users, "sup-kill", None, tty=True)
+        assert sess.master is not None
+        os.write(sess.master, b"echo mark-$((6*7))\n")
+        assert b"mark-42" in _read_until(sess.master, b"mark-42")
+        time.sleep(0.6)  # flushed
+        sup = next(s["pid"] for s in d.client.sessions() if s["id"] == "sup-kill")
+        os.kill(sup, signal.SIGKILL)
+        assert _read_fast(sess.master, timeout=15) is not None  # end of file, not a hang
+        _, events = _asciinema(os.path.join(rec_dir, "sup-kill.cast"))
+        assert "mark-42" in _output(events)
+        proc = _cli(d, "recordings", "verify", "sup-kill", "--json")
+        assert proc.returncode == 0, proc.stderr
+        assert [e["verified"] for e in json.loads(proc.stdout)] == ["unverified"]
+        sess.close()
