@@ -1,5 +1,6 @@
 """Attacks on session recording, replayed for real: a session user who tries to keep the
-supervisor from ending the session (and recording its end) once the shell has gone."""
+supervisor from ending the session once the shell has gone, or to get output to the client that
+the recording does not hold (past its limit, or while the disk fills)."""
 
 from __future__ import annotations
 
