@@ -2,13 +2,17 @@
 
 The directory is root-owned with no access for group or others (created 0700 when missing,
 refused otherwise); the file is created with O_EXCL|O_NOFOLLOW relative to the opened directory,
-mode 0600. Events are buffered (at most FLUSH_BYTES, flushed at least every FLUSH_INTERVAL
-seconds, whole lines only), so a crash leaves a valid prefix. The running SHA-256 and size cover
+mode 0600. Events are written as they come when a failed write ends the session (on_failure
+`end`: output reaches the client only once it is in the file), else buffered (at most
+FLUSH_BYTES, flushed at least every FLUSH_INTERVAL seconds); whole lines only, so a crash
+leaves a valid prefix. The running SHA-256 and size cover
 exactly the bytes in the file; they go into the audit log when the session ends.
 
 The recorder never raises once created: a write that fails (disk full, I/O error) puts it in
 the `failed` state, a limit reached puts it in the `stopped` state; the supervisor reads these
-and applies recording.on_failure / recording.on_limit.
+and applies recording.on_failure / recording.on_limit. Until the session goes on unrecorded by
+those settings, bytes the recording did not take do not reach the client either: `output` says
+whether they may.
 """
 
 from __future__ import annotations
@@ -92,8 +96,11 @@ class Recorder:
     """One session's recording, from its header to its end marker."""
 
     def __init__(self, fd: int, path: str, *, max_bytes: int, record_input: bool,
-                 clock: float) -> None:
+                 clock: float, go_on_stopped: bool = False,
+                 go_on_failed: bool = False) -> None:
         self.fd, self.path = fd, path
+        # the session may go on unrecorded (on_limit `stop`, on_failure `continue`)
+        self.go_on_stopped, self.go_on_failed = go_on_stopped, go_on_failed
         self.file = os.path.basename(path)
         self.max_bytes = max_bytes
         self.record_input = record_input
@@ -120,7 +127,8 @@ class Recorder:
         finally:
             os.close(dir_fd)
         rec = cls(fd, os.path.join(cfg.dir, name), max_bytes=cfg.max_bytes,
-                  record_input=cfg.input, clock=time.monotonic())
+                  record_input=cfg.input, clock=time.monotonic(),
+                  go_on_stopped=cfg.on_limit == "stop", go_on_failed=cfg.on_failure == "continue")
         rec.buf += head
         rec.flush()  # written, not synced (see close)
         if rec.failed is not None:
@@ -142,14 +150,29 @@ class Recorder:
 
     # --- events --------------------------------------------------------------------------
 
-    def output(self, data: bytes, stream: object = asciicast.OUTPUT) -> None:
-        """Output bytes of STREAM (each stream keeps its own partial UTF-8 sequence)."""
+    def output(self, data: bytes, stream: object = asciicast.OUTPUT) -> bool:
+        """Output bytes of STREAM (each stream keeps its own partial UTF-8 sequence). Returns
+        whether DATA may reach the client: it is recorded, or the session goes on unrecorded."""
         if self.active and data:
             self._text(asciicast.OUTPUT, self._decoder(stream).decode(data))
+        return self.active or self.unrecorded_allowed()
 
-    def input(self, data: bytes) -> None:
-        if self.active and self.record_input and data:
+    def input(self, data: bytes) -> bool:
+        """Input bytes; returns whether DATA may reach the session (as `output`; always when
+        input is not recorded)."""
+        if not self.record_input:
+            return True
+        if self.active and data:
             self._text(asciicast.INPUT, self._decoder(asciicast.INPUT).decode(data))
+        return self.active or self.unrecorded_allowed()
+
+    def unrecorded_allowed(self) -> bool:
+        """Whether the session's I/O may pass although the recording no longer takes it."""
+        if self.failed is not None:
+            return self.go_on_failed
+        if self.stopped is not None:
+            return self.go_on_stopped
+        return False
 
     def resize(self, rows: int, cols: int) -> None:
         if self.active:
@@ -174,7 +197,7 @@ class Recorder:
         if not self.buf:
             self.buffered_at = time.monotonic()
         self.buf += line
-        if len(self.buf) >= FLUSH_BYTES:
+        if len(self.buf) >= FLUSH_BYTES or not self.go_on_failed:
             self.flush()
 
     def _marker(self, label: str) -> None:

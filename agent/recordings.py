@@ -158,6 +158,8 @@ def scan(directory: str, audit_path: str, only: Optional[str] = None) -> list[En
     if only is not None:
         names = {n for n in names if n == only + SUFFIX or _is_repeat(n, only)}
     out = [entry(directory, n, ended.get(n)) for n in names]
+    if only is not None:  # <id>.1.cast may be session "<id>.1"'s own: its header says whose
+        out = [e for e in out if e.file == only + SUFFIX or e.id in (only, None)]
     return sorted(out, key=lambda e: (e.started or "", e.file))
 
 
@@ -172,8 +174,10 @@ def find(directory: str, session_id: str) -> str:
     """The path of session SESSION_ID's recording. Raises FileNotFoundError."""
     if "/" in session_id or session_id.startswith("."):
         raise FileNotFoundError(f"{session_id!r} is not a session id")
-    name = session_id if session_id.endswith(SUFFIX) else session_id + SUFFIX
-    path = os.path.join(directory, name)
+    path = os.path.join(directory, session_id + SUFFIX)
+    if not os.path.isfile(path) and session_id.endswith(SUFFIX):
+        # a file name (session "x.cast" has x.cast.cast: a session id is tried first)
+        path = os.path.join(directory, session_id)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no recording {path}")
     return path

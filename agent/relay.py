@@ -38,11 +38,12 @@ def _read(fd: int) -> Optional[bytes]:
 
 
 class Pump:
-    """SRC -> DST. ON_DATA sees every chunk read. At the end of SRC, DST is closed when
-    CLOSE_DST (a pipe: its reader gets end-of-file); when DST is gone, SRC is closed when
-    CLOSE_SRC (a pipe: its writer gets EPIPE, as without the relay)."""
+    """SRC -> DST. ON_DATA sees every chunk read and says whether it may go on to DST
+    (False: the chunk is dropped, e.g. the recording could not take it). At the end of SRC,
+    DST is closed when CLOSE_DST (a pipe: its reader gets end-of-file); when DST is gone, SRC
+    is closed when CLOSE_SRC (a pipe: its writer gets EPIPE, as without the relay)."""
 
-    def __init__(self, src: int, dst: int, on_data: Callable[[bytes], None], *,
+    def __init__(self, src: int, dst: int, on_data: Callable[[bytes], bool], *,
                  close_dst: bool, close_src: bool) -> None:
         self.src, self.dst, self.on_data = src, dst, on_data
         self.close_dst, self.close_src = close_dst, close_src
@@ -71,11 +72,9 @@ class Pump:
                 end = True
                 break
             data += got
-        if data:
-            self.on_data(data)
-            if self.dst_open:
-                self.buf += data
-                self.writable()
+        if data and self.on_data(data) and self.dst_open:
+            self.buf += data
+            self.writable()
         if end:
             self._src_done()
         return len(data)
@@ -185,7 +184,10 @@ class Relay:
             while time.monotonic() < deadline:
                 progress = False
                 for p in self.pumps:
-                    while p.src_open and len(p.buf) < CHUNK and p.readable():
+                    # a source that never runs dry into a destination that takes it all
+                    # would keep this loop going: the deadline holds here too
+                    while (p.src_open and len(p.buf) < CHUNK and time.monotonic() < deadline
+                           and p.readable()):
                         progress = True
                     p.writable()
                 waiting = [(p.dst, WRITE) for p in self.pumps if p.dst_open and p.buf]
@@ -210,8 +212,8 @@ class Relay:
         self.held = set()
 
 
-def for_pty(master: int, on_output: Callable[[bytes], None],
-            on_input: Callable[[bytes], None]) -> tuple[Relay, int]:
+def for_pty(master: int, on_output: Callable[[bytes], bool],
+            on_input: Callable[[bytes], bool]) -> tuple[Relay, int]:
     """A relay for a PTY session: the client's end of a stream socket pair in place of the
     master. Returns the relay and the client's fd (close-on-exec)."""
     os.set_blocking(master, False)  # the profile writer copes (it shares the open file)
@@ -224,8 +226,8 @@ def for_pty(master: int, on_output: Callable[[bytes], None],
 
 
 def for_pipes(stdin_w: int, stdout_r: int, stderr_r: int, *,
-              on_stdout: Callable[[bytes], None], on_stderr: Callable[[bytes], None],
-              on_input: Callable[[bytes], None]) -> tuple[Relay, tuple[int, int, int]]:
+              on_stdout: Callable[[bytes], bool], on_stderr: Callable[[bytes], bool],
+              on_input: Callable[[bytes], bool]) -> tuple[Relay, tuple[int, int, int]]:
     """A relay for a command session: new pipes for the client in place of the session's
     (STDIN_W, STDOUT_R, STDERR_R, which the relay now holds). Returns the relay and the client's
     (stdin write end, stdout read end, stderr read end)."""

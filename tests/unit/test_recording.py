@@ -124,7 +124,12 @@ def test_a_pump_stops_reading_when_its_destination_is_full() -> None:
     os.set_blocking(src_r, False)
     os.set_blocking(dst_w, False)
     os.set_blocking(src_w, False)
-    p = relay.Pump(src_r, dst_w, lambda d: seen.append(len(d)), close_dst=True, close_src=True)
+
+    def see(data: bytes) -> bool:
+        seen.append(len(data))
+        return True
+
+    p = relay.Pump(src_r, dst_w, see, close_dst=True, close_src=True)
     written = 0
     try:
         while True:
@@ -148,3 +153,41 @@ def test_a_pump_stops_reading_when_its_destination_is_full() -> None:
     assert not p.dst_open
     assert os.read(dst_r, 10) == b""
     os.close(dst_r)
+
+
+@pytest.mark.parametrize(("on_limit", "passes"), [("end", False), ("stop", True)])
+def test_output_past_the_limit_passes_only_when_the_session_goes_on_unrecorded(
+        tmp_path: Path, on_limit: str, passes: bool) -> None:
+    rec = Recorder.create(_cfg(tmp_path / "c", max_bytes=4096, on_limit=on_limit), "s", HEAD)
+    assert rec.output(b"shown and recorded")
+    assert rec.output(b"x" * 8192) is passes  # does not fit: not recorded
+    assert rec.stopped == "max_bytes"
+    assert rec.output(b"later") is passes
+    assert rec.input(b"typed")  # input is not recorded: it always reaches the session
+    rec.close("exited", {"code": 0, "signal": None})
+
+
+def test_recorded_input_past_the_limit_does_not_reach_the_session(tmp_path: Path) -> None:
+    rec = Recorder.create(_cfg(tmp_path / "c", max_bytes=4096, input=True), "s", HEAD)
+    assert rec.input(b"ls\r")
+    assert not rec.input(b"y" * 8192)
+    rec.close("exited", {"code": 0, "signal": None})
+
+
+def test_the_end_drain_stops_at_its_deadline_against_an_endless_source() -> None:
+    """A source that never runs dry (a process left behind that floods the session's output)
+    and a destination that takes everything at once (a fast client): the drain still returns
+    at its deadline, so the session's end is recorded."""
+    import threading
+    import time
+
+    src = os.open("/dev/zero", os.O_RDONLY)
+    dst = os.open("/dev/null", os.O_WRONLY)
+    pump = relay.Pump(src, dst, lambda d: True, close_dst=False, close_src=False)
+    r = relay.Relay([pump], {src, dst})
+    t = threading.Thread(target=r.drain, args=(time.monotonic() + 0.2,),
+                         kwargs={"sweep": 1 << 20}, daemon=True)
+    t.start()
+    t.join(60)  # the bound asserted is the drain's own deadline, with a wide margin
+    assert not t.is_alive()
+    r.close()

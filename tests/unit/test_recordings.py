@@ -102,3 +102,24 @@ def test_play_leaves_out_a_line_cut_short(node: tuple[Path, Path]) -> None:
     out: list[str] = []
     recordings.play(str(p), out.append, sleep=lambda _: None)
     assert out == ["one\n"]
+
+
+def test_an_id_that_looks_like_a_repeat_is_its_own_session(node: tuple[Path, Path]) -> None:
+    """Session "a.1" (a peer picks the id) records a.1.cast, the name a later recording of "a"
+    would have had: verifying "a" does not take it for one of a's."""
+    d, audit = node
+    data = _cast("a.1", 1700000400, [(0.1, "not a's\n")])
+    (d / "a.1.cast").write_bytes(data)
+    _ended(audit, "a.1.cast", data)
+    again = _cast("a", 1700000500, [(0.1, "a again\n")])
+    (d / "a.2.cast").write_bytes(again)
+    _ended(audit, "a.2.cast", again)
+    assert [e.file for e in recordings.scan(str(d), str(audit), "a")] == ["a.cast", "a.2.cast"]
+    assert [e.file for e in recordings.scan(str(d), str(audit), "a.1")] == ["a.1.cast"]
+
+
+def test_find_takes_an_id_ending_in_cast_as_a_session_id(node: tuple[Path, Path]) -> None:
+    d, _ = node
+    (d / "a.cast.cast").write_bytes(_cast("a.cast", 1700000400, [(0.1, "x")]))
+    assert recordings.find(str(d), "a.cast") == str(d / "a.cast.cast")
+    assert recordings.find(str(d), "b.cast") == str(d / "b.cast")  # a file name still works
