@@ -393,9 +393,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from agent.server import Daemon, bind_socket, check_socket_path, check_state_dir
 
     cfg = _load(args.config)
-    # structlog's import pulls in asyncio, and asyncio would load ssl (OpenSSL, ~1.2 MB of
-    # resident memory in the daemon and in every supervisor). Nothing here speaks TLS.
-    sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    logsetup.keep_out_unused_imports()
     logsetup.configure(cfg.logging.format, cfg.logging.level)
     import structlog
 

@@ -2,6 +2,7 @@ import io
 import json
 
 from agent.logsetup import configure
+from tests.support.isolation import REPO
 
 
 def test_json_lines_for_services() -> None:
@@ -45,3 +46,28 @@ def test_a_broken_log_stream_does_not_raise() -> None:
     configure("json", "info", Broken())
     structlog.get_logger().info("request.rejected", reason="bad_request")
     structlog.get_logger().exception("connection.failed")
+
+
+def test_the_daemons_logging_loads_neither_asyncio_nor_ssl() -> None:
+    """structlog's own import would bring in asyncio and OpenSSL; the daemon logs without
+    them, and asyncio still works for whoever does ask for it."""
+    import subprocess
+    import sys
+
+    code = """
+import io, sys
+from agent import logsetup
+logsetup.keep_out_unused_imports()
+out = io.StringIO()
+logsetup.configure("json", "info", stream=out)
+import structlog
+structlog.get_logger().info("daemon.ready", pid=1)
+assert '"event": "daemon.ready"' in out.getvalue() or '"event":"daemon.ready"' in out.getvalue()
+print(sorted(m for m in ("asyncio.base_events", "ssl", "_ssl") if sys.modules.get(m)))
+import asyncio
+print(asyncio.run(asyncio.sleep(0, result="ran")))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["[]", "ran"]
