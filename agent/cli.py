@@ -5,57 +5,17 @@ Commands import only what they use, so `check` and `resolve` start fast.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
+    import argparse
     from collections.abc import Sequence
-    from typing import Any, Callable, NoReturn, Optional
+    from typing import Any, Callable, Optional
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
-def _tag(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
-
-
-class _Tags(argparse.Action):
-    """--tag KEY=VALUE, repeatable, into a dict; a key given twice is a usage error."""
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
-                 values: Any, option_string: Optional[str] = None) -> None:
-        tags = dict(getattr(namespace, self.dest) or {})
-        key, value = values
-        if key in tags:
-            parser.error(f"--tag {key} given twice")
-        tags[key] = value
-        setattr(namespace, self.dest, tags)
-
-
-def _add_prefs(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--tag", action=_Tags, type=_tag, default={}, metavar="KEY=VALUE",
-        help="a tag of the principal (repeatable); the one that matters is SSMSessionRunAs",
-    )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--run-as", dest="run_as", action="store_true", default=None,
-                   help="Run As support is enabled in the account preferences")
-    g.add_argument("--no-run-as", dest="run_as", action="store_false",
-                   help="Run As support is disabled: sessions run as ssm-user")
-    p.add_argument("--default-user", metavar="NAME",
-                   help="the account preference's default Run As user")
 
 
 COMMANDS = ("check", "resolve", "config", "serve", "session", "sessions", "terminate", "ssm-user",
@@ -92,7 +52,11 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 
     Building every sub-parser costs more than most commands do; only the top-level help needs them.
     """
+    import argparse
+
     from agent import __version__
+    from agent.cliparser import Parser as _Parser
+    from agent.cliparser import add_prefs as _add_prefs
 
     parser = _Parser(
         prog="runas-agent",
@@ -702,11 +666,27 @@ def _usage(message: str) -> int:
     return EXIT_USAGE
 
 
+def _fast_args(argv: Sequence[str]) -> Optional[Any]:
+    """The common forms of check, resolve and session, parsed without argparse (agent.argv);
+    None for every other command line."""
+    from agent import argv as fast
+
+    found = fast.parse(argv)
+    if found is None:
+        return None
+    from types import SimpleNamespace
+
+    funcs = {"check": cmd_check, "resolve": cmd_resolve, "session": cmd_session}
+    return SimpleNamespace(**found, func=funcs[argv[0]])
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
-    only = argv[0] if argv and argv[0] in COMMANDS else None
-    args = build_parser(only).parse_args(argv)
+    args = _fast_args(argv)
+    if args is None:
+        only = argv[0] if argv and argv[0] in COMMANDS else None
+        args = build_parser(only).parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from agent.errors import AgentError, ConfigError
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 
 from agent import protocol
 from agent.errors import InternalError, Unreachable, UntrustedServer, error_for
+from agent.values import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,19 +146,31 @@ def _raise_if_error(msg: Optional[dict[str, Any]]) -> dict[str, Any]:
     return msg
 
 
-@dataclass
 class Session:
-    """A started session. Close it (or let the process exit) to hang up."""
+    """A started session. Close it (or let the process exit) to hang up.
 
-    sock: socket.socket
-    info: dict[str, Any]
-    master: Optional[int]
-    stdin: Optional[int]
-    stdout: Optional[int]
-    stderr: Optional[int]
-    _reader: _Reader
-    exit: Optional[dict[str, Any]] = None
-    last_error: Optional[str] = None
+    A plain class, not a dataclass: this module is on the command line's start-up path
+    (agent.values says why)."""
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, sock: socket.socket, info: dict[str, Any], master: Optional[int],
+        stdin: Optional[int], stdout: Optional[int], stderr: Optional[int], _reader: _Reader,
+        exit: Optional[dict[str, Any]] = None, last_error: Optional[str] = None,
+    ) -> None:
+        self.sock = sock
+        self.info = info
+        self.master = master
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        self._reader = _reader
+        self.exit = exit
+        self.last_error = last_error
+
+    def __repr__(self) -> str:
+        return (f"Session(sock={self.sock!r}, info={self.info!r}, master={self.master!r}, "
+                f"stdin={self.stdin!r}, stdout={self.stdout!r}, stderr={self.stderr!r}, "
+                f"exit={self.exit!r}, last_error={self.last_error!r})")
 
     @property
     def control_fd(self) -> int:
@@ -203,14 +215,21 @@ class Session:
         self.sock.close()
 
 
-@dataclass(frozen=True)
-class Client:
-    path: str = DEFAULT_SOCKET
-    timeout: Optional[float] = 30.0  # connecting, and answers to ping/list/terminate
+class Client(Frozen):
+    """Where the daemon listens and how long to wait for it (a frozen value: agent.values)."""
+
+    __slots__ = ("path", "server_uid", "start_timeout", "timeout")
+    path: str
+    timeout: Optional[float]  # connecting, and answers to ping/list/terminate
     # A start may take long legitimately (creating ssm-user under a lock, PAM, a slow directory).
-    start_timeout: Optional[float] = 300.0
+    start_timeout: Optional[float]
     # The uid the server must run as. The daemon runs as root; tests can name another.
-    server_uid: int = 0
+    server_uid: int
+
+    def __init__(self, path: str = DEFAULT_SOCKET, timeout: Optional[float] = 30.0,
+                 start_timeout: Optional[float] = 300.0, server_uid: int = 0) -> None:
+        self._init(path=path, timeout=timeout, start_timeout=start_timeout,
+                   server_uid=server_uid)
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
         sock = _connect(self.path, self.timeout, self.server_uid)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+from agent.values import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -22,12 +23,18 @@ _XUCRED = struct.Struct(f"IIh{XUCRED_NGROUPS}I")
 _PID = struct.Struct("i")
 
 
-@dataclass(frozen=True)
-class Peer:
+class Peer(Frozen):
+    """The kernel's credentials of a socket's peer (a frozen value: agent.values; the client
+    checks its server with this module)."""
+
+    __slots__ = ("gid", "groups", "pid", "uid")
     pid: int  # -1 when the platform does not say
     uid: int
     gid: int
     groups: tuple[int, ...]
+
+    def __init__(self, pid: int, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+        self._init(pid=pid, uid=uid, gid=gid, groups=groups)
 
 
 def linux_peer(sock: socket.socket) -> Peer:

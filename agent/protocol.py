@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import re
 import struct
-from dataclasses import dataclass, field
 
 from agent.errors import BadRequest
+from agent.values import Frozen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -125,30 +125,45 @@ def decode_body(body: bytes) -> dict[str, Any]:
 # -- messages -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Terminal:
+# Frozen value classes (agent.values), not dataclasses: the client imports this module.
+
+
+class Terminal(Frozen):
+    __slots__ = ("cols", "rows", "term")
     term: str
     rows: int
     cols: int
 
+    def __init__(self, term: str, rows: int, cols: int) -> None:
+        self._init(term=term, rows=rows, cols=cols)
 
-@dataclass(frozen=True)
-class Principal:
+
+class Principal(Frozen):
+    __slots__ = ("arn", "tags")
     arn: str
-    tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str]
+
+    def __init__(self, arn: str, tags: Optional[dict[str, str]] = None) -> None:
+        self._init(arn=arn, tags={} if tags is None else tags)
 
 
-@dataclass(frozen=True)
-class Preferences:
+class Preferences(Frozen):
     """Account preferences as sent; None means "not sent": the node's default applies."""
 
-    run_as_enabled: Optional[bool] = None
-    run_as_default_user: Optional[str] = None
-    shell_profile: Optional[str] = None
+    __slots__ = ("run_as_default_user", "run_as_enabled", "shell_profile")
+    run_as_enabled: Optional[bool]
+    run_as_default_user: Optional[str]
+    shell_profile: Optional[str]
+
+    def __init__(self, run_as_enabled: Optional[bool] = None,
+                 run_as_default_user: Optional[str] = None,
+                 shell_profile: Optional[str] = None) -> None:
+        self._init(run_as_enabled=run_as_enabled, run_as_default_user=run_as_default_user,
+                   shell_profile=shell_profile)
 
 
-@dataclass(frozen=True)
-class StartRequest:
+class StartRequest(Frozen):
+    __slots__ = ("command", "env", "preferences", "principal", "session_id", "terminal")
     session_id: str
     principal: Principal
     preferences: Preferences
@@ -156,31 +171,41 @@ class StartRequest:
     command: Optional[str]
     env: dict[str, str]
 
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, session_id: str, principal: Principal, preferences: Preferences,
+        terminal: Optional[Terminal], command: Optional[str], env: dict[str, str],
+    ) -> None:
+        self._init(session_id=session_id, principal=principal, preferences=preferences,
+                   terminal=terminal, command=command, env=env)
 
-@dataclass(frozen=True)
-class ListRequest:
-    pass
+
+class ListRequest(Frozen):
+    __slots__ = ()
 
 
-@dataclass(frozen=True)
-class TerminateRequest:
+class TerminateRequest(Frozen):
+    __slots__ = ("session_id",)
     session_id: str
 
-
-@dataclass(frozen=True)
-class PingRequest:
-    pass
+    def __init__(self, session_id: str) -> None:
+        self._init(session_id=session_id)
 
 
-@dataclass(frozen=True)
-class ResizeControl:
+class PingRequest(Frozen):
+    __slots__ = ()
+
+
+class ResizeControl(Frozen):
+    __slots__ = ("cols", "rows")
     rows: int
     cols: int
 
+    def __init__(self, rows: int, cols: int) -> None:
+        self._init(rows=rows, cols=cols)
 
-@dataclass(frozen=True)
-class TerminateControl:
-    pass
+
+class TerminateControl(Frozen):
+    __slots__ = ()
 
 
 class _Fields:
