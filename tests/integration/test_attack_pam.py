@@ -34,7 +34,7 @@ import pytest
 
 from agent.errors import AgentError
 from tests.conftest import Users
-from tests.support.daemon import REPO, DaemonProc, make_daemon
+from tests.support.daemon import REPO, DaemonProc, make_daemon, running
 
 pytestmark = pytest.mark.privileged
 
@@ -70,13 +70,10 @@ def slow_pam(users: Users) -> Iterator[DaemonProc]:
     """A PAM service whose session stage takes SLEEP seconds for alice (pam_exec)."""
     _install(f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {users.alice}\n"
              f"session required pam_exec.so {' '.join(SLEEP)}\n")
-    d = make_daemon({"session": {"pam": True}})
-    d.start()
     try:
-        yield d
+        with running({"session": {"pam": True}}) as d:
+            yield d
     finally:
-        d.stop()
-        d.cleanup()
         _kill_account(users.alice)
         for p in _slow_modules():
             p.kill()
@@ -201,13 +198,10 @@ def few_files(users: Users) -> Iterator[DaemonProc]:
     _install("")
     with open(LIMITS_FILE, "w") as fh:
         fh.write(f"{users.alice} hard nofile 8\n{users.alice} soft nofile 8\n")
-    d = make_daemon({"session": {"pam": True}})
-    d.start()
     try:
-        yield d
+        with running({"session": {"pam": True}}) as d:
+            yield d
     finally:
-        d.stop()
-        d.cleanup()
         _kill_account(users.alice)
         for path in (LIMITS_FILE, "/etc/pam.d/runas-agent"):
             os.unlink(path)

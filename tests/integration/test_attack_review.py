@@ -35,14 +35,17 @@ ATTACKER = "cgattacker"
 
 
 @pytest.fixture(scope="module")
-def attacker_account(users: Users) -> tuple[str, int]:
+def attacker_account(users: Users) -> Iterator[tuple[str, int]]:
     """An account of its own with a uid no other process has: "nothing of the attacker's is
     left" means exactly that."""
     uid = 30000 + os.getpid() % 9000
     while _uid_taken(uid) or _procs_of(uid):
         uid += 1
     sh("useradd", "-m", "-u", str(uid), "-s", "/bin/bash", "--", ATTACKER)
-    return ATTACKER, uid
+    try:
+        yield ATTACKER, uid
+    finally:
+        _kill_all_of(uid)  # whatever a test of the module left
 
 
 @pytest.fixture

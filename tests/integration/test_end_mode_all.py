@@ -22,6 +22,7 @@ import pytest
 from agent import cgroup
 from tests.conftest import REPO, Users, run_cli, sh, write_config
 from tests.support.daemon import DaemonProc, make_daemon, running
+from tests.support.isolation import live_processes
 
 pytestmark = pytest.mark.privileged
 
@@ -70,17 +71,9 @@ def _runas_cgroups(mount: str) -> list[str]:
 
 
 def _procs_of(uid: int) -> list[int]:
-    """The live (not zombie) processes of UID."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            if os.stat(f"/proc/{name}").st_uid == uid and not _zombie(int(name)):
-                pids.append(int(name))
-        except FileNotFoundError:
-            continue
-    return pids
+    """The live (not zombie) processes whose real uid is UID (the owner of /proc/PID is the
+    effective uid, and root for a process that is not dumpable, as after a set-uid exec)."""
+    return sorted(pid for pid, real in live_processes().items() if real == uid)
 
 
 def _describe(pids: list[int]) -> list[str]:
@@ -143,8 +136,10 @@ def _kill_all_of(uid: int) -> None:
     for _ in range(20):
         if not _procs_of(uid):
             return
+        # procps kill, not this interpreter: the account may not reach it (a pyenv Python
+        # under /root), and then nothing would be killed.
         subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
-                        sys.executable, "-c", "import os; os.kill(-1, 9)"], check=False)
+                        "kill", "-9", "-1"], check=False, capture_output=True)
         time.sleep(0.1)
 
 

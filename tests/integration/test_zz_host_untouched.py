@@ -9,7 +9,7 @@ import pwd
 import pytest
 
 from tests.conftest import Isolated, Users, sh
-from tests.support.isolation import live_processes
+from tests.support.isolation import describe_process, live_processes
 
 pytestmark = pytest.mark.privileged
 
@@ -41,6 +41,6 @@ def test_no_cgroups_left() -> None:
 def test_no_test_account_processes_left(isolated: Isolated) -> None:
     """No process of an account the tests made outlives the tests: a leaked session (a fork
     loop above all) would burden everything that runs after it."""
-    left = {pid: uid for pid, uid in live_processes().items()
-            if uid not in isolated.process_uids}
-    assert left == {}
+    left = [describe_process(pid) for pid, uid in live_processes().items()
+            if uid not in isolated.process_uids]
+    assert left == []

@@ -69,6 +69,22 @@ def live_processes() -> dict[int, int]:
     return out
 
 
+def describe_process(pid: int) -> str:
+    """PID's state, real uid, cgroup and command line, for a failure message."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        with open(f"/proc/{pid}/cgroup") as fh:
+            where = " ".join(fh.read().split())
+    except OSError:
+        return f"{pid} (gone)"
+    return (f"{pid} state {fields.get('State', '?').strip()} uids "
+            f"{' '.join(fields.get('Uid', '?').split())} ppid {fields.get('PPid', '?').strip()} "
+            f"cgroup {where} cmd {cmd!r}")
+
+
 def process_uids() -> set[int]:
     return set(live_processes().values())
 
