@@ -5,7 +5,6 @@ interpreter), a real daemon, real sockets, inside the isolated namespace."""
 from __future__ import annotations
 
 import contextlib
-import grp
 import json
 import os
 import pwd
@@ -14,7 +13,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +28,7 @@ from tests.integration.test_peers import (
     _kill_group,
     _list,
     _terminate,
+    ensure_accounts,
 )
 from tests.integration.test_session_keyring import (  # noqa: F401
     Ring,
@@ -48,24 +48,9 @@ TAG = "SSMSessionRunAs"
 def apeers(users: Users) -> Iterator[Peers]:
     p = Peers(a="apeer-a", b="apeer-b", admin="apeer-adm", group="atransport",
               admin_group="aagentadm", target="apeer-t", pkg=public_copy_of_agent())
-    # The module's tests may run apart (a selection of node ids): the accounts may exist.
-    for group in (p.group, p.admin_group):
-        if not _exists(grp.getgrnam, group):
-            sh("groupadd", group)
-    for name, groups in ((p.a, p.group), (p.b, p.group),
-                         (p.admin, f"{p.group},{p.admin_group}"), (p.target, "")):
-        if not _exists(pwd.getpwnam, name):
-            sh("useradd", "-m", "-s", "/bin/sh", *(("-G", groups) if groups else ()), "--", name)
+    ensure_accounts(p)
     yield p
     shutil.rmtree(p.pkg, ignore_errors=True)
-
-
-def _exists(lookup: Callable[[str], object], name: str) -> bool:
-    try:
-        lookup(name)
-    except KeyError:
-        return False
-    return True
 
 
 def _config(p: Peers, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ a real daemon, real sockets, inside the isolated namespace.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
@@ -48,13 +49,29 @@ class Peers:
 @pytest.fixture(scope="module")
 def peers(users: Users) -> Peers:
     p = Peers(pkg=public_copy_of_agent())
-    sh("groupadd", p.group)
-    sh("groupadd", p.admin_group)
-    for name in (p.a, p.b):
-        sh("useradd", "-m", "-s", "/bin/sh", "-G", p.group, "--", name)
-    sh("useradd", "-m", "-s", "/bin/sh", "-G", f"{p.group},{p.admin_group}", "--", p.admin)
-    sh("useradd", "-m", "-s", "/bin/sh", "--", p.target)
+    ensure_accounts(p)
     return p
+
+
+def ensure_accounts(p: Peers) -> None:
+    """P's groups and accounts. A module's tests may run apart or between another module's (a
+    selection of node ids, as scripts/mutants makes): its fixture then runs again, and what it
+    made the first time exists already."""
+    for group in (p.group, p.admin_group):
+        if not _exists(grp.getgrnam, group):
+            sh("groupadd", group)
+    for name, groups in ((p.a, p.group), (p.b, p.group),
+                         (p.admin, f"{p.group},{p.admin_group}"), (p.target, "")):
+        if not _exists(pwd.getpwnam, name):
+            sh("useradd", "-m", "-s", "/bin/sh", *(("-G", groups) if groups else ()), "--", name)
+
+
+def _exists(lookup: Callable[[str], object], name: str) -> bool:
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
 
 
 @pytest.fixture

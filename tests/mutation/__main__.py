@@ -69,7 +69,10 @@ def run_tests(tree: str, tests: tuple[str, ...], log: str) -> tuple[int, str]:
     env["PYTHONPATH"] = tree  # the copy's agent package, never the checkout's
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     python = os.path.join(REPO, ".venv", "bin", "python")
-    argv = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    # Each module's tests together, in their given order: pytest runs node ids as given, and a
+    # module's fixtures (its accounts) would be torn down and made again between two modules.
+    grouped = sorted(tests, key=lambda t: t.split("::", 1)[0])
+    argv = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *grouped]
     with open(log, "wb") as out:
         try:
             rc = subprocess.run(argv, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
