@@ -845,9 +845,10 @@ def check_socket_path(path: str, *, own_directory: bool = True,
     (a link can be changed by whoever may write the directory that holds it). OWN_DIRECTORY
     false leaves the socket's own directory to the caller.
 
-    One exception, macOS's own: /private/var/run is root:daemon 0775 there, and the `daemon`
-    group (like `wheel`, gid 0) holds root alone, so on darwin a directory that only those
-    groups may write counts as root's."""
+    One exception, macOS's own: /var/run (/private/var/run) is root:daemon 0775 there, and the
+    `daemon` group holds root alone, so on darwin that one directory, owned by root, with
+    group `daemon` and writable by no others, counts as root's. Any other group-writable
+    directory is refused, on macOS too."""
     _check_ancestors(os.path.dirname(os.path.abspath(path)), own_directory=own_directory,
                      sys_platform=sys_platform, subject=f"socket path {path}",
                      below="the socket",
@@ -879,20 +880,22 @@ def _check_ancestors(directory: str, *, own_directory: bool, sys_platform: str, 
                 continue  # created by root below, 0755
             except OSError as exc:
                 raise ConfigError(f"{ancestor}: cannot inspect it: {exc.strerror}") from None
-            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):
+            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(ancestor, st, sys_platform):
                 raise ConfigError(
                     f"{subject}: {ancestor} is {_who_writes(st)}; every directory above "
                     f"{below} must be owned by root and not writable by group or others",
                     hint=hint)
 
 
-DARWIN_ROOT_GROUPS = (0, 1)  # wheel, daemon: groups of root alone on macOS
+DARWIN_VAR_RUN = ("/var/run", "/private/var/run")  # as written, and where /var leads
+DARWIN_DAEMON_GID = 1  # the `daemon` group of macOS, which holds root alone
 
 
-def _untrusted_write_bits(st: os.stat_result, sys_platform: str) -> int:
-    """The write bits of ST that let someone other than root change the directory."""
-    if sys_platform == "darwin" and st.st_gid in DARWIN_ROOT_GROUPS \
-            and not st.st_mode & stat.S_ISVTX:
+def _untrusted_write_bits(path: str, st: os.stat_result, sys_platform: str) -> int:
+    """The write bits of ST (the directory PATH) that let someone other than root change it.
+    The group's bit is root's own for macOS's /var/run alone: root:daemon, not sticky."""
+    if sys_platform == "darwin" and path in DARWIN_VAR_RUN \
+            and st.st_gid == DARWIN_DAEMON_GID and not st.st_mode & stat.S_ISVTX:
         return 0o002
     return 0o022
 

@@ -201,7 +201,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "if False:",
            ("tests/integration/test_peers.py::test_one_peer_cannot_take_every_connection",)),
     Mutant("socket-ancestors-not-checked", "agent/server.py",
-           "            if st.st_uid != 0 or st.st_mode & _untrusted_write_bits(st, sys_platform):"
+           "            if st.st_uid != 0 or st.st_mode & "
+           "_untrusted_write_bits(ancestor, st, sys_platform):"
            "\n                raise ConfigError(\n"
            "                    f\"{subject}",
            "            if False:\n                raise ConfigError(\n"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import plistlib
 import shutil
+import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +16,12 @@ import pytest
 
 from agent.config import parse
 from agent.errors import ConfigError
-from agent.server import bind_socket, check_state_dir
+from agent.server import (
+    _untrusted_write_bits,
+    bind_socket,
+    check_socket_path,
+    check_state_dir,
+)
 from tests.support.isolation import REPO
 
 PLIST = Path(REPO) / "launchd/org.runas-agent.agent.plist"
@@ -39,16 +44,30 @@ def _macos_config_state_dir() -> str:
 
 @pytest.fixture
 def var_run(isolated: object) -> Iterator[Path]:
-    """A stand-in for macOS's /private/var/run: root:daemon 0775, under directories of root's
-    own (in the test namespace's /run: every directory above a socket path is checked)."""
-    base = Path(tempfile.mkdtemp(dir="/run"))
-    base.chmod(0o755)
-    d = base / "var_run"
-    d.mkdir()
+    """macOS's /var/run, at its own path: the test namespace's /var/run (/var is an overlay
+    there) made a directory root:daemon 0775 in place of Linux's link to /run, under
+    directories of root's own (every directory above a socket path is checked); put back
+    afterwards."""
+    d = Path("/var/run")
+    link = os.readlink(d) if d.is_symlink() else None
+    if link is not None:
+        d.unlink()
+        d.mkdir()
+    before = os.stat(d)
+    kept = set(os.listdir(d))
     os.chown(d, 0, DAEMON_GID)
     os.chmod(d, 0o775)
-    yield d
-    shutil.rmtree(base)
+    try:
+        yield d
+    finally:
+        if link is not None:
+            shutil.rmtree(d)
+            d.symlink_to(link)
+        else:
+            for name in set(os.listdir(d)) - kept:
+                shutil.rmtree(d / name)
+            os.chown(d, before.st_uid, before.st_gid)
+            os.chmod(d, stat.S_IMODE(before.st_mode))
 
 
 def _under(var_run: Path, path: str) -> str:
@@ -105,3 +124,76 @@ def test_the_macos_config_gives_ssm_user_zsh() -> None:
     out = subprocess.run(["/bin/sh", str(Path(REPO) / "packaging/macos/config.sh")],
                          input=text, capture_output=True, text=True, check=True).stdout
     assert parse(out).ssm_user.shell == "/bin/zsh"  # the macOS default shell since 10.15
+
+
+# -- the exception is macOS's /var/run alone -------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds a root-owned socket")
+@pytest.mark.parametrize("gid", [0, DAEMON_GID])  # wheel, daemon: root's groups on macOS
+def test_a_group_writable_directory_planted_under_var_run_is_refused_on_macos(
+        var_run: Path, gid: int) -> None:
+    """Root's groups are trusted for macOS's /var/run itself, nowhere else: a directory below
+    it that its group may write (root:wheel or root:daemon 0775) is refused, on macOS too."""
+    planted = var_run / "planted"
+    planted.mkdir()
+    os.chown(planted, 0, gid)
+    os.chmod(planted, 0o775)
+    for own_directory in (True, False):
+        with pytest.raises(ConfigError, match=f"{planted} is writable by group"):
+            check_socket_path(str(planted / "runas-agent" / "agent.sock"),
+                              own_directory=own_directory, sys_platform="darwin")
+    with pytest.raises(ConfigError, match=f"{planted} is writable by group"):
+        check_state_dir(str(planted / "runas-agent" / "sessions"), sys_platform="darwin")
+    os.chmod(planted, 0o755)
+    check_socket_path(str(planted / "runas-agent" / "agent.sock"), sys_platform="darwin")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds a root-owned socket")
+def test_macos_var_run_is_trusted_with_the_daemon_group_only(var_run: Path) -> None:
+    """/var/run root:wheel 0775, or root:daemon 1775 (sticky), is not what macOS ships: refused."""
+    sock = str(var_run / "runas-agent" / "agent.sock")
+    check_socket_path(sock, sys_platform="darwin")
+    os.chown(var_run, 0, 0)
+    with pytest.raises(ConfigError, match=f"{var_run} is writable by group"):
+        check_socket_path(sock, sys_platform="darwin")
+    os.chown(var_run, 0, DAEMON_GID)
+    os.chmod(var_run, 0o1775)
+    with pytest.raises(ConfigError, match=f"{var_run} is writable by group"):
+        check_socket_path(sock, sys_platform="darwin")
+
+
+def _dir(mode: int, gid: int, uid: int = 0) -> os.stat_result:
+    return os.stat_result((stat.S_IFDIR | mode, 1, 1, 2, uid, gid, 64, 0, 0, 0))
+
+
+@pytest.mark.parametrize("path", ["/var/run", "/private/var/run"])
+def test_the_exception_holds_for_var_run_and_where_it_leads(path: str) -> None:
+    assert _untrusted_write_bits(path, _dir(0o775, DAEMON_GID), "darwin") == 0o002
+    assert _dir(0o775, DAEMON_GID).st_mode & 0o002 == 0  # so macOS's own /var/run passes
+    assert _dir(0o777, DAEMON_GID).st_mode & _untrusted_write_bits(
+        path, _dir(0o777, DAEMON_GID), "darwin")  # others' write bit: never trusted
+
+
+@pytest.mark.parametrize("path", ["/private/var", "/var", "/private", "/var/run/x",
+                                  "/private/var/run/x", "/run", "/var/run/", "/tmp/var/run",
+                                  "/private/var/run/.."])
+def test_no_other_directory_has_the_exception(path: str) -> None:
+    for gid in (0, DAEMON_GID):
+        assert _untrusted_write_bits(path, _dir(0o775, gid), "darwin") == 0o022, (path, gid)
+
+
+@pytest.mark.parametrize("gid", [0, 20, 80, 1000])  # wheel, staff, admin, a user's
+def test_var_run_with_another_group_has_no_exception(gid: int) -> None:
+    for path in ("/var/run", "/private/var/run"):
+        assert _untrusted_write_bits(path, _dir(0o775, gid), "darwin") == 0o022
+
+
+@pytest.mark.parametrize("platform", ["linux", "freebsd", "darwin-ish", ""])
+def test_only_darwin_honours_the_exception(platform: str) -> None:
+    for path in ("/var/run", "/private/var/run"):
+        assert _untrusted_write_bits(path, _dir(0o775, DAEMON_GID), platform) == 0o022
+
+
+def test_a_sticky_var_run_has_no_exception() -> None:
+    assert _untrusted_write_bits("/var/run", _dir(0o1775, DAEMON_GID), "darwin") == 0o022
