@@ -101,7 +101,6 @@ class Daemon:
     _want_spare: bool = False
     _retired: set[int] = field(default_factory=set)  # spares let go, not reaped yet
     _allowed_gids: frozenset[int] = frozenset()
-    _admin_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
     _accept_paused_until: float = 0.0
     _stop: bool = False
@@ -118,7 +117,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         self._allowed_gids = _group_ids(self.cfg.peers.allowed_groups, self.log)
-        self._admin_gids = _group_ids(self.cfg.peers.admin_groups, self.log, "peers.admin_groups")
+        _group_ids(self.cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
         self.listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
@@ -197,7 +196,7 @@ class Daemon:
             cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
         self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
-        self._admin_gids = _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")
+        _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
         self._setup_cgroups()
         # The spare was forked with the old configuration: a new one takes its place.
         self._drop_spare()
@@ -394,9 +393,14 @@ class Daemon:
         self._answer(sel, conn, msg)
 
     def _is_admin(self, peer: Peer) -> bool:
+        """Resolved by name at each decision, never from ids kept since the last load: a group
+        deleted and its id given to a new group makes that group's members no admins. A name
+        that no longer resolves grants nothing."""
         from agent.peer import is_admin
 
-        return is_admin(peer, self._admin_gids)
+        if peer.uid == 0:
+            return True
+        return is_admin(peer, _group_ids(self.cfg.peers.admin_groups))
 
     def _terminate(self, session_id: str, peer: Peer) -> None:
         """Terminate a session PEER may see. Every request is audited (durably, before anything
@@ -775,8 +779,9 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _group_ids(names: tuple[str, ...], log: Any,
+def _group_ids(names: tuple[str, ...], log: Any = None,
                key: str = "peers.allowed_groups") -> frozenset[int]:
+    """The ids NAMES have now; a name that does not resolve has none (LOG, when given, warns)."""
     import grp
 
     out = set()
@@ -784,7 +789,8 @@ def _group_ids(names: tuple[str, ...], log: Any,
         try:
             out.add(grp.getgrnam(name).gr_gid)
         except KeyError:
-            log.warning("config.unknown_group", group=name, key=key)
+            if log is not None:
+                log.warning("config.unknown_group", group=name, key=key)
     return frozenset(out)
 
 

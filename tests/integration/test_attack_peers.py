@@ -381,3 +381,44 @@ def test_a_peer_removed_from_the_admin_group_is_no_admin_any_more(apeers: Peers)
             assert [r["id"] for r in _list(p, d, p.b)] == ["ad-1"]
         finally:
             held.stop()
+
+
+def test_a_group_given_a_deleted_admin_groups_id_grants_no_admin(apeers: Peers) -> None:
+    """`peers.admin_groups` names groups: the admin group deleted after the daemon loaded it and
+    its id given to a new group (`groupadd -g`), a member of that new group is no admin (it
+    sees and ends none of another peer's sessions), until the configured name exists again."""
+    import grp
+
+    p = apeers
+    old, new = "aadm-gone", "aadm-reuse"
+    for name in (old, new):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)
+    sh("groupadd", old)
+    gid = grp.getgrnam(old).gr_gid
+    sh("gpasswd", "-a", p.a, old)
+    try:
+        with _running(p, peers={"admin_groups": [old]}) as d:
+            held = Holder(p, d, p.b, ("gr-1",), "sleep 60")
+            try:
+                # Today's admin: A, a member of the configured group, sees B's session.
+                assert [r["id"] for r in _list(p, d, p.a)] == ["gr-1"]
+                sh("groupdel", old)
+                sh("groupadd", "-g", str(gid), new)
+                sh("gpasswd", "-a", p.a, new)
+                assert grp.getgrnam(new).gr_gid == gid
+                assert _list(p, d, p.a) == []
+                assert _terminate(p, d, p.a, "gr-1")[0] == "session_not_found"
+                assert [r["id"] for r in _list(p, d, p.b)] == ["gr-1"]  # B's session lives on
+                # The configured name back (another id): its members are admins again.
+                sh("groupadd", old)
+                sh("gpasswd", "-a", p.a, old)
+                assert [r["id"] for r in _list(p, d, p.a)] == ["gr-1"]
+                assert _terminate(p, d, p.a, "gr-1") == ["ok", ""]
+                assert held.line()["reason"] == "terminated"
+            finally:
+                held.stop()
+    finally:
+        for name in (old, new):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                sh("groupdel", name)
