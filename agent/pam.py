@@ -42,7 +42,9 @@ and SIGTERM: it ends when told to.
   8. at the end, `Opened.close()`: the supervisor says close (or dies: the pipe closes), and the
      PAM process runs pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
      established), pam_end, in that order, as sshd's cleanup does, and exits. The supervisor
-     reaps it, and kills it after CLOSE_TIMEOUT.
+     reaps it, and kills it after CLOSE_TIMEOUT. A PAM process that ended before it was told
+     (killed, crashed) never closed the session: its owner reports it (`PamProcess.ended`) and
+     `close()` raises PamFailed, as it does for any close that was not clean.
 
 The library is loaded on first use: importing this module does no work.
 """
@@ -590,17 +592,28 @@ class Opened:
 class PamProcess:
     """The running PAM process, as its parent sees it: its pid and the pipe it waits on."""
 
-    __slots__ = ("_control", "_owner", "pid")
+    __slots__ = ("_control", "_ended", "_owner", "pid")
 
     def __init__(self, pid: int, control: int) -> None:
         self.pid = pid
         self._control: Optional[int] = control  # the write end; None once closed
         self._owner = os.getpid()
+        self._ended: Optional[int] = None  # its wait status, when it ended before told to
+
+    def ended(self, status: int) -> None:
+        """The owner reaped the process (wait status STATUS) before telling it to close: it was
+        killed or crashed, and never ran pam_close_session. `close()` raises PamFailed then."""
+        if self._control is not None and self._ended is None:
+            self._ended = status
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         if self._control is None or os.getpid() != self._owner:
             return
         control, self._control = self._control, None
+        if self._ended is not None:
+            os.close(control)
+            raise PamFailed(f"the PAM process {self.pid} ended before the session did "
+                            f"({describe_status(self._ended)}): pam_close_session did not run")
         try:
             os.write(control, _CLOSE)
         except OSError:
@@ -648,10 +661,18 @@ def _end_process(pid: int, timeout: float) -> None:
                                 f"{timeout:g} s: killed")
             time.sleep(0.01)
     except _Gone:
-        return
+        raise PamFailed(f"the PAM process {pid} had ended before it was told to close the "
+                        "session: pam_close_session did not run") from None
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise PamFailed(f"the PAM process {pid} ended the session with exit status {code}")
+
+
+def describe_status(status: int) -> str:
+    """A wait status, in words."""
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"
 
 
 def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,

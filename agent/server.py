@@ -494,7 +494,7 @@ class Daemon:
         sig = session.Signals()
         os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
-                              self.sys_platform, self.cgroups)
+                              self.sys_platform, self.cgroups, self.log)
         return session.run(conn.sock, req, ctx, sig, conn.decoder)
 
     # -- the spare supervisor ------------------------------------------------------------------
@@ -593,7 +593,7 @@ class Daemon:
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
-                              self.sys_platform, self.cgroups)
+                              self.sys_platform, self.cgroups, self.log)
         return session.run(sock, req, ctx, sig, decoder)
 
     def _release_inherited(self, sel: selectors.BaseSelector) -> None:

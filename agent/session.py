@@ -74,6 +74,7 @@ class Context:
     peer: Peer
     sys_platform: str
     cgroups: Optional[Setup] = None  # where sessions get their cgroup (agent.cgroup.setup)
+    log: Any = None  # the daemon's structured logger (None: plain lines on stderr)
 
 
 @dataclass(frozen=True)
@@ -764,9 +765,8 @@ class _Supervision:
             if info is None:
                 return False
             if info.si_pid != self.st.pid:
-                os.waitpid(info.si_pid, 0)
-                if info.si_pid == self.feeder:
-                    self.feeder = None
+                _, status = os.waitpid(info.si_pid, 0)
+                self._reaped(info.si_pid, status)
                 continue
             # Still a zombie, so its pid (the group's id) cannot have been reused.
             self._hang_up_group()
@@ -844,6 +844,7 @@ class _Supervision:
         if self.st.recorder is not None:
             recorded["recording"] = self.st.recorder.close(reason, exit_status).as_record()
             self._recording_state()  # a stop or failure not on record yet (the last write's)
+        recorded.update(self._close_pam())
         try:
             self.ctx.audit.record("session.ended", **self.base, user=self.st.account.name,
                                   uid=self.st.account.uid, source=self.st.source, reason=reason,
@@ -900,8 +901,45 @@ class _Supervision:
                 return
             if pid == self.st.pid:
                 self.status = status
-            elif pid == self.feeder:
-                self.feeder = None
+            else:
+                self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        """PID, a child other than the shell, was reaped with wait status STATUS. The PAM
+        process ending before it was told to close (killed, crashed) is logged at once, and
+        session.ended says the PAM session was not closed."""
+        if pid == self.feeder:
+            self.feeder = None
+            return
+        pam = self.st.pam
+        if pam is None or pid != pam.pid:
+            return
+        from agent.pam import describe_status
+
+        pam.process.ended(status)
+        self._log_warning("session.pam_process_ended", pam_pid=pid,
+                          status=describe_status(status),
+                          detail="pam_close_session will not run for this session")
+
+    def _log_warning(self, event: str, **fields: Any) -> None:
+        log = self.ctx.log
+        if log is None:
+            _warn(f"{event}: " + " ".join(f"{k}={v}" for k, v in fields.items()))
+            return
+        log.warning(event, session_id=self.req.session_id, **fields)
+
+    def _close_pam(self) -> dict[str, Any]:
+        """End the PAM session (before session.ended, which says whether it was): the fields
+        `pam_closed` and, when it was not, `pam_error` (none with PAM off)."""
+        pam = self.st.pam
+        if pam is None:
+            return {}
+        try:
+            pam.close()
+        except AgentError as exc:
+            self._log_warning("session.pam_not_closed", error=exc.message)
+            return {"pam_closed": False, "pam_error": exc.message}
+        return {"pam_closed": True}
 
     def _end_the_rest(self, deadline: float) -> None:
         """What the shell left: its process group (or, in end mode `all`, everything the
@@ -918,7 +956,7 @@ class _Supervision:
             cg = self.st.cgroup
             if cg is None or not cg.end(grace):
                 _kill_descendants(grace, spare=self.st.pam)
-        _reap_all()
+        _reap_all(self._reaped)
         if self.st.cgroup is not None:
             _remove_cgroup(self.st.cgroup)
 
@@ -926,11 +964,6 @@ class _Supervision:
         st = self.st
         if st.slave_path is not None:
             _logout_record(self.ctx, os.getpid(), st.slave_path)
-        if st.pam is not None:
-            try:
-                st.pam.close()
-            except AgentError as exc:
-                _warn(f"closing the PAM session: {exc}")
         if st.master is not None:
             try:
                 os.close(st.master)
@@ -939,14 +972,16 @@ class _Supervision:
         self.ctx.registry.remove(self.req.session_id)
 
 
-def _reap_all() -> None:
+def _reap_all(reaped: Callable[[int, int], None]) -> None:
+    """Reap every child that has exited, each told to REAPED(pid, wait status)."""
     while True:
         try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
             return
         if pid == 0:
             return
+        reaped(pid, status)
 
 
 def _kill_descendants(grace: float, *, spare: Any = None) -> None:

@@ -332,6 +332,10 @@ def test_a_logind_scope_is_the_sessions_cgroup(hopper: tuple[str, int],
             assert sess.wait()["reason"] == "terminated"
             sess.close()
             assert _procs_of(uid) == [], _describe(_procs_of(uid))
+            # Ending the scope ended the session's processes, not the one closing PAM (this
+            # service's stack answers pam_close_session with PAM_IGNORE alone: not a clean close).
+            ended = d.wait_event("scope-1", "session.ended")
+            assert "pam_close_session did not run" not in ended.get("pam_error", ""), ended
             with open(f"{mount}{scope}/cgroup.procs") as fh:
                 assert fh.read() == ""
             # Not the agent's to remove (logind removes its scopes); no cgroup of its own.

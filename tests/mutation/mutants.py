@@ -195,6 +195,17 @@ MUTANTS: tuple[Mutant, ...] = (
            "    gids = set(admin_gids)\n    return peer.gid in gids",
            "    gids = set(admin_gids)\n    return True or peer.gid in gids",
            ("tests/integration/test_peers.py::test_a_peer_sees_and_ends_only_its_own_sessions",)),
+    Mutant("admin-group-ids-kept-from-load", "agent/server.py",
+           "return is_admin(peer, _group_ids(self.cfg.peers.admin_groups))",
+           "return is_admin(peer, self.__dict__.setdefault(\"_kept\", "
+           "_group_ids(self.cfg.peers.admin_groups)))",
+           ("tests/integration/test_attack_peers.py::"
+            "test_a_group_given_a_deleted_admin_groups_id_grants_no_admin",)),
+    Mutant("pam-process-death-unrecorded", "agent/session.py",
+           "        pam.process.ended(status)\n",
+           "",
+           ("tests/integration/test_pam_process_end.py::"
+            "test_a_session_whose_pam_process_was_killed_says_pam_did_not_close_it",)),
     Mutant("no-per-peer-connection-share", "agent/server.py",
            "if peer.uid != 0 and sum(c.peer.uid == p"
            "eer.uid for c in self._conns.values()) >= share:",
@@ -211,6 +222,11 @@ MUTANTS: tuple[Mutant, ...] = (
             "test_the_daemon_refuses_a_socket_path_under_an_untrusted_directory",
             "tests/integration/test_attack_paths.py::"
             "test_the_daemon_refuses_session_records_under_a_directory_a_user_controls")),
+    Mutant("darwin-group-write-trusted-anywhere", "agent/server.py",
+           "    if sys_platform == \"darwin\" and path in DARWIN_VAR_RUN \\\n",
+           "    if sys_platform == \"darwin\" and True \\\n",
+           ("tests/unit/test_darwin_layout.py::"
+            "test_a_group_writable_directory_planted_under_var_run_is_refused_on_macos",)),
     Mutant("state-dir-ancestors-not-checked", "agent/cli.py",
            "    check_state_dir(cfg.session.state_dir)\n",
            "",

@@ -1,0 +1,142 @@
+"""The PAM process (agent.pam.open_login: a root process per session that holds the PAM handle
+and runs pam_close_session at the end) dying early is noticed by the session's supervisor and
+put on record, never passed over: `session.ended` says whether PAM closed the session
+(`pam_closed`, and `pam_error` when it did not), and the daemon's log says so as it happens. A
+PAM process that dies before the session stage has opened the session refuses the start.
+Replayed for real: the shipped PAM service, a real daemon, kill -9 of the real PAM process."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import select
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+
+from agent.errors import AgentError
+from tests.conftest import Users
+from tests.support.daemon import REPO, DaemonProc, make_daemon
+
+pytestmark = pytest.mark.privileged
+
+TAG = "SSMSessionRunAs"
+SERVICE_FILE = os.path.join(REPO, "packaging", "pam", "runas-agent")
+KILL_PARENT = "/etc/runas-agent-test-kill-pam-process"
+PROBE = "echo READY; read line || true"
+
+
+@pytest.fixture
+def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]:
+    """The shipped PAM service (with, when the test's parameter says so, a last session module
+    that kills the PAM process from inside pam_open_session) and a daemon with PAM on."""
+    with open(SERVICE_FILE) as fh:
+        service = fh.read()
+    if getattr(request, "param", "") == "killed-in-open":
+        with open(KILL_PARENT, "w") as fh:
+            fh.write("#!/bin/sh\nkill -9 \"$PPID\"\nsleep 1\n")
+        os.chmod(KILL_PARENT, 0o700)
+        service += f"session   required    pam_exec.so {KILL_PARENT}\n"
+    with open("/etc/pam.d/runas-agent", "w") as fh:
+        fh.write(service)
+    d = make_daemon({"session": {"pam": True}})
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        d.cleanup()
+        for path in ("/etc/pam.d/runas-agent", KILL_PARENT):
+            if os.path.exists(path):
+                os.unlink(path)
+
+
+def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while token not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {token!r} in {data!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {token!r}: {data!r}"
+            data += chunk
+    return data
+
+
+def _session(d: DaemonProc, users: Users, sid: str, *,
+             kill_pam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A live session as alice; with KILL_PAM its PAM process is killed (SIGKILL) while the
+    session runs. Then the session ends (stdin closed): its exit and its session.ended."""
+    sess = d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
+                          tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        assert sess.stdin is not None
+        _read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in d.client.sessions() if s["id"] == sid]
+        (pam_process,) = [p for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
+        assert pam_process.uids().real == 0
+        if kill_pam:
+            pam_process.send_signal(signal.SIGKILL)
+            deadline = time.monotonic() + 20  # the supervisor reaps it: no zombie stays
+            while pam_process.is_running() and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not pam_process.is_running()
+        os.close(sess.stdin)
+        sess.stdin = None
+        status = sess.wait()
+    finally:
+        sess.close()
+    return status, d.wait_event(sid, "session.ended")
+
+
+def _log_events(d: DaemonProc) -> list[dict[str, Any]]:
+    with open(d.log_path) as fh:
+        return [json.loads(line) for line in fh if line.startswith("{")]
+
+
+def test_a_session_whose_pam_process_was_killed_says_pam_did_not_close_it(
+        daemon: DaemonProc, users: Users) -> None:
+    status, ended = _session(daemon, users, "pam-killed", kill_pam=True)
+    assert status.get("code") == 0, status  # the session itself ran to its end
+    assert ended["pam_closed"] is False, ended
+    assert "killed by signal 9" in ended["pam_error"], ended
+    assert "pam_close_session did not run" in ended["pam_error"], ended
+    logged = [r for r in _log_events(daemon) if r.get("session_id") == "pam-killed"]
+    (early,) = [r for r in logged if r["event"] == "session.pam_process_ended"]
+    assert early["level"] == "warning", early
+    assert early["status"] == "killed by signal 9", early
+    assert [r for r in logged if r["event"] == "session.pam_not_closed"], logged
+
+
+def test_a_session_whose_pam_process_lived_says_pam_closed_it(
+        daemon: DaemonProc, users: Users) -> None:
+    status, ended = _session(daemon, users, "pam-lived", kill_pam=False)
+    assert status.get("code") == 0, status
+    assert ended["pam_closed"] is True, ended
+    assert "pam_error" not in ended
+    assert not [r for r in _log_events(daemon) if r.get("session_id") == "pam-lived"
+                and r["event"] in ("session.pam_process_ended", "session.pam_not_closed")]
+
+
+@pytest.mark.parametrize("daemon", ["killed-in-open"], indirect=True)
+def test_a_pam_process_killed_while_opening_the_session_refuses_the_start(
+        daemon: DaemonProc, users: Users) -> None:
+    ran = os.path.join(pwd.getpwnam(users.alice).pw_dir, "pam-open-killed-ran")
+    with pytest.raises(AgentError) as refused:
+        daemon.client.start(session_id="pam-open-killed", principal_arn="arn:aws:iam::1:role/A",
+                            tags={TAG: users.alice}, run_as_enabled=True,
+                            command=f"touch {ran}")
+    assert refused.value.reason == "pam_failed", refused.value
+    events = daemon.events("pam-open-killed")
+    assert "session.started" not in events, events
+    assert "session.denied" in events, events
+    assert not os.path.exists(ran)
+    assert daemon.client.sessions() == []
