@@ -310,7 +310,13 @@ class Filter:
         self._saved = (self._origin, self._sgr, self._charsets)
 
     def _restore(self) -> None:
-        if self._saved is not None:
-            self._origin, self._sgr, self._charsets = self._saved
-        else:  # DECRC with nothing saved: the defaults
-            self._origin, self._sgr, self._charsets = False, False, ("B", "B", "B", "B")
+        """DECRC. Origin mode (which decides how the end moves the cursor) is taken back as
+        saved; SGR and the character sets count as set if set before or after (terminals
+        differ in what they restore, and resetting them once more does no harm)."""
+        if self._saved is None:  # nothing saved: the defaults
+            self._origin = False
+            return
+        self._origin = self._saved[0]
+        self._sgr = self._sgr or self._saved[1]
+        self._charsets = tuple(now if now != "B" else then
+                               for now, then in zip(self._charsets, self._saved[2]))

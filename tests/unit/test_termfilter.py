@@ -279,5 +279,9 @@ def test_finish_with_origin_mode_goes_to_a_fresh_last_line() -> None:
 
 def test_leaving_the_alternate_screen_restores_what_was_saved() -> None:
     f = Filter()
-    f.feed(E + "[?1049h" + E + "[1m" + E + "(0")
-    assert f.finish() == E + "[?1049l"  # DECRC as the screen is left: SGR and charset back
+    f.feed(E + "[?1049h" + E + "[5;10r" + E + "[?6h" + E + "[1m" + E + "(0")
+    # DECRC as the screen is left takes origin mode back; SGR and charset are reset anyway
+    assert f.finish() == E + "[?1049l" + E + "7" + E + "[r" + E + "8" + E + "(B" + E + "[0m"
+    g = Filter()
+    g.feed(E + "[1m" + E + "7" + E + "[0m" + E + "8")
+    assert g.finish() == E + "[0m"
