@@ -666,7 +666,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if screen is not None:
             text = screen.feed(text)
         if text:
-            out.write(text)
+            try:
+                out.write(text)
+            except UnicodeEncodeError:  # a lone surrogate (JSON allows one), or not UTF-8
+                enc = out.encoding or "utf-8"
+                out.write(text.encode(enc, "replace").decode(enc))
             out.flush()
 
     try:

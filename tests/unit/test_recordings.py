@@ -223,3 +223,16 @@ def test_listing_and_verify_escape_what_a_recording_says(
         assert not any(c in text for c in "\x1b\x07\u009b\u009d"), repr(text)
     assert "mismatch" in verified.out
     assert "al\\x1b[6nice" in listed.out
+
+
+def test_replay_writes_a_lone_surrogate_as_a_replacement(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = _cli_node(tmp_path, [(0.1, "a")])
+    cast = tmp_path / "casts" / "hostile.cast"  # JSON, not the recorder, can say U+D800
+    cast.write_bytes(cast.read_bytes().replace(b'"a"', b'"a\\ud800b\\n"'))
+    assert main(["replay", "hostile", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "ab\n"
+    assert main(["replay", "hostile", "--raw", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "a?b\n"
