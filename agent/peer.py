@@ -90,7 +90,8 @@ def _directory_groups(uid: int, gid: int) -> list[int]:
 
 
 def authorized(peer: Peer, allowed_uids: Iterable[int], allowed_gids: Iterable[int]) -> bool:
-    """Root, an allowed uid, or a member (primary or supplementary) of an allowed group."""
+    """Root, an allowed uid, or a member (primary or supplementary) of an allowed group.
+    ALLOWED_GIDS is iterated only when the uid does not decide (it may look the groups up)."""
     if peer.uid == 0 or peer.uid in set(allowed_uids):
         return True
     gids = set(allowed_gids)
@@ -99,7 +100,8 @@ def authorized(peer: Peer, allowed_uids: Iterable[int], allowed_gids: Iterable[i
 
 def is_admin(peer: Peer, admin_gids: Iterable[int]) -> bool:
     """Root, or a member (primary or supplementary) of an admin group: sees and ends every
-    session, not only the ones it started."""
+    session, not only the ones it started. ADMIN_GIDS is iterated only for a peer other than
+    root (it may look the groups up)."""
     if peer.uid == 0:
         return True
     gids = set(admin_gids)

@@ -40,6 +40,7 @@ from agent.session import drain
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any, Callable, Optional
 
     from agent.audit import AuditLog
@@ -100,7 +101,6 @@ class Daemon:
     _spare: Optional[_Spare] = None
     _want_spare: bool = False
     _retired: set[int] = field(default_factory=set)  # spares let go, not reaped yet
-    _allowed_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
     _accept_paused_until: float = 0.0
     _stop: bool = False
@@ -116,8 +116,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self._allowed_gids = _group_ids(self.cfg.peers.allowed_groups, self.log)
-        _group_ids(self.cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
+        _warn_unknown_groups(self.cfg, self.log)
         self.listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
@@ -195,8 +194,7 @@ class Daemon:
                              "apply after a restart")
             cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
-        self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
-        _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
+        _warn_unknown_groups(cfg, self.log)
         self._setup_cgroups()
         # The spare was forked with the old configuration: a new one takes its place.
         self._drop_spare()
@@ -247,7 +245,10 @@ class Daemon:
                 self.log.warning("connection.peer_unknown", error=str(exc))
                 sock.close()
                 continue
-            if not authorized(peer, self.cfg.peers.allowed_uids, self._allowed_gids):
+            # The group names are looked up now, and only for a peer neither root nor an
+            # allowed uid: a group deleted and its id given to a new group allows nobody.
+            if not authorized(peer, self.cfg.peers.allowed_uids,
+                              _group_ids(self.cfg.peers.allowed_groups)):
                 self.log.warning("connection.unauthorized", peer_uid=peer.uid, peer_pid=peer.pid,
                                  peer_gid=peer.gid, peer_groups=list(peer.groups))
                 self._refuse(sock, Unauthorized(f"uid {peer.uid} may not use this agent"))
@@ -398,8 +399,6 @@ class Daemon:
         that no longer resolves grants nothing."""
         from agent.peer import is_admin
 
-        if peer.uid == 0:
-            return True
         return is_admin(peer, _group_ids(self.cfg.peers.admin_groups))
 
     def _terminate(self, session_id: str, peer: Peer) -> None:
@@ -780,18 +779,27 @@ def _public(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _group_ids(names: tuple[str, ...], log: Any = None,
-               key: str = "peers.allowed_groups") -> frozenset[int]:
-    """The ids NAMES have now; a name that does not resolve has none (LOG, when given, warns)."""
+               key: str = "peers.allowed_groups") -> Iterator[int]:
+    """The ids NAMES have, each looked up as it is iterated, never kept: a decision that needs no
+    group (root, an allowed uid) costs no lookup. A name that does not resolve has none (LOG,
+    when given, warns)."""
     import grp
 
-    out = set()
     for name in names:
         try:
-            out.add(grp.getgrnam(name).gr_gid)
+            yield grp.getgrnam(name).gr_gid
         except KeyError:
             if log is not None:
                 log.warning("config.unknown_group", group=name, key=key)
-    return frozenset(out)
+
+
+def _warn_unknown_groups(cfg: Config, log: Any) -> None:
+    """Warn, at load and reload, of each group name in CFG's peers that does not resolve (the
+    names are looked up again at each decision, so this keeps nothing)."""
+    for key, names in (("peers.allowed_groups", cfg.peers.allowed_groups),
+                       ("peers.admin_groups", cfg.peers.admin_groups)):
+        for _ in _group_ids(names, log, key):
+            pass
 
 
 # -- the listening socket -------------------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 import pwd
 import select
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -418,6 +419,65 @@ def test_a_group_given_a_deleted_admin_groups_id_grants_no_admin(apeers: Peers) 
                 assert held.line()["reason"] == "terminated"
             finally:
                 held.stop()
+    finally:
+        for name in (old, new):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                sh("groupdel", name)
+
+
+def _ping(p: Peers, d: DaemonProc, user: str) -> list[str]:
+    """["pong", ""], or [reason, message] of the refusal."""
+    out: list[str] = _as(p, user, CLIENT + f"""
+try:
+    print(json.dumps([Client({d.socket!r}).ping()["type"], ""]))
+except AgentError as e:
+    print(json.dumps([e.reason, e.message]))""")
+    return out
+
+
+def _unknown_group_warnings(d: DaemonProc, group: str) -> int:
+    lines = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+    return sum(r.get("event") == "config.unknown_group" and r.get("group") == group
+               and r.get("key") == "peers.allowed_groups" for r in lines)
+
+
+def test_a_group_given_a_deleted_allowed_groups_id_allows_nobody(apeers: Peers) -> None:
+    """`peers.allowed_groups` names groups: the allowed group deleted after the daemon loaded it
+    and its id given to a new group (`groupadd -g`), a member of that new group is refused
+    (`unauthorized`), until the configured name exists again."""
+    import grp
+
+    p = apeers
+    old, new = "aallow-gone", "aallow-reuse"
+    for name in (old, new):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)
+    sh("groupadd", old)
+    gid = grp.getgrnam(old).gr_gid
+    sh("gpasswd", "-a", p.a, old)
+    try:
+        # The socket file is open to the transport group; the daemon allows OLD's members only.
+        with _running(p, peers={"allowed_groups": [old]}) as d:
+            assert _ping(p, d, p.a) == ["pong", ""]
+            assert _ping(p, d, p.b)[0] == "unauthorized"  # in no allowed group
+            sh("groupdel", old)
+            sh("groupadd", "-g", str(gid), new)
+            sh("gpasswd", "-a", p.a, new)
+            assert grp.getgrnam(new).gr_gid == gid
+            assert _ping(p, d, p.a) == ["unauthorized",
+                                        f"uid {p.uid(p.a)} may not use this agent"]
+            # A reload warns of the name that no longer resolves, and keeps refusing.
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 15
+            while _unknown_group_warnings(d, old) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _unknown_group_warnings(d, old) == 1, d.log()
+            assert _ping(p, d, p.a)[0] == "unauthorized"
+            # The configured name back (another id): its members are allowed again.
+            sh("groupadd", old)
+            sh("gpasswd", "-a", p.a, old)
+            assert _ping(p, d, p.a) == ["pong", ""]
     finally:
         for name in (old, new):
             with contextlib.suppress(subprocess.CalledProcessError):

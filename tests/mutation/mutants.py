@@ -198,9 +198,15 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("admin-group-ids-kept-from-load", "agent/server.py",
            "return is_admin(peer, _group_ids(self.cfg.peers.admin_groups))",
            "return is_admin(peer, self.__dict__.setdefault(\"_kept\", "
-           "_group_ids(self.cfg.peers.admin_groups)))",
+           "frozenset(_group_ids(self.cfg.peers.admin_groups))))",
            ("tests/integration/test_attack_peers.py::"
             "test_a_group_given_a_deleted_admin_groups_id_grants_no_admin",)),
+    Mutant("allowed-group-ids-kept-from-load", "agent/server.py",
+           "_group_ids(self.cfg.peers.allowed_groups)):",
+           "self.__dict__.setdefault(\"_kept_allowed\", "
+           "frozenset(_group_ids(self.cfg.peers.allowed_groups)))):",
+           ("tests/integration/test_attack_peers.py::"
+            "test_a_group_given_a_deleted_allowed_groups_id_allows_nobody",)),
     Mutant("pam-process-death-unrecorded", "agent/session.py",
            "        pam.process.ended(status)\n",
            "",

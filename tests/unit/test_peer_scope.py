@@ -9,6 +9,7 @@ import re
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from agent import protocol
 from agent.client import Client
 from agent.config import LimitsConfig, parse
 from agent.errors import ConfigError, Unreachable, UntrustedServer
-from agent.peer import Peer, is_admin, may_see
+from agent.peer import Peer, authorized, is_admin, may_see
 from agent.server import check_socket_path, check_state_dir
 
 ALICE = Peer(pid=10, uid=1001, gid=1001, groups=(1001, 50))
@@ -30,6 +31,25 @@ def test_admins_are_root_and_members_of_an_admin_group() -> None:
     assert is_admin(ALICE, (50,))  # supplementary
     assert is_admin(ALICE, (1001,))  # primary
     assert not is_admin(ALICE, (51,))
+
+
+def test_groups_are_looked_up_only_when_the_uid_does_not_decide() -> None:
+    """The daemon passes group ids that are looked up as they are iterated: root and an allowed
+    uid cost no lookup, any other peer is judged by the groups."""
+    looked: list[tuple[int, ...]] = []
+
+    def gids(*ids: int) -> Iterator[int]:
+        looked.append(ids)
+        yield from ids
+
+    assert authorized(ROOT, (), gids(50))
+    assert authorized(ALICE, (1001,), gids(50))
+    assert is_admin(ROOT, gids(50))
+    assert looked == []
+    assert authorized(ALICE, (), gids(50))
+    assert not authorized(ALICE, (), gids(51))
+    assert is_admin(ALICE, gids(1001))
+    assert looked == [(50,), (51,), (1001,)]
 
 
 @pytest.mark.parametrize(("record", "seen"), [
