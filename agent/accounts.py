@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import re
-from dataclasses import dataclass
 
 from agent.errors import (
     DENIED_BY_POLICY,
@@ -27,6 +26,7 @@ from agent.errors import (
     error_for,
 )
 from agent.policy import SSM_USER
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -79,10 +79,13 @@ def validate_name(name: Union[str, bytes]) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class Account:
+# Frozen value classes (agent.values), not dataclasses: `check` and `resolve` import this module.
+
+
+class Account(Frozen):
     """A validated session target, resolved once (the spawn path does no further lookups)."""
 
+    __slots__ = ("gid", "groups", "home", "name", "shell", "source", "uid")
     name: str
     uid: int
     gid: int
@@ -91,24 +94,42 @@ class Account:
     groups: tuple[int, ...]  # supplementary groups, from getgrouplist, primary gid included
     source: str  # "local" or "directory"
 
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, name: str, uid: int, gid: int, home: str, shell: str, groups: tuple[int, ...],
+        source: str,
+    ) -> None:
+        self._init(name=name, uid=uid, gid=gid, home=home, shell=shell, groups=groups,
+                   source=source)
 
-@dataclass(frozen=True)
-class Check:
+
+class Check(Frozen):
+    __slots__ = ("detail", "fatal", "name", "ok")
     name: str
     ok: bool
     detail: str
-    fatal: bool = True
+    fatal: bool
+
+    def __init__(self, name: str, ok: bool, detail: str, fatal: bool = True) -> None:
+        self._init(name=name, ok=ok, detail=detail, fatal=fatal)
 
 
-@dataclass(frozen=True)
-class Report:
+class Report(Frozen):
+    __slots__ = ("checks", "found", "hint", "login_shell", "message", "reason", "user")
     user: str
     checks: tuple[Check, ...]
     reason: Optional[str]
     message: Optional[str]
     hint: Optional[str]
     found: Optional[Account]  # what the lookup returned, usable or not
-    login_shell: Optional[str] = None  # the shell in the user database, as found
+    login_shell: Optional[str]  # the shell in the user database, as found
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, user: str, checks: tuple[Check, ...], reason: Optional[str],
+        message: Optional[str], hint: Optional[str], found: Optional[Account],
+        login_shell: Optional[str] = None,
+    ) -> None:
+        self._init(user=user, checks=checks, reason=reason, message=message, hint=hint,
+                   found=found, login_shell=login_shell)
 
     @property
     def usable(self) -> bool:

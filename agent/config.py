@@ -1,4 +1,5 @@
-"""Configuration: frozen dataclasses with embedded defaults, loaded from an optional YAML file.
+"""Configuration: frozen values (agent.values) with embedded defaults, loaded from an optional
+YAML file.
 
 Every setting has a default, so the agent runs with no file. Unknown keys and wrong types are
 errors that name the key path and the expected type.
@@ -6,12 +7,11 @@ errors that name the key path and the expected type.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-from dataclasses import dataclass, field
 
 from agent.errors import ConfigError
+from agent.values import Frozen, fields
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -21,60 +21,97 @@ if TYPE_CHECKING:
 DEFAULT_PATH = "/etc/runas-agent/config.yaml"
 
 
-@dataclass(frozen=True)
-class SocketConfig:
-    path: str = "/run/runas-agent/runas-agent.sock"
-    mode: int = 0o660
-    group: Optional[str] = None
+# Frozen value classes (agent.values), not dataclasses: `check` and `resolve` import this module.
 
 
-@dataclass(frozen=True)
-class PeersConfig:
+class SocketConfig(Frozen):
+    __slots__ = ("group", "mode", "path")
+    path: str
+    mode: int
+    group: Optional[str]
+
+    def __init__(self, path: str = "/run/runas-agent/runas-agent.sock", mode: int = 0o660,
+                 group: Optional[str] = None) -> None:
+        self._init(path=path, mode=mode, group=group)
+
+
+class PeersConfig(Frozen):
     """Who may talk to the daemon. Root is always allowed.
 
     A peer lists and terminates only the sessions it started; root and members of
     admin_groups see and end all of them."""
 
-    allowed_uids: tuple[int, ...] = (0,)
-    allowed_groups: tuple[str, ...] = ()
-    admin_groups: tuple[str, ...] = ()
+    __slots__ = ("admin_groups", "allowed_groups", "allowed_uids")
+    allowed_uids: tuple[int, ...]
+    allowed_groups: tuple[str, ...]
+    admin_groups: tuple[str, ...]
+
+    def __init__(self, allowed_uids: tuple[int, ...] = (0,), allowed_groups: tuple[str, ...] = (),
+                 admin_groups: tuple[str, ...] = ()) -> None:
+        self._init(allowed_uids=allowed_uids, allowed_groups=allowed_groups,
+                   admin_groups=admin_groups)
 
 
-@dataclass(frozen=True)
-class RunAsConfig:
+class RunAsConfig(Frozen):
     """Defaults for the account preferences when a request does not carry them."""
 
-    enabled: bool = False
-    default_user: Optional[str] = None
-    shell_profile: str = ""
+    __slots__ = ("allow_ssm_user", "default_user", "enabled", "shell_profile")
+    enabled: bool
+    default_user: Optional[str]
+    shell_profile: str
     # Restrictions: a node can refuse ssm-user sessions (Run As off) altogether.
-    allow_ssm_user: bool = True
+    allow_ssm_user: bool
+
+    def __init__(self, enabled: bool = False, default_user: Optional[str] = None,
+                 shell_profile: str = "", allow_ssm_user: bool = True) -> None:
+        self._init(enabled=enabled, default_user=default_user, shell_profile=shell_profile,
+                   allow_ssm_user=allow_ssm_user)
 
 
-@dataclass(frozen=True)
-class PolicyConfig:
+class PolicyConfig(Frozen):
     """Node policy. It can only restrict who may be a session target."""
 
-    allow_users: tuple[str, ...] = ()
-    deny_users: tuple[str, ...] = ()
-    min_uid: int = 0
-    allow_directory_users: bool = True
-    allow_disabled_shells: bool = False
+    __slots__ = ("allow_directory_users", "allow_disabled_shells", "allow_users", "deny_users",
+                 "min_uid")
+    allow_users: tuple[str, ...]
+    deny_users: tuple[str, ...]
+    min_uid: int
+    allow_directory_users: bool
+    allow_disabled_shells: bool
+
+    def __init__(self, allow_users: tuple[str, ...] = (), deny_users: tuple[str, ...] = (),
+                 min_uid: int = 0, allow_directory_users: bool = True,
+                 allow_disabled_shells: bool = False) -> None:
+        self._init(allow_users=allow_users, deny_users=deny_users, min_uid=min_uid,
+                   allow_directory_users=allow_directory_users,
+                   allow_disabled_shells=allow_disabled_shells)
 
 
-@dataclass(frozen=True)
-class SessionConfig:
-    max_sessions: int = 256
+class SessionConfig(Frozen):
+    __slots__ = ("end_mode", "grace_period", "idle_timeout", "max_duration", "max_sessions",
+                 "max_sessions_per_peer", "pam", "pam_service", "state_dir")
+    max_sessions: int
     # Live sessions started by one peer uid (other than root); null: a quarter of max_sessions,
     # at least 1.
-    max_sessions_per_peer: Optional[int] = None
-    max_duration: float = 0.0  # seconds, 0 = unlimited
-    idle_timeout: float = 0.0  # seconds, 0 = unlimited
-    grace_period: float = 5.0
-    end_mode: str = "process_group"  # or "all"
-    pam: bool = True  # Linux: used when /etc/pam.d/<pam_service> exists; false turns PAM off
-    pam_service: str = "runas-agent"
-    state_dir: str = "/run/runas-agent/sessions"  # one record per live session
+    max_sessions_per_peer: Optional[int]
+    max_duration: float  # seconds, 0 = unlimited
+    idle_timeout: float  # seconds, 0 = unlimited
+    grace_period: float
+    end_mode: str  # "process_group" or "all"
+    pam: bool  # Linux: used when /etc/pam.d/<pam_service> exists; false turns PAM off
+    pam_service: str
+    state_dir: str  # one record per live session
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, max_sessions: int = 256, max_sessions_per_peer: Optional[int] = None,
+        max_duration: float = 0.0, idle_timeout: float = 0.0, grace_period: float = 5.0,
+        end_mode: str = "process_group", pam: bool = True, pam_service: str = "runas-agent",
+        state_dir: str = "/run/runas-agent/sessions",
+    ) -> None:
+        self._init(max_sessions=max_sessions, max_sessions_per_peer=max_sessions_per_peer,
+                   max_duration=max_duration, idle_timeout=idle_timeout,
+                   grace_period=grace_period, end_mode=end_mode, pam=pam,
+                   pam_service=pam_service, state_dir=state_dir)
 
     def peer_share(self) -> int:
         if self.max_sessions_per_peer is not None:
@@ -82,14 +119,20 @@ class SessionConfig:
         return max(1, self.max_sessions // 4)
 
 
-@dataclass(frozen=True)
-class LimitsConfig:
-    max_frame: int = 65536
-    max_connections: int = 128
+class LimitsConfig(Frozen):
+    __slots__ = ("max_connections", "max_connections_per_peer", "max_frame", "read_timeout")
+    max_frame: int
+    max_connections: int
     # Connections one peer uid (other than root) may have open at once; null: a quarter of
     # max_connections, at least 1.
-    max_connections_per_peer: Optional[int] = None
-    read_timeout: float = 10.0
+    max_connections_per_peer: Optional[int]
+    read_timeout: float
+
+    def __init__(self, max_frame: int = 65536, max_connections: int = 128,
+                 max_connections_per_peer: Optional[int] = None,
+                 read_timeout: float = 10.0) -> None:
+        self._init(max_frame=max_frame, max_connections=max_connections,
+                   max_connections_per_peer=max_connections_per_peer, read_timeout=read_timeout)
 
     def peer_share(self) -> int:
         if self.max_connections_per_peer is not None:
@@ -97,50 +140,92 @@ class LimitsConfig:
         return max(1, self.max_connections // 4)
 
 
-@dataclass(frozen=True)
-class SsmUserConfig:
-    uid: Optional[int] = None
-    system: bool = False
-    shell: str = "/bin/bash"
-    home: Optional[str] = None
-    sudoers: bool = True
+class SsmUserConfig(Frozen):
+    __slots__ = ("home", "shell", "sudoers", "system", "uid")
+    uid: Optional[int]
+    system: bool
+    shell: str
+    home: Optional[str]
+    sudoers: bool
+
+    def __init__(self, uid: Optional[int] = None, system: bool = False,
+                 shell: str = "/bin/bash", home: Optional[str] = None,
+                 sudoers: bool = True) -> None:
+        self._init(uid=uid, system=system, shell=shell, home=home, sudoers=sudoers)
 
 
-@dataclass(frozen=True)
-class AuditConfig:
-    path: str = "/var/log/runas-agent/audit.log"
+class AuditConfig(Frozen):
+    __slots__ = ("path",)
+    path: str
+
+    def __init__(self, path: str = "/var/log/runas-agent/audit.log") -> None:
+        self._init(path=path)
 
 
-@dataclass(frozen=True)
-class RecordingConfig:
+class RecordingConfig(Frozen):
     """Session recording (asciicast v2, one root-only file per session), off by default."""
 
-    enabled: bool = False
-    dir: str = "/var/log/runas-agent/sessions"  # root-owned, mode 0700
-    input: bool = False  # keystrokes too (they carry passwords)
-    max_bytes: int = 1 << 30  # per session; 0 = unlimited
-    on_limit: str = "end"  # end the session, or stop recording (and say so in the audit log)
-    on_failure: str = "end"  # when the file cannot be written: end the session, or continue
+    __slots__ = ("dir", "enabled", "input", "max_bytes", "on_failure", "on_limit")
+    enabled: bool
+    dir: str  # root-owned, mode 0700
+    input: bool  # keystrokes too (they carry passwords)
+    max_bytes: int  # per session; 0 = unlimited
+    on_limit: str  # "end" the session, or "stop" recording (and say so in the audit log)
+    on_failure: str  # when the file cannot be written: "end" the session, or "continue"
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, enabled: bool = False, dir: str = "/var/log/runas-agent/sessions",
+        input: bool = False, max_bytes: int = 1 << 30,
+        on_limit: str = "end", on_failure: str = "end",
+    ) -> None:
+        self._init(enabled=enabled, dir=dir, input=input, max_bytes=max_bytes,
+                   on_limit=on_limit, on_failure=on_failure)
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
-    format: str = "auto"  # auto, json, console
-    level: str = "info"
+class LoggingConfig(Frozen):
+    __slots__ = ("format", "level")
+    format: str  # auto, json, console
+    level: str
+
+    def __init__(self, format: str = "auto", level: str = "info") -> None:
+        self._init(format=format, level=level)
 
 
-@dataclass(frozen=True)
-class Config:
-    socket: SocketConfig = field(default_factory=SocketConfig)
-    peers: PeersConfig = field(default_factory=PeersConfig)
-    run_as: RunAsConfig = field(default_factory=RunAsConfig)
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    session: SessionConfig = field(default_factory=SessionConfig)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    ssm_user: SsmUserConfig = field(default_factory=SsmUserConfig)
-    audit: AuditConfig = field(default_factory=AuditConfig)
-    recording: RecordingConfig = field(default_factory=RecordingConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
+class Config(Frozen):
+    """Every section; one left out is its defaults."""
+
+    __slots__ = ("audit", "limits", "logging", "peers", "policy", "recording", "run_as",
+                 "session", "socket", "ssm_user")
+    socket: SocketConfig
+    peers: PeersConfig
+    run_as: RunAsConfig
+    policy: PolicyConfig
+    session: SessionConfig
+    limits: LimitsConfig
+    ssm_user: SsmUserConfig
+    audit: AuditConfig
+    recording: RecordingConfig
+    logging: LoggingConfig
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, socket: Optional[SocketConfig] = None, peers: Optional[PeersConfig] = None,
+        run_as: Optional[RunAsConfig] = None, policy: Optional[PolicyConfig] = None,
+        session: Optional[SessionConfig] = None, limits: Optional[LimitsConfig] = None,
+        ssm_user: Optional[SsmUserConfig] = None, audit: Optional[AuditConfig] = None,
+        recording: Optional[RecordingConfig] = None, logging: Optional[LoggingConfig] = None,
+    ) -> None:
+        self._init(
+            socket=SocketConfig() if socket is None else socket,
+            peers=PeersConfig() if peers is None else peers,
+            run_as=RunAsConfig() if run_as is None else run_as,
+            policy=PolicyConfig() if policy is None else policy,
+            session=SessionConfig() if session is None else session,
+            limits=LimitsConfig() if limits is None else limits,
+            ssm_user=SsmUserConfig() if ssm_user is None else ssm_user,
+            audit=AuditConfig() if audit is None else audit,
+            recording=RecordingConfig() if recording is None else recording,
+            logging=LoggingConfig() if logging is None else logging,
+        )
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -172,6 +257,11 @@ _ABSOLUTE_PATHS = (
 )
 
 
+def _is_section(tp: Any) -> bool:
+    """Whether TP is a value class: Config or one of its sections, read from a mapping."""
+    return isinstance(tp, type) and issubclass(tp, Frozen)
+
+
 def _type_name(tp: Any) -> str:
     from typing import Union, get_args, get_origin
 
@@ -181,7 +271,7 @@ def _type_name(tp: Any) -> str:
         return f"{_type_name(inner[0])} or null"
     if origin is tuple:
         return f"list of {_type_name(get_args(tp)[0])}"
-    if dataclasses.is_dataclass(tp):
+    if _is_section(tp):
         return "mapping"
     return {int: "integer", float: "number", bool: "boolean", str: "string"}.get(tp, str(tp))
 
@@ -200,7 +290,7 @@ def _convert(value: Any, tp: Any, path: str, shown: Any = None) -> Any:
             raise ConfigError(f"{path}: expected {_type_name(tp)}, got {type(value).__name__}")
         item = get_args(tp)[0]
         return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
-    if dataclasses.is_dataclass(tp):
+    if _is_section(tp):
         if value is None:
             value = {}
         if not isinstance(value, dict):
@@ -226,7 +316,7 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str) -> Any:
 
     # Annotations are strings (postponed evaluation); resolve them against typing's names.
     hints = typing.get_type_hints(cls, localns={"Optional": typing.Optional})
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = set(fields(cls))
     for key in data:
         if key not in names:
             where = f"{prefix}.{key}" if prefix else str(key)

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -31,13 +32,18 @@ if TYPE_CHECKING:
 _MAX_LINKS = 40  # as the kernel's path walk (ELOOP)
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Why a home cannot be trusted (MESSAGE names the path at fault) and what to do (HINT)."""
+class Problem(Frozen):
+    """Why a home cannot be trusted (MESSAGE names the path at fault) and what to do (HINT).
 
+    A frozen value (agent.values): `check ssm-user` imports this module."""
+
+    __slots__ = ("hint", "message", "path")
     path: str
     message: str
     hint: str
+
+    def __init__(self, path: str, message: str, hint: str) -> None:
+        self._init(path=path, message=message, hint=hint)
 
 
 def owner(uid: int) -> str:

@@ -10,9 +10,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from agent.errors import DENIED_BY_POLICY, RUN_AS_USER_MISSING
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -27,22 +26,34 @@ SOURCE_PREFERENCE = "preference"
 SOURCE_SSM_USER = "ssm-user"
 
 
-@dataclass(frozen=True)
-class Target:
+# Frozen value classes (agent.values), not dataclasses: `resolve` imports this module.
+
+
+class Target(Frozen):
+    __slots__ = ("source", "user")
     user: str
     source: str  # SOURCE_TAG, SOURCE_PREFERENCE or SOURCE_SSM_USER
 
+    def __init__(self, user: str, source: str) -> None:
+        self._init(user=user, source=source)
 
-@dataclass(frozen=True)
-class Denial:
+
+class Denial(Frozen):
+    __slots__ = ("message", "reason")
     reason: str
     message: str
 
+    def __init__(self, reason: str, message: str) -> None:
+        self._init(reason=reason, message=message)
 
-@dataclass(frozen=True)
-class Decision:
+
+class Decision(Frozen):
+    __slots__ = ("outcome", "steps")
     outcome: Union[Target, Denial]
     steps: tuple[str, ...]
+
+    def __init__(self, outcome: Union[Target, Denial], steps: tuple[str, ...]) -> None:
+        self._init(outcome=outcome, steps=steps)
 
 
 def decide(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from agent import accounts, policy
 from agent.errors import SSM_USER_UNSAFE, USER_NOT_FOUND, AgentError, error_for
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -17,8 +16,11 @@ if TYPE_CHECKING:
     from agent.platform import Platform
 
 
-@dataclass(frozen=True)
-class Resolution:
+class Resolution(Frozen):
+    """A frozen value (agent.values): `resolve` imports this module."""
+
+    __slots__ = ("account", "allowed", "hint", "message", "reason", "report", "source", "steps",
+                 "user")
     allowed: bool
     user: Optional[str]
     source: Optional[str]
@@ -27,7 +29,15 @@ class Resolution:
     steps: tuple[str, ...]
     account: Optional[Account]  # None when denied, or when ssm-user is still to be created
     report: Optional[Report]
-    hint: Optional[str] = None  # what to do, when the denial is not the report's own
+    hint: Optional[str]  # what to do, when the denial is not the report's own
+
+    def __init__(  # noqa: PLR0917 - positional, as the dataclass it replaces
+        self, allowed: bool, user: Optional[str], source: Optional[str], reason: Optional[str],
+        message: Optional[str], steps: tuple[str, ...], account: Optional[Account],
+        report: Optional[Report], hint: Optional[str] = None,
+    ) -> None:
+        self._init(allowed=allowed, user=user, source=source, reason=reason, message=message,
+                   steps=steps, account=account, report=report, hint=hint)
 
     def error(self) -> AgentError:
         err = error_for(self.reason or "internal_error", self.message or "denied")

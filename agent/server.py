@@ -734,10 +734,10 @@ def _set_process_name(name: str, sys_platform: str) -> str:
 
 
 def _keep_paths(new: Config, old: Config) -> Config:
-    import dataclasses
+    from agent.values import replace
 
-    session = dataclasses.replace(new.session, state_dir=old.session.state_dir)
-    return dataclasses.replace(new, audit=old.audit, session=session)
+    session = replace(new.session, state_dir=old.session.state_dir)
+    return replace(new, audit=old.audit, session=session)
 
 
 # What every supervisor imports on its way to the shell. Imported once here, before the first

@@ -13,7 +13,6 @@ send is bounded by a timeout, and control-channel errors are answered without wa
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import select
 import selectors
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 # recording and relay are imported with this module, so the daemon's import of the supervisor's
 # modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
 # does not pay for their import.
-from agent import protocol, recording, relay
+from agent import protocol, recording, relay, values
 from agent.errors import (
     AgentError,
     AuditFailed,
@@ -337,7 +336,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             limits = login.limits  # the session's; this supervisor's own are untouched
             loginuid = login.loginuid
             scope = _logind_scope(ctx, login.cgroup)
-            account = dataclasses.replace(account, groups=tuple(sorted(set(login.groups))))
+            account = values.replace(account, groups=tuple(sorted(set(login.groups))))
         command = req.command
         profile = _shell_profile(req, ctx)
         typed_profile = b""

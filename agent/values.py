@@ -2,18 +2,22 @@
 
 `dataclasses` costs its import (it imports `inspect`, and with it `ast`, `dis`, `enum` and
 `tokenize`) and an `exec` for every method it generates on every class: more than the rest of
-`runas-agent session` takes to start. The value types of `agent.protocol`, `agent.client` and
-`agent.peer` derive from `Frozen` instead. Their fields are their `__slots__`, set once by
-their `__init__`; afterwards, assigning or deleting a field raises
+`runas-agent session` takes to start. The value types of the modules that `session`, `check`
+and `resolve` import (`agent.protocol`, `agent.client`, `agent.peer`, `agent.config`,
+`agent.accounts`, `agent.policy`, `agent.resolve`, `agent.homedir`, `agent.platform`) derive
+from `Frozen` instead. Their fields are their `__slots__`, set once by their `__init__`, whose
+parameters are named after the fields; afterwards, assigning or deleting a field raises
 `dataclasses.FrozenInstanceError`, and equality, hashing and repr come from the fields, as a
-frozen dataclass has them.
+frozen dataclass has them. `fields()` and `replace()` stand for their `dataclasses` namesakes.
 """
 
 from __future__ import annotations
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NoReturn
+    from typing import Any, NoReturn, TypeVar, Union
+
+    V = TypeVar("V", bound="Frozen")
 
 
 class Frozen:
@@ -49,6 +53,24 @@ class Frozen:
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"{type(self).__qualname__}({fields})"
+
+
+def fields(value: Union[Frozen, type[Frozen]]) -> tuple[str, ...]:
+    """The names of VALUE's fields (VALUE: a value class or one of its instances)."""
+    return value.__slots__
+
+
+def replace(value: V, **changes: object) -> V:
+    """A new value of VALUE's class with CHANGES to its fields, built by its constructor (as
+    `dataclasses.replace`); an unknown field name raises TypeError."""
+    unknown = set(changes) - set(value.__slots__)
+    if unknown:
+        raise TypeError(f"{type(value).__qualname__}: no fields {sorted(unknown)}")
+    values = {name: getattr(value, name) for name in value.__slots__}
+    values.update(changes)
+    cls: Any = type(value)
+    new: V = cls(**values)
+    return new
 
 
 def _frozen(name: str) -> AttributeError:

@@ -7,7 +7,6 @@ waitpid with nothing else (no verification, fd closing, signal reset, report pip
 as in design §10; the variants run interleaved so that the machine's noise hits them alike.
 """
 
-import dataclasses
 import os
 import statistics
 import subprocess
@@ -20,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from agent import accounts, environ, spawn, terminal
 from agent.config import PolicyConfig
 from agent.platform.linux import Linux
+from agent.values import replace
 from tests.support import isolation
 from tests.support.procio import drain
 
@@ -62,7 +62,7 @@ def main() -> None:
     tenv = environ.build_env(acct, term="xterm", client_env={})
 
     def plan(shell: str) -> spawn.SpawnPlan:
-        return spawn.SpawnPlan(dataclasses.replace(acct, shell=shell), "/bin/true", env,
+        return spawn.SpawnPlan(replace(acct, shell=shell), "/bin/true", env,
                                null, null, null, tty=False)
 
     true_plan, sh_plan, bash_plan = plan("/bin/true"), plan("/bin/sh"), plan("/bin/bash")

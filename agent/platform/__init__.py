@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -31,16 +32,24 @@ if TYPE_CHECKING:
             ...
 
 
-@dataclass(frozen=True)
-class NewUser:
+# Frozen value classes (agent.values), not dataclasses: `check` and `resolve` import this
+# package and the platform's module.
+
+
+class NewUser(Frozen):
     """A local account to create. None means the platform's default (next free uid, /home/NAME
     or /Users/NAME)."""
 
+    __slots__ = ("home", "name", "shell", "system", "uid")
     name: str
     shell: str
-    uid: Optional[int] = None
-    system: bool = False
-    home: Optional[str] = None
+    uid: Optional[int]
+    system: bool
+    home: Optional[str]
+
+    def __init__(self, name: str, shell: str, uid: Optional[int] = None, system: bool = False,
+                 home: Optional[str] = None) -> None:
+        self._init(name=name, shell=shell, uid=uid, system=system, home=home)
 
 
 def current(runner: Optional[Runner] = None, sys_platform: str = sys.platform) -> Platform:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from agent.errors import AgentError, CommandFailed, SsmUserFailed
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -22,10 +21,15 @@ FIRST_REGULAR_UID = 501  # what System Settings gives the first user
 SYSTEM_UIDS = range(900, 1000)
 
 
-@dataclass(frozen=True)
-class Darwin:
+class Darwin(Frozen):
+    """A frozen value (agent.values, agent.platform)."""
+
+    __slots__ = ("name", "runner")
     runner: Runner
-    name: str = "darwin"
+    name: str
+
+    def __init__(self, runner: Runner, name: str = "darwin") -> None:
+        self._init(runner=runner, name=name)
 
     def account_source(self, name: str) -> str:
         """'local' when the local node (`dscl . -read /Users/NAME`) has it, else 'directory'."""

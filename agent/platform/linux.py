@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import posixpath
 import pwd
-from dataclasses import dataclass
 
 from agent.errors import CommandFailed, LookupFailed, SsmUserFailed
+from agent.values import Frozen
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
@@ -18,12 +18,22 @@ _USERADD_UID_IN_USE = 4
 _USERADD_NAME_IN_USE = 9
 
 
-@dataclass(frozen=True)
-class Linux:
-    passwd_path: str = "/etc/passwd"  # noqa: S105 - a path, not a password
-    name: str = "linux"
-    useradd: str = USERADD
-    useradd_defaults: str = "/etc/default/useradd"
+class Linux(Frozen):
+    """A frozen value (agent.values, agent.platform)."""
+
+    __slots__ = ("name", "passwd_path", "useradd", "useradd_defaults")
+    passwd_path: str
+    name: str
+    useradd: str
+    useradd_defaults: str
+
+    def __init__(
+        self, passwd_path: str = "/etc/passwd",  # noqa: S107 - a path, not a password
+        name: str = "linux", useradd: str = USERADD,
+        useradd_defaults: str = "/etc/default/useradd",
+    ) -> None:
+        self._init(passwd_path=passwd_path, name=name, useradd=useradd,
+                   useradd_defaults=useradd_defaults)
 
     def account_source(self, name: str) -> str:
         """'local' when NAME is in /etc/passwd (the files backend), else 'directory'."""

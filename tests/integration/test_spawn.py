@@ -21,7 +21,7 @@ from typing import Optional
 
 import pytest
 
-from agent import accounts, terminal
+from agent import accounts, terminal, values
 from agent.accounts import Account
 from agent.config import PolicyConfig
 from agent.environ import build_env, env_path
@@ -496,7 +496,7 @@ def test_exec_failure_raises_quickly_and_is_reaped(extra_users: Users, shell: st
     with open("/home/spawn-shells/notexec", "w") as fh:
         fh.write("#!/bin/sh\necho should not run\n")
     os.chmod("/home/spawn-shells/notexec", 0o644)
-    acct = dataclasses.replace(account("alice"), shell=shell)
+    acct = values.replace(account("alice"), shell=shell)
     before = _children()
     start = time.monotonic()
     with pytest.raises(SpawnFailed) as info:
@@ -591,7 +591,7 @@ def test_root_and_bad_plans_are_refused_before_fork(extra_users: Users) -> None:
     with pytest.raises(RootRefused):
         spawn(SpawnPlan(toor, "id", build_env(toor, term=None, client_env={}), 0, 1, 2, False))
     with pytest.raises(SpawnFailed, match="primary group 0"):
-        spawn(SpawnPlan(dataclasses.replace(alice, gid=0), "id", env, 0, 1, 2, False))
+        spawn(SpawnPlan(values.replace(alice, gid=0), "id", env, 0, 1, 2, False))
     with pytest.raises(BadRequest, match="NUL"):
         spawn(SpawnPlan(alice, "id\0x", env, 0, 1, 2, False))
     with pytest.raises(BadRequest, match="LD_PRELOAD"):
@@ -599,7 +599,7 @@ def test_root_and_bad_plans_are_refused_before_fork(extra_users: Users) -> None:
     with pytest.raises(BadRequest, match="A=B"):
         spawn(SpawnPlan(alice, "id", {**env, "A=B": "x"}, 0, 1, 2, False))
     with pytest.raises(SpawnFailed, match="not an absolute path"):
-        spawn(SpawnPlan(dataclasses.replace(alice, shell="bash"), "id", env, 0, 1, 2, False))
+        spawn(SpawnPlan(values.replace(alice, shell="bash"), "id", env, 0, 1, 2, False))
     r, w = os.pipe()
     try:
         with pytest.raises(SpawnFailed, match="needs a terminal"):

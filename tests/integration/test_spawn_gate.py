@@ -95,8 +95,10 @@ def test_a_child_failing_before_the_gate_is_reported(users: Users) -> None:
     plan = _plan(users.alice, "true")
     import dataclasses
 
-    broken = dataclasses.replace(plan, account=dataclasses.replace(plan.account,
-                                                                  shell="/nonexistent/sh"))
+    from agent import values
+
+    broken = dataclasses.replace(plan, account=values.replace(plan.account,
+                                                             shell="/nonexistent/sh"))
     with pytest.raises(SpawnFailed):
         spawn(broken, before_exec=calls.append)
     assert calls  # exec failure comes after the gate: the hook ran, the exec then failed

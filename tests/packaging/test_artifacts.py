@@ -176,18 +176,18 @@ def test_default_config_is_valid_and_documents_every_default() -> None:
     data = yaml.safe_load(uncommented)
     full = from_mapping(data)
     expected = Config()
-    import dataclasses
+    from agent.values import fields, replace
 
-    expected = dataclasses.replace(
+    expected = replace(
         expected,
-        socket=dataclasses.replace(expected.socket, group="runas-agent"),
-        peers=dataclasses.replace(expected.peers, allowed_groups=("runas-agent",)),
+        socket=replace(expected.socket, group="runas-agent"),
+        peers=replace(expected.peers, allowed_groups=("runas-agent",)),
     )
     assert full == expected
-    for section in dataclasses.fields(Config):
-        sub = getattr(Config(), section.name)
-        for f in dataclasses.fields(sub):
-            assert f.name in data[section.name], f"{section.name}.{f.name} is not documented"
+    for section in fields(Config):
+        sub = getattr(Config(), section)
+        for name in fields(sub):
+            assert name in data[section], f"{section}.{name} is not documented"
 
 
 # --- the built packages ---------------------------------------------------------------------

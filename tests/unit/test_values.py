@@ -6,10 +6,19 @@ import dataclasses
 
 import pytest
 
-from agent import protocol
+from agent import config, policy, protocol
+from agent.accounts import Account, Check, Report
 from agent.client import Client
+from agent.homedir import Problem
 from agent.peer import Peer
-from agent.values import Frozen
+from agent.platform import NewUser
+from agent.platform.darwin import Darwin
+from agent.platform.linux import Linux
+from agent.resolve import Resolution
+from agent.runner import run
+from agent.values import Frozen, fields, replace
+
+ALICE = Account("alice", 1001, 1001, "/home/alice", "/bin/sh", (1001,), "local")
 
 VALUES: list[Frozen] = [
     protocol.Terminal("xterm", 24, 80),
@@ -21,6 +30,28 @@ VALUES: list[Frozen] = [
     protocol.ResizeControl(30, 100),
     Client("/run/x.sock", timeout=5),
     Peer(10, 1001, 1001, (1001, 50)),
+    config.Config(),
+    config.SocketConfig(),
+    config.PeersConfig(),
+    config.RunAsConfig(),
+    config.PolicyConfig(),
+    config.SessionConfig(),
+    config.LimitsConfig(),
+    config.SsmUserConfig(),
+    config.AuditConfig(),
+    config.RecordingConfig(),
+    config.LoggingConfig(),
+    ALICE,
+    Check("name", True, "ok"),
+    Report("alice", (Check("name", True, "ok"),), None, None, None, ALICE, "/bin/sh"),
+    policy.Target("alice", policy.SOURCE_TAG),
+    policy.Denial("denied_by_policy", "no"),
+    policy.Decision(policy.Target("alice", policy.SOURCE_TAG), ("step",)),
+    Resolution(True, "alice", policy.SOURCE_TAG, None, None, ("step",), ALICE, None),
+    Problem("/home/x", "home /home/x is a symbolic link", "fix it"),
+    NewUser("ssm-user", "/bin/bash"),
+    Linux(),
+    Darwin(run),
 ]
 
 
@@ -63,3 +94,33 @@ def test_every_field_is_set_exactly_once() -> None:
         Pair(a=1)
     with pytest.raises(TypeError):
         Pair(a=1, b=2, c=3)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=lambda v: type(v).__name__)
+def test_replace_builds_an_equal_value_through_the_constructor(value: Frozen) -> None:
+    # Every constructor parameter is named after its field: replace() relies on it.
+    assert replace(value) == value
+    assert replace(value) is not value
+    assert fields(value) == fields(type(value)) == value.__slots__
+
+
+def test_replace_changes_only_the_named_fields() -> None:
+    moved = replace(ALICE, shell="/bin/bash", groups=(1001, 27))
+    assert moved == Account("alice", 1001, 1001, "/home/alice", "/bin/bash", (1001, 27), "local")
+    assert ALICE.shell == "/bin/sh"
+    cfg = config.Config()
+    changed = replace(cfg, session=replace(cfg.session, state_dir="/x"))
+    assert changed.session.state_dir == "/x"
+    assert changed.session.max_sessions == cfg.session.max_sessions
+    assert changed.socket == cfg.socket
+    assert changed != cfg
+    with pytest.raises(TypeError):
+        replace(ALICE, nosuchfield=1)
+
+
+def test_config_defaults_are_values_equal_to_a_fresh_build() -> None:
+    assert config.Config() == config.from_mapping({})
+    assert hash(config.Config()) == hash(config.from_mapping(None))
+    assert fields(config.Config) == tuple(sorted(
+        ("socket", "peers", "run_as", "policy", "session", "limits", "ssm_user", "audit",
+         "recording", "logging")))
