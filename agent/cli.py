@@ -202,13 +202,26 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="play a session recording in this terminal",
                        description="Play session ID's recording (recording.dir/ID.cast) on "
-                       "stdout with its timing. Needs root. Exit 0, 1 when there is no such "
-                       "recording or it is not valid, 2 on a usage or configuration error.")
+                       "stdout with its timing. Needs root. The recording is the session "
+                       "account's output, so only what draws the screen is played (text, "
+                       "colours, cursor movement, erase, scrolling, the alternate screen); "
+                       "sequences that would set the title or clipboard, make links, reach "
+                       "terminal-specific handlers, make the terminal answer as if typed, or "
+                       "change what the keyboard or mouse send are left out, as is any sequence "
+                       "not known. At the end, or when interrupted, whatever screen state the "
+                       "recording left on (alternate screen, scroll region, hidden cursor, "
+                       "colours) is undone, whether stdout is a terminal or not. Exit 0, 1 when "
+                       "there is no such recording or it is not valid, 2 on a usage or "
+                       "configuration error.")
     p.add_argument("id", metavar="ID")
     p.add_argument("--speed", metavar="X", type=_positive, default=1.0,
                    help="play X times as fast (default 1)")
     p.add_argument("--max-idle", metavar="S", type=_positive, default=None,
                    help="shorten every pause to at most S seconds")
+    p.add_argument("--raw", action="store_true",
+                   help="play every byte as recorded, escape sequences included (UNSAFE: "
+                   "the session's account can then set this terminal's clipboard and title, "
+                   "make it type replies into your shell, and leave modes on)")
     p.add_argument("--config", metavar="PATH", help=cfg_help)
     p.set_defaults(func=cmd_replay)
 
@@ -635,28 +648,41 @@ def cmd_recordings_verify(args: argparse.Namespace) -> int:
     else:
         for e in entries:
             sys.stdout.write(f"{e.verified:<10} {_printable(e.file)}"
-                             f"{': ' + e.detail if e.detail else ''}\n")
+                             f"{': ' + _printable(e.detail) if e.detail else ''}\n")
     for e in bad:
-        sys.stderr.write(f"runas-agent: {_printable(e.file)}: {e.verified}: {e.detail}\n")
+        sys.stderr.write(f"runas-agent: {_printable(e.file)}: {e.verified}: "
+                         f"{_printable(e.detail)}\n")
     return EXIT_REFUSED if bad else EXIT_OK
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from agent import asciicast, recordings
+    from agent import asciicast, recordings, termfilter
 
     cfg = _load(args.config)
-    try:
-        path = recordings.find(cfg.recording.dir, args.id)
-        out = sys.stdout
+    out = sys.stdout
+    screen = None if args.raw else termfilter.Filter()
 
-        def write(text: str) -> None:
-            out.write(text)
+    def write(text: str) -> None:
+        if screen is not None:
+            text = screen.feed(text)
+        if text:
+            try:
+                out.write(text)
+            except UnicodeEncodeError:  # a lone surrogate (JSON allows one), or not UTF-8
+                enc = out.encoding or "utf-8"
+                out.write(text.encode(enc, "replace").decode(enc))
             out.flush()
 
-        recordings.play(path, write, speed=args.speed, max_idle=args.max_idle)
+    try:
+        path = recordings.find(cfg.recording.dir, args.id)
+        try:
+            recordings.play(path, write, speed=args.speed, max_idle=args.max_idle)
+        finally:  # also on an error or ^C: the terminal gets back what the recording changed
+            if screen is not None:
+                write(screen.finish())
     except (OSError, asciicast.FormatError) as exc:
         msg = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        sys.stderr.write(f"runas-agent: replay {_printable(args.id)}: {msg}\n")
+        sys.stderr.write(f"runas-agent: replay {_printable(args.id)}: {_printable(msg)}\n")
         return EXIT_REFUSED
     return EXIT_OK
 

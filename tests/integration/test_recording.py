@@ -439,6 +439,50 @@ def test_cli_lists_verifies_and_replays(users: Users) -> None:
             live.close()
 
 
+# What a hostile session writes for its recording's replay to do on the administrator's
+# terminal: clipboard, title and its report, terminal queries (DSR, DA1, DA2, DECRQSS), APC, a
+# hyperlink, bracketed paste and mouse reporting, and the C1 forms of CSI and OSC.
+HOSTILE = (r"\033]52;c;cm0gLXJmIH4K\007", r"\033]0;evil title\033\\", r"\033[21t", r"\033[6n",
+           r"\033[c", r"\033[>c", r"\033P$qm\033\\", r"\033_Gf=100;AAAA\033\\",
+           r"\033]8;;https://evil.example/\033\\", r"\033[?2004h", r"\033[?1000h",
+           r"\302\2336n", r"\302\2352;c1 title\302\234")
+
+
+def test_replay_keeps_a_hostile_session_off_the_terminal(users: Users) -> None:
+    cmd = "; ".join(f"printf '%s\\n' 'line{i}' '{seq}' 'end{i}'".replace("'%s\\n' ", "'%b\\n' ")
+                    for i, seq in enumerate(HOSTILE))
+    cmd += r"; printf '\033[?1049h\033[?25l\033[1;31mred'"
+    with recording() as (d, rec_dir):
+        sess = _start(d, users, "rec-hostile", cmd)
+        assert sess.stdout is not None
+        raw_out = _read_all(sess.stdout)
+        sess.wait()
+        sess.close()
+        _check_ended(d, "rec-hostile", rec_dir)
+        assert b"\x1b]52;c;" in raw_out  # the session wrote them
+        assert b"\xc2\x9b6n" in raw_out
+
+        played = _cli(d, "replay", "rec-hostile", "--speed", "100")
+        assert played.returncode == 0, played.stderr
+        out = played.stdout
+        for bad in ("\x1b]", "\x1bP", "\x1b_", "\x1b[6n", "\x1b[c", "\x1b[>c", "\x1b[21t",
+                    "\x1b[?2004h", "\x1b[?1000h", "\x07", "\u009b", "\u009d", "\u009c", "evil",
+                    "cm0gLXJmIH4K"):
+            assert bad not in out, bad
+        for i in range(len(HOSTILE)):
+            assert f"line{i}\n\nend{i}\n" in out
+        assert out.endswith("\x1b[?1049h\x1b[?25l\x1b[1;31mred\x1b[?1049l\x1b[?25h\x1b[0m")
+
+        raw = _cli(d, "replay", "rec-hostile", "--speed", "100", "--raw")
+        assert raw.returncode == 0, raw.stderr
+        for seq in ("\x1b]52;c;cm0gLXJmIH4K\x07", "\x1b]0;evil title\x1b\\", "\x1b[21t",
+                    "\x1b[6n", "\x1b[c", "\x1b[>c", "\x1bP$qm\x1b\\", "\x1b_Gf=100;AAAA\x1b\\",
+                    "\x1b]8;;https://evil.example/\x1b\\", "\x1b[?2004h", "\x1b[?1000h",
+                    "\u009b6n", "\u009d2;c1 title\u009c"):
+            assert seq in raw.stdout, repr(seq)
+        assert raw.stdout.endswith("\x1b[1;31mred")
+
+
 def _rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as fh:
         for line in fh:

@@ -273,6 +273,25 @@ MUTANTS: tuple[Mutant, ...] = (
             "test_a_full_accept_queue_makes_the_client_wait_not_fail",
             "tests/integration/test_attack_peers.py::"
             "test_a_peer_flooding_the_socket_with_connects_cannot_lock_the_others_out")),
+    # -- a replayed recording stays off the administrator's terminal -------------------------
+    Mutant("replay-keeps-strings", "agent/termfilter.py",
+           "                elif c in _STRING_STARTS:\n                    self._seq = \"\"\n"
+           "                    self._start_string()\n                    return i + 1\n",
+           "                elif c in _STRING_STARTS:\n                    self._seq = \"\"\n"
+           "                    out.append(ESC + c)\n                    return i + 1\n",
+           ("tests/unit/test_termfilter.py::test_a_hostile_sequence_split_anywhere_is_still_dropped",)),
+    Mutant("replay-keeps-queries", "agent/termfilter.py",
+           "        if prefix or (final not in _CSI_KEPT and final != \"u\"):",
+           "        if prefix == \"<\":",
+           ("tests/unit/test_termfilter.py::test_hostile_sequences_are_dropped",)),
+    Mutant("replay-c1-csi-passed", "agent/termfilter.py",
+           "_GROUND_STOP = \"[\\x00-\\x07\\x0e-\\x1f\\x7f-\\x9f\\ud800-\\udfff]\"",
+           "_GROUND_STOP = \"[\\x00-\\x07\\x0e-\\x1f\\x7f-\\x9a\\x9c-\\x9f\\ud800-\\udfff]\"",
+           ("tests/unit/test_termfilter.py::test_hostile_sequences_are_dropped",)),
+    Mutant("replay-unfiltered", "agent/cli.py",
+           "    screen = None if args.raw else termfilter.Filter()\n",
+           "    screen = None\n",
+           ("tests/unit/test_recordings.py::test_replay_leaves_out_what_acts_on_the_terminal",)),
     # -- end mode `all` means all ------------------------------------------------------------
     Mutant("session-outside-its-cgroup", "agent/session.py",
            "                _adopt(cgroup, pid)\n",

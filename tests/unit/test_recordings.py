@@ -123,3 +123,116 @@ def test_find_takes_an_id_ending_in_cast_as_a_session_id(node: tuple[Path, Path]
     (d / "a.cast.cast").write_bytes(_cast("a.cast", 1700000400, [(0.1, "x")]))
     assert recordings.find(str(d), "a.cast") == str(d / "a.cast.cast")
     assert recordings.find(str(d), "b.cast") == str(d / "b.cast")  # a file name still works
+
+
+# What a hostile session account writes, each of which the administrator's terminal would act on.
+HOSTILE_OUTPUT = (
+    "\x1b]52;c;cm0gLXJmIH4vKgo=\x07",  # clipboard
+    "\x1b]0;evil title\x1b\\",  # title
+    "\x1b[21t",  # title reported back as input
+    "\x1b[6n", "\x1b[c", "\x1b[>c",  # DSR, DA1, DA2: answers typed into the shell
+    "\x1bP$qm\x1b\\",  # DECRQSS
+    "\x1b_Gf=100;AAAA\x1b\\",  # APC
+    "\x1b]8;;https://evil.example/\x1b\\",  # hyperlink
+    "\x1b[?2004h", "\x1b[?1000h",  # bracketed paste, mouse reporting
+    "\u009b6n", "\u009d2;c1 title\u009c",  # C1 forms
+)
+
+
+def _cli_node(tmp_path: Path, outputs: list[tuple[float, str]]) -> Path:
+    d = tmp_path / "casts"
+    d.mkdir()
+    (d / "hostile.cast").write_bytes(_cast("hostile", 1700000000, outputs))
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"recording:\n  dir: {d}\naudit:\n  path: {tmp_path / 'audit.log'}\n")
+    return cfg
+
+
+def _hostile(tmp_path: Path) -> Path:
+    outputs = [(0.01 * i, f"line{i} {seq} end{i}\r\n") for i, seq in enumerate(HOSTILE_OUTPUT)]
+    # a sequence split across two output events, and a screen left in a full-screen program
+    outputs += [(0.2, "\x1b]52;c;aGVsbG8"), (0.21, "=\x07split\r\n"),
+                (0.3, "\x1b[?1049h\x1b[?25l\x1b[1;31mred")]
+    return _cli_node(tmp_path, outputs)
+
+
+def test_replay_leaves_out_what_acts_on_the_terminal(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = _hostile(tmp_path)
+    assert main(["replay", "hostile", "--speed", "1000", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    for seq in HOSTILE_OUTPUT:
+        assert seq not in out
+    for bad in ("\x1b]", "\x1bP", "\x1b_", "\x1b[6n", "\x1b[c", "\x1b[>c", "\x1b[21t",
+                "\x1b[?2004h", "\x1b[?1000h", "\x07", "\u009b", "\u009d", "\u009c",
+                "aGVsbG8", "evil"):
+        assert bad not in out
+    for i in range(len(HOSTILE_OUTPUT)):
+        assert f"line{i}  end{i}\r\n" in out
+    assert "split\r\n" in out
+    assert out.endswith("\x1b[?1049h\x1b[?25l\x1b[1;31mred"
+                        "\x1b[?1049l\x1b[?25h\x1b[0m")  # the program's screen undone
+
+
+def test_replay_raw_passes_every_byte(tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = _hostile(tmp_path)
+    assert main(["replay", "hostile", "--raw", "--speed", "1000", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    for seq in HOSTILE_OUTPUT:
+        assert seq in out
+    assert "\x1b]52;c;aGVsbG8=\x07split" in out
+    assert out.endswith("\x1b[1;31mred")
+
+
+def test_replay_keeps_a_plain_recording_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    text = "\x1b[1;32muser@host\x1b[0m:~$ ls\r\nfile\r\n"
+    cfg = _cli_node(tmp_path, [(0.1, text[:5]), (0.2, text[5:])])
+    assert main(["replay", "hostile", "--speed", "1000", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == text
+
+
+def test_listing_and_verify_escape_what_a_recording_says(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    d = tmp_path / "casts"
+    d.mkdir()
+    audit = tmp_path / "audit.log"
+    data = _cast("x\x1b]0;id\x07\u009b6n", 1700000000, [(0.1, "x")]).replace(
+        b'"user": "alice"', b'"user": "al\\u001b[6nice\\u009d"')
+    (d / "x.cast").write_bytes(data)
+    rec = {"event": "session.ended", "session_id": "x",
+           "recording": {"file": "x.cast", "bytes": "1\x1b]52;c;YQ==\x07",
+                         "sha256": "\u009b6n\x1b[c", "complete": True}}
+    audit.write_text(json.dumps(rec) + "\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"recording:\n  dir: {d}\naudit:\n  path: {audit}\n")
+    assert main(["recordings", "--config", str(cfg)]) == 0
+    listed = capsys.readouterr()
+    assert main(["recordings", "verify", "--config", str(cfg)]) == 1
+    verified = capsys.readouterr()
+    for text in (listed.out, listed.err, verified.out, verified.err):
+        assert not any(c in text for c in "\x1b\x07\u009b\u009d"), repr(text)
+    assert "mismatch" in verified.out
+    assert "al\\x1b[6nice" in listed.out
+
+
+def test_replay_writes_a_lone_surrogate_as_a_replacement(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.cli import main
+
+    cfg = _cli_node(tmp_path, [(0.1, "a")])
+    cast = tmp_path / "casts" / "hostile.cast"  # JSON, not the recorder, can say U+D800
+    cast.write_bytes(cast.read_bytes().replace(b'"a"', b'"a\\ud800b\\n"'))
+    assert main(["replay", "hostile", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "ab\n"
+    assert main(["replay", "hostile", "--raw", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "a?b\n"
