@@ -48,6 +48,7 @@ _ESCAPE = r"\x1b(?:\[([0-?]*)([ -/]*)([@-~])|([ -/]*)([0-Z\\\]-~]))"
 KEPT_PRIVATE_MODES = frozenset({6, 7, 25, 47, 1047, 1048, 1049})  # CSI ? Pm h / l
 KEPT_MODES = frozenset({4})  # CSI Pm h / l: insert mode
 ALT_SCREENS = (47, 1047, 1049)
+ERASE_KEPT = ("", "0", "1", "2")  # ED, DECSED: 3 (xterm, VTE) erases the scrollback
 # CSI finals kept with plain numeric parameters: ICH CUU CUD CUF CUB CNL CPL CHA CUP ED EL IL
 # DL DCH SU SD ECH CHT CBT HPA HPR REP VPA VPR HVP SGR DECSTBM SCOSC (and h, l, u: see _csi).
 _CSI_KEPT = frozenset("@ABCDEFGHIJKLMPSTXZ`abdefmrs")
@@ -273,7 +274,9 @@ class Filter:
                 self._mode(prefix, int(p), final == "h")
             return f"{ESC}[{prefix}{';'.join(modes)}{final}"
         if prefix == "?":
-            return f"{ESC}[?{body}{final}" if final in "JK" else ""  # DECSED, DECSEL
+            if final not in "JK" or body not in ERASE_KEPT:  # DECSED, DECSEL
+                return ""
+            return f"{ESC}[?{body}{final}"
         if prefix or (final not in _CSI_KEPT and final != "u"):
             return ""
         if final in "su":  # SCOSC, SCORC (with parameters: DECSLRM, kitty keyboard)
@@ -283,7 +286,7 @@ class Filter:
                 self._save()
             else:
                 self._restore()
-        elif ((final == "J" and body not in ("", "0", "1", "2"))  # 3: the scrollback
+        elif ((final == "J" and body not in ERASE_KEPT)
               or (final in "ST" and (";" in body or ":" in body))):  # xterm: mouse tracking
             return ""
         elif final == "m":

@@ -76,6 +76,8 @@ HOSTILE = {
     "tab set": E + "H",
     "tab clear": E + "[3g",
     "erase scrollback": E + "[3J",
+    "erase scrollback decsed": E + "[?3J",
+    "erase scrollback decsed, more params": E + "[?3;1J",
     "s8c1t": E + " G",
     "utf-8 off": E + "%@",
     "dec double height": E + "#3",
