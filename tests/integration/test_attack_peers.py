@@ -422,3 +422,59 @@ def test_a_group_given_a_deleted_admin_groups_id_grants_no_admin(apeers: Peers) 
         for name in (old, new):
             with contextlib.suppress(subprocess.CalledProcessError):
                 sh("groupdel", name)
+
+
+def test_admin_groups_are_names_a_renamed_group_or_a_look_alike_name_grants_nothing(
+        apeers: Peers) -> None:
+    """`peers.admin_groups` names a group. A member by supplementary group and one by primary
+    group (passwd's gid) are admins; once the group is renamed (`groupmod -n`, same id) neither
+    is, until it has its configured name back. Names that only look like it (other case,
+    trailing or leading space) grant nothing."""
+    import grp
+
+    p = apeers
+    name, renamed, prim = "aadm-ren", "aadm-ren2", "apeer-prim"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        sh("userdel", "-r", prim)
+    for g in (name, renamed):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", g)
+    sh("groupadd", name)
+    sh("gpasswd", "-a", p.a, name)
+    sh("useradd", "-m", "-s", "/bin/sh", "-g", name, "-G", p.group, "--", prim)
+    assert prim not in grp.getgrnam(name).gr_mem  # a member by its primary group only
+
+    def ids(user: str) -> list[str]:
+        return [r["id"] for r in _list(p, d, user)]
+
+    try:
+        with _running(p, peers={"admin_groups": [name]}) as d:
+            held = Holder(p, d, p.b, ("rn-1",), "sleep 60")
+            try:
+                assert ids(p.a) == ["rn-1"]
+                assert ids(prim) == ["rn-1"]
+                sh("groupmod", "-n", renamed, name)
+                assert ids(p.a) == []
+                assert ids(prim) == []
+                assert _terminate(p, d, prim, "rn-1")[0] == "session_not_found"
+                sh("groupmod", "-n", name, renamed)
+                assert ids(prim) == ["rn-1"]
+            finally:
+                held.stop()
+        looks = [name.upper(), name + " ", " " + name, name + "\n"]
+        with _running(p, peers={"admin_groups": looks}) as d:
+            held = Holder(p, d, p.b, ("rn-2",), "sleep 60")
+            try:
+                assert ids(p.a) == []
+                assert ids(prim) == []
+                assert _terminate(p, d, p.a, "rn-2")[0] == "session_not_found"
+            finally:
+                held.stop()
+    finally:
+        subprocess.run(["setpriv", f"--reuid={p.uid(prim)}", f"--regid={p.uid(prim)}",
+                        "--clear-groups", "kill", "-9", "-1"], capture_output=True)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("userdel", "-r", prim)
+        for g in (name, renamed):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                sh("groupdel", g)
