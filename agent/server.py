@@ -100,7 +100,6 @@ class Daemon:
     _spare: Optional[_Spare] = None
     _want_spare: bool = False
     _retired: set[int] = field(default_factory=set)  # spares let go, not reaped yet
-    _allowed_gids: frozenset[int] = frozenset()
     _wake: tuple[int, ...] = ()
     _accept_paused_until: float = 0.0
     _stop: bool = False
@@ -116,7 +115,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        self._allowed_gids = _group_ids(self.cfg.peers.allowed_groups, self.log)
+        _group_ids(self.cfg.peers.allowed_groups, self.log)  # warns only
         _group_ids(self.cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
         self.listener.setblocking(False)
         sel = selectors.DefaultSelector()
@@ -195,7 +194,7 @@ class Daemon:
                              "apply after a restart")
             cfg = _keep_paths(cfg, self.cfg)
         self.cfg = cfg
-        self._allowed_gids = _group_ids(cfg.peers.allowed_groups, self.log)
+        _group_ids(cfg.peers.allowed_groups, self.log)  # warns only
         _group_ids(cfg.peers.admin_groups, self.log, "peers.admin_groups")  # warns only
         self._setup_cgroups()
         # The spare was forked with the old configuration: a new one takes its place.
@@ -247,7 +246,10 @@ class Daemon:
                 self.log.warning("connection.peer_unknown", error=str(exc))
                 sock.close()
                 continue
-            if not authorized(peer, self.cfg.peers.allowed_uids, self._allowed_gids):
+            # The groups by name at each connection, as the admin check does: a group deleted
+            # since the config was loaded, its id given to another group, lets no one in.
+            if not authorized(peer, self.cfg.peers.allowed_uids,
+                              _group_ids(self.cfg.peers.allowed_groups)):
                 self.log.warning("connection.unauthorized", peer_uid=peer.uid, peer_pid=peer.pid,
                                  peer_gid=peer.gid, peer_groups=list(peer.groups))
                 self._refuse(sock, Unauthorized(f"uid {peer.uid} may not use this agent"))

@@ -478,3 +478,46 @@ def test_admin_groups_are_names_a_renamed_group_or_a_look_alike_name_grants_noth
         for g in (name, renamed):
             with contextlib.suppress(subprocess.CalledProcessError):
                 sh("groupdel", g)
+
+
+def _may_connect(p: Peers, d: DaemonProc, user: str) -> str:
+    """"ok" when USER's new process is served, else the refusal's reason."""
+    out: str = _as(p, user, CLIENT + f"""
+try:
+    Client({d.socket!r}).sessions()
+    print(json.dumps("ok"))
+except AgentError as e:
+    print(json.dumps(e.reason))""")
+    return out
+
+
+def test_a_group_given_a_deleted_allowed_groups_id_is_not_an_allowed_peer(
+        apeers: Peers) -> None:
+    """`peers.allowed_groups` names groups too: the allowed group deleted after the daemon
+    loaded its config and its id given to a new group, a member of the new group (who can
+    open the socket through `socket.group`) is refused `unauthorized`, without a reload."""
+    import grp
+
+    p = apeers
+    old, new = "aallow-gone", "aallow-reuse"
+    for name in (old, new):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)
+    sh("groupadd", old)
+    gid = grp.getgrnam(old).gr_gid
+    sh("gpasswd", "-a", p.a, old)
+    try:
+        with _running(p, peers={"allowed_groups": [old]}) as d:
+            assert _may_connect(p, d, p.a) == "ok"
+            assert _may_connect(p, d, p.b) == "unauthorized"  # in socket.group only
+            sh("groupdel", old)
+            sh("groupadd", "-g", str(gid), new)
+            sh("gpasswd", "-a", p.b, new)
+            assert _may_connect(p, d, p.b) == "unauthorized"
+            sh("groupadd", old)  # the configured name back, another id: its members are in
+            sh("gpasswd", "-a", p.a, old)
+            assert _may_connect(p, d, p.a) == "ok"
+    finally:
+        for name in (old, new):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                sh("groupdel", name)
