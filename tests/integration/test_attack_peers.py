@@ -521,3 +521,45 @@ def test_a_group_given_a_deleted_allowed_groups_id_is_not_an_allowed_peer(
         for name in (old, new):
             with contextlib.suppress(subprocess.CalledProcessError):
                 sh("groupdel", name)
+
+
+def test_a_duplicate_group_entry_grants_admin_by_the_id_the_name_resolves_to(
+        apeers: Peers) -> None:
+    """/etc/group with the admin group's name twice (another id on the second line, as a hand
+    edit or a merged file leaves it): the name resolves to the first line's id, and a member
+    listed on the second line only is no admin."""
+    import grp
+
+    p = apeers
+    name = "aadm-dup"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        sh("groupdel", name)
+    sh("groupadd", name)
+    gid = grp.getgrnam(name).gr_gid
+    sh("gpasswd", "-a", p.a, name)
+    with open("/etc/group") as fh:
+        before = fh.read()
+    other = gid + 1
+    while True:
+        try:
+            grp.getgrgid(other)
+            other += 1
+        except KeyError:
+            break
+    with open("/etc/group", "a") as fh:
+        fh.write(f"{name}:x:{other}:{p.b}\n")
+    try:
+        assert grp.getgrnam(name).gr_gid == gid
+        with _running(p, peers={"admin_groups": [name]}) as d:
+            held = Holder(p, d, p.admin, ("dup-1",), "sleep 60")  # no admin here
+            try:
+                assert [r["id"] for r in _list(p, d, p.b)] == []
+                assert _terminate(p, d, p.b, "dup-1")[0] == "session_not_found"
+                assert [r["id"] for r in _list(p, d, p.a)] == ["dup-1"]
+            finally:
+                held.stop()
+    finally:
+        with open("/etc/group", "w") as fh:
+            fh.write(before)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)
