@@ -42,7 +42,8 @@ and SIGTERM: it ends when told to.
   8. at the end, `Opened.close()`: the supervisor says close (or dies: the pipe closes), and the
      PAM process runs pam_close_session (if opened), pam_setcred(PAM_DELETE_CRED) (if
      established), pam_end, in that order, as sshd's cleanup does, and exits. The supervisor
-     reaps it, and kills it after CLOSE_TIMEOUT. A PAM process that ended before it was told
+     reaps it, and kills it after CLOSE_TIMEOUT, with every process below it (what its modules
+     started, such as a pam_exec program). A PAM process that ended before it was told
      (killed, crashed) never closed the session: its owner reports it (`PamProcess.ended`) and
      `close()` raises PamFailed, as it does for any close that was not clean.
 
@@ -623,17 +624,16 @@ class PamProcess:
 
 
     def kill(self) -> None:
-        """Kill the process at once and reap it (it has not opened a session to close)."""
+        """Kill the process (and what its modules started) at once and reap it (it has not
+        opened a session to close)."""
         if self._control is None or os.getpid() != self._owner:
             return
-        import signal
-
         control, self._control = self._control, None
         os.close(control)
+        _kill_tree(self.pid)
         try:
-            os.kill(self.pid, signal.SIGKILL)  # our unreaped child: the pid is its own
             os.waitpid(self.pid, 0)
-        except (ProcessLookupError, ChildProcessError):
+        except ChildProcessError:
             pass
 
 
@@ -641,8 +641,49 @@ class _Gone(Exception):
     """The PAM process is no longer this process's child (reaped before)."""
 
 
-def _end_process(pid: int, timeout: float) -> None:
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the PAM process PID and every process below it: what its modules started (a
+    pam_exec program runs as root, in a session of its own) must not outlive it. Each is
+    stopped before its children are looked up, so none reaps a child whose id is then taken
+    for another process's; PID must be an unreaped child of the caller."""
     import signal
+
+    found = [pid]
+    for parent in found:  # grows as it goes: children, grandchildren, ...
+        try:
+            os.kill(parent, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        found.extend(c for c in _children(parent) if c not in found)
+    for each in found:
+        try:
+            os.kill(each, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is PID (from /proc; none where there is no /proc)."""
+    out: list[int] = []
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        fields = stat.rpartition(b")")[2].split()
+        if len(fields) > 1 and fields[1] == str(pid).encode():
+            out.append(int(name))
+    return out
+
+
+def _end_process(pid: int, timeout: float) -> None:
     import time
 
     deadline = time.monotonic() + timeout
@@ -655,7 +696,7 @@ def _end_process(pid: int, timeout: float) -> None:
             if got == pid:
                 break
             if time.monotonic() >= deadline:
-                os.kill(pid, signal.SIGKILL)  # still our unreaped child: the pid is its own
+                _kill_tree(pid)
                 os.waitpid(pid, 0)
                 raise PamFailed(f"the PAM process {pid} did not end the session within "
                                 f"{timeout:g} s: killed")

@@ -13,7 +13,8 @@ control; and every sequence this module does not know or that is malformed.
 
 Pure: no I/O. `Filter.feed` takes decoded text in pieces of any size (a sequence split across
 pieces is judged whole) and returns what may be written; `Filter.finish` returns what undoes the
-screen state the kept sequences left on (alternate screen, scroll region, hidden cursor, ...).
+screen state the kept sequences left on (alternate screen, scroll region, hidden cursor, ...,
+and the saved cursor's attributes).
 C1 controls (U+0080-U+009F) are judged like their 7-bit forms: a kept CSI is written as ESC [.
 A string sequence with no end is given up after STRING_MAX characters (its content is never
 written; what follows is text again), a control sequence after CSI_MAX.
@@ -48,6 +49,7 @@ _ESCAPE = r"\x1b(?:\[([0-?]*)([ -/]*)([@-~])|([ -/]*)([0-Z\\\]-~]))"
 KEPT_PRIVATE_MODES = frozenset({6, 7, 25, 47, 1047, 1048, 1049})  # CSI ? Pm h / l
 KEPT_MODES = frozenset({4})  # CSI Pm h / l: insert mode
 ALT_SCREENS = (47, 1047, 1049)
+ERASE_KEPT = ("", "0", "1", "2")  # ED, DECSED: 3 (xterm, VTE) erases the scrollback
 # CSI finals kept with plain numeric parameters: ICH CUU CUD CUF CUB CNL CPL CHA CUP ED EL IL
 # DL DCH SU SD ECH CHT CBT HPA HPR REP VPA VPR HVP SGR DECSTBM SCOSC (and h, l, u: see _csi).
 _CSI_KEPT = frozenset("@ABCDEFGHIJKLMPSTXZ`abdefmrs")
@@ -134,10 +136,14 @@ class Filter:
             leave = f"{ESC}[?{mode}l"
             out.append(leave)
             self._csi("?" + str(mode), "", "l")
+        # The terminal's saved cursor (DECSC) holds SGR, character sets and origin mode, and a
+        # later DECRC of another program would take the recording's back: saved afresh below.
+        resave = self._saved is not None and _state_set(*self._saved)
         if self._origin:  # DECOM and DECSTBM home the cursor: to the last line, a fresh one
             out.append(f"{ESC}[?6l{ESC}[r{ESC}[9999;1H\n")
         elif self._region:
             out.append(f"{ESC}7{ESC}[r{ESC}8")
+            resave = resave or _state_set(False, self._sgr, self._charsets)
         if self._wrap_off:
             out.append(f"{ESC}[?7h")
         if self._insert:
@@ -149,6 +155,8 @@ class Filter:
                 out.append(f"{ESC}{g}B")
         if self._sgr:
             out.append(f"{ESC}[0m")
+        if resave:
+            out.append(f"{ESC}7")
         self._clear()
         return "".join(out)
 
@@ -273,7 +281,9 @@ class Filter:
                 self._mode(prefix, int(p), final == "h")
             return f"{ESC}[{prefix}{';'.join(modes)}{final}"
         if prefix == "?":
-            return f"{ESC}[?{body}{final}" if final in "JK" else ""  # DECSED, DECSEL
+            if final not in "JK" or body not in ERASE_KEPT:  # DECSED, DECSEL
+                return ""
+            return f"{ESC}[?{body}{final}"
         if prefix or (final not in _CSI_KEPT and final != "u"):
             return ""
         if final in "su":  # SCOSC, SCORC (with parameters: DECSLRM, kitty keyboard)
@@ -283,7 +293,7 @@ class Filter:
                 self._save()
             else:
                 self._restore()
-        elif ((final == "J" and body not in ("", "0", "1", "2"))  # 3: the scrollback
+        elif ((final == "J" and body not in ERASE_KEPT)
               or (final in "ST" and (";" in body or ":" in body))):  # xterm: mouse tracking
             return ""
         elif final == "m":
@@ -330,6 +340,11 @@ class Filter:
         self._sgr = self._sgr or self._saved[1]
         self._charsets = tuple(now if now != "B" else then
                                for now, then in zip(self._charsets, self._saved[2]))
+
+
+def _state_set(origin: bool, sgr: bool, charsets: tuple[str, ...]) -> bool:
+    """Whether a cursor state (as DECSC saves it) differs from the defaults."""
+    return origin or sgr or any(c != "B" for c in charsets)
 
 
 def _sgr_set(params: str) -> bool:

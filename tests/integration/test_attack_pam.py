@@ -268,3 +268,79 @@ def test_the_account_cannot_choose_its_login_uid(users: Users, pam: str) -> None
         _kill_account(users.alice)
         if os.path.exists("/etc/pam.d/runas-agent"):
             os.unlink("/etc/pam.d/runas-agent")
+
+
+# -- a module that hangs leaves nothing behind once the PAM process is given up -------------------
+
+OPEN_HANG = ("/bin/sleep", "7.25")  # a session module's program that hangs in pam_open_session
+CLOSE_HANG = ("/bin/sleep", "7.75")  # ... in pam_close_session
+
+
+def _running_argv(argv: tuple[str, ...]) -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["cmdline"])
+            if tuple(p.info["cmdline"] or ()) == argv]
+
+
+@pytest.fixture
+def hanging_pam(users: Users) -> Iterator[None]:
+    """alice's session stage runs OPEN_HANG when the session opens (for alice's `open` user
+    name only: bob's opens at once) and CLOSE_HANG when it closes (pam_exec, as root)."""
+    _install(f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {users.alice}\n"
+             f"session required pam_exec.so type=open_session {' '.join(OPEN_HANG)}\n"
+             f"session required pam_exec.so type=close_session {' '.join(CLOSE_HANG)}\n")
+    try:
+        yield
+    finally:
+        for p in _running_argv(OPEN_HANG) + _running_argv(CLOSE_HANG):
+            p.kill()
+        os.unlink("/etc/pam.d/runas-agent")
+
+
+def _given_up(code: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    out: dict[str, Any] = json.loads(proc.stdout)
+    return out
+
+
+def test_a_module_hanging_in_open_is_killed_with_the_pam_process(hanging_pam: None,
+                                                                 users: Users) -> None:
+    """The open timeout kills the PAM process and every process its modules started (a
+    pam_exec program runs as root): none of them outlives the refused start."""
+    res = _given_up(f"""
+import json, pwd
+from agent import pam
+from agent.errors import AgentError
+pw = pwd.getpwnam({users.alice!r})
+try:
+    pam.open_login("runas-agent", pw.pw_name, pw.pw_gid, timeout=1.0)
+    print(json.dumps({{"opened": True}}))
+except AgentError as exc:
+    print(json.dumps({{"reason": exc.reason}}))
+""")
+    assert res == {"reason": "pam_failed"}, res
+    left = _running_argv(OPEN_HANG)
+    assert not left, f"a module's program outlived the PAM process: {left}"
+
+
+def test_a_module_hanging_in_close_is_killed_with_the_pam_process(hanging_pam: None,
+                                                                  users: Users) -> None:
+    """The close timeout kills the PAM process (pam_close_session did not end: PamFailed) and
+    every process its modules started: none of them outlives the session."""
+    res = _given_up(f"""
+import json, pwd
+from agent import pam
+from agent.errors import AgentError
+pw = pwd.getpwnam({users.bob!r})
+opened = pam.open_login("runas-agent", pw.pw_name, pw.pw_gid)
+try:
+    opened.close(timeout=1.0)
+    print(json.dumps({{"closed": True}}))
+except AgentError as exc:
+    print(json.dumps({{"reason": exc.reason, "message": exc.message}}))
+""")
+    assert res.get("reason") == "pam_failed", res
+    assert "killed" in res["message"], res
+    left = _running_argv(CLOSE_HANG)
+    assert not left, f"a module's program outlived the PAM process: {left}"

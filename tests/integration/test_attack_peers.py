@@ -482,3 +482,101 @@ def test_a_group_given_a_deleted_allowed_groups_id_allows_nobody(apeers: Peers) 
         for name in (old, new):
             with contextlib.suppress(subprocess.CalledProcessError):
                 sh("groupdel", name)
+
+
+def test_admin_groups_are_names_a_renamed_group_or_a_look_alike_name_grants_nothing(
+        apeers: Peers) -> None:
+    """`peers.admin_groups` names a group. A member by supplementary group and one by primary
+    group (passwd's gid) are admins; once the group is renamed (`groupmod -n`, same id) neither
+    is, until it has its configured name back. Names that only look like it (other case,
+    trailing or leading space) grant nothing."""
+    import grp
+
+    p = apeers
+    name, renamed, prim = "aadm-ren", "aadm-ren2", "apeer-prim"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        sh("userdel", "-r", prim)
+    for g in (name, renamed):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", g)
+    sh("groupadd", name)
+    sh("gpasswd", "-a", p.a, name)
+    sh("useradd", "-m", "-s", "/bin/sh", "-g", name, "-G", p.group, "--", prim)
+    assert prim not in grp.getgrnam(name).gr_mem  # a member by its primary group only
+
+    def ids(user: str) -> list[str]:
+        return [r["id"] for r in _list(p, d, user)]
+
+    try:
+        with _running(p, peers={"admin_groups": [name]}) as d:
+            held = Holder(p, d, p.b, ("rn-1",), "sleep 60")
+            try:
+                assert ids(p.a) == ["rn-1"]
+                assert ids(prim) == ["rn-1"]
+                sh("groupmod", "-n", renamed, name)
+                assert ids(p.a) == []
+                assert ids(prim) == []
+                assert _terminate(p, d, prim, "rn-1")[0] == "session_not_found"
+                sh("groupmod", "-n", name, renamed)
+                assert ids(prim) == ["rn-1"]
+            finally:
+                held.stop()
+        looks = [name.upper(), name + " ", " " + name, name + "\n"]
+        with _running(p, peers={"admin_groups": looks}) as d:
+            held = Holder(p, d, p.b, ("rn-2",), "sleep 60")
+            try:
+                assert ids(p.a) == []
+                assert ids(prim) == []
+                assert _terminate(p, d, p.a, "rn-2")[0] == "session_not_found"
+            finally:
+                held.stop()
+    finally:
+        subprocess.run(["setpriv", f"--reuid={p.uid(prim)}", f"--regid={p.uid(prim)}",
+                        "--clear-groups", "kill", "-9", "-1"], capture_output=True)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("userdel", "-r", prim)
+        for g in (name, renamed):
+            with contextlib.suppress(subprocess.CalledProcessError):
+                sh("groupdel", g)
+
+
+def test_a_duplicate_group_entry_grants_admin_by_the_id_the_name_resolves_to(
+        apeers: Peers) -> None:
+    """/etc/group with the admin group's name twice (another id on the second line, as a hand
+    edit or a merged file leaves it): the name resolves to the first line's id, and a member
+    listed on the second line only is no admin."""
+    import grp
+
+    p = apeers
+    name = "aadm-dup"
+    with contextlib.suppress(subprocess.CalledProcessError):
+        sh("groupdel", name)
+    sh("groupadd", name)
+    gid = grp.getgrnam(name).gr_gid
+    sh("gpasswd", "-a", p.a, name)
+    with open("/etc/group") as fh:
+        before = fh.read()
+    other = gid + 1
+    while True:
+        try:
+            grp.getgrgid(other)
+            other += 1
+        except KeyError:
+            break
+    with open("/etc/group", "a") as fh:
+        fh.write(f"{name}:x:{other}:{p.b}\n")
+    try:
+        assert grp.getgrnam(name).gr_gid == gid
+        with _running(p, peers={"admin_groups": [name]}) as d:
+            held = Holder(p, d, p.admin, ("dup-1",), "sleep 60")  # no admin here
+            try:
+                assert [r["id"] for r in _list(p, d, p.b)] == []
+                assert _terminate(p, d, p.b, "dup-1")[0] == "session_not_found"
+                assert [r["id"] for r in _list(p, d, p.a)] == ["dup-1"]
+            finally:
+                held.stop()
+    finally:
+        with open("/etc/group", "w") as fh:
+            fh.write(before)
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)

@@ -42,6 +42,11 @@ def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]
             fh.write("#!/bin/sh\nkill -9 \"$PPID\"\nsleep 1\n")
         os.chmod(KILL_PARENT, 0o700)
         service += f"session   required    pam_exec.so {KILL_PARENT}\n"
+    elif getattr(request, "param", "") == "killed-in-close":
+        with open(KILL_PARENT, "w") as fh:
+            fh.write("#!/bin/sh\nkill -9 \"$PPID\"\nsleep 1\n")
+        os.chmod(KILL_PARENT, 0o700)
+        service += f"session   required    pam_exec.so type=close_session {KILL_PARENT}\n"
     with open("/etc/pam.d/runas-agent", "w") as fh:
         fh.write(service)
     d = make_daemon({"session": {"pam": True}})
@@ -140,3 +145,61 @@ def test_a_pam_process_killed_while_opening_the_session_refuses_the_start(
     assert "session.denied" in events, events
     assert not os.path.exists(ran)
     assert daemon.client.sessions() == []
+
+
+# The session's own account against its PAM process: a root process it must not be able to end
+# early (pam_close_session would not run), stop or read.
+ATTACK = r"""
+for p in $(cat /proc/$PPID/task/*/children); do
+  [ "$p" = "$$" ] && continue
+  grep '^Uid:' /proc/$p/status | tr '\t' ' '
+  kill -0 "$p" 2>/dev/null && echo "SIGNAL $p ok" || echo "SIGNAL $p refused"
+  kill -STOP "$p" 2>/dev/null && echo "STOP $p ok"
+  kill -KILL "$p" 2>/dev/null && echo "KILL $p ok"
+  head -c1 /proc/$p/environ >/dev/null 2>&1 && echo "ENVIRON $p read"
+  head -c1 /proc/$p/mem >/dev/null 2>&1 && echo "MEM $p read"
+done
+kill -KILL -1 2>/dev/null
+echo DONE
+"""
+
+
+def test_the_sessions_account_cannot_signal_or_read_its_pam_process(
+        daemon: DaemonProc, users: Users) -> None:
+    """From inside the session, alice finds her PAM process (her supervisor's other child) and
+    tries to signal, stop, kill and read it, then kills all she may (kill -1): each refused,
+    and PAM closes the session at its end."""
+    sess = daemon.client.start(session_id="pam-own-kill", principal_arn="arn:aws:iam::1:role/A",
+                               tags={TAG: users.alice}, run_as_enabled=True, command=ATTACK)
+    try:
+        assert sess.stdout is not None
+        out = b""
+        deadline = time.monotonic() + 20
+        while b"DONE" not in out and time.monotonic() < deadline:
+            if select.select([sess.stdout], [], [], 1)[0]:
+                chunk = os.read(sess.stdout, 65536)
+                if not chunk:
+                    break
+                out += chunk
+        status = sess.wait()
+    finally:
+        sess.close()
+    text = out.decode()
+    assert "refused" in text, text  # it found its PAM process
+    assert "DONE" in text, text
+    assert "Uid: 0 0 0 0" in text, text  # real, effective, saved, fs: root, PAM done
+    assert " ok" not in text, text
+    assert " read" not in text, text
+    ended = daemon.wait_event("pam-own-kill", "session.ended")
+    assert ended["pam_closed"] is True, (ended, status, text)
+
+
+@pytest.mark.parametrize("daemon", ["killed-in-close"], indirect=True)
+def test_a_pam_process_killed_while_closing_the_session_says_pam_did_not_close_it(
+        daemon: DaemonProc, users: Users) -> None:
+    """Killed in the middle of pam_close_session (a close module kills it): not a clean close,
+    and session.ended says so."""
+    status, ended = _session(daemon, users, "pam-close-killed", kill_pam=False)
+    assert status.get("code") == 0, status
+    assert ended["pam_closed"] is False, ended
+    assert "-9" in ended["pam_error"] or "signal 9" in ended["pam_error"], ended

@@ -207,6 +207,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "frozenset(_group_ids(self.cfg.peers.allowed_groups)))):",
            ("tests/integration/test_attack_peers.py::"
             "test_a_group_given_a_deleted_allowed_groups_id_allows_nobody",)),
+    Mutant("pam-modules-programs-outlive-a-killed-pam-process", "agent/pam.py",
+           "        found.extend(c for c in _children(parent) if c not in found)\n",
+           "        found.extend(())\n",
+           ("tests/integration/test_attack_pam.py::"
+            "test_a_module_hanging_in_close_is_killed_with_the_pam_process",)),
     Mutant("pam-process-death-unrecorded", "agent/session.py",
            "        pam.process.ended(status)\n",
            "",
@@ -289,6 +294,10 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("replay-keeps-queries", "agent/termfilter.py",
            "        if prefix or (final not in _CSI_KEPT and final != \"u\"):",
            "        if prefix == \"<\":",
+           ("tests/unit/test_termfilter.py::test_hostile_sequences_are_dropped",)),
+    Mutant("replay-keeps-decsed-scrollback-erase", "agent/termfilter.py",
+           "            if final not in \"JK\" or body not in ERASE_KEPT:  # DECSED, DECSEL\n",
+           "            if final not in \"JK\":  # DECSED, DECSEL\n",
            ("tests/unit/test_termfilter.py::test_hostile_sequences_are_dropped",)),
     Mutant("replay-c1-csi-passed", "agent/termfilter.py",
            "_GROUND_STOP = \"[\\x00-\\x07\\x0e-\\x1f\\x7f-\\x9f\\ud800-\\udfff]\"",

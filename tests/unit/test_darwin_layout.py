@@ -197,3 +197,26 @@ def test_only_darwin_honours_the_exception(platform: str) -> None:
 
 def test_a_sticky_var_run_has_no_exception() -> None:
     assert _untrusted_write_bits("/var/run", _dir(0o1775, DAEMON_GID), "darwin") == 0o022
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads a root-owned layout")
+@pytest.mark.parametrize("spelled", ["/var/run/./runas-agent", "/var/run/x/../runas-agent",
+                                     "/var//run/runas-agent", "/var/run/runas-agent/",
+                                     "/var/run/../run/runas-agent/../../run/runas-agent"])
+def test_macos_var_run_spelled_another_way_is_var_run(var_run: Path, spelled: str) -> None:
+    """Spellings that name /var/run are normalized first: the exception is /var/run's."""
+    check_socket_path(spelled.rstrip("/") + "/agent.sock", sys_platform="darwin")
+    check_state_dir(spelled + "sessions" if spelled.endswith("/") else spelled + "/sessions",
+                    sys_platform="darwin")
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads a root-owned layout")
+def test_macos_var_run_spelled_with_a_leading_double_slash_has_no_exception(
+        var_run: Path) -> None:
+    """//var/run (a spelling whose meaning POSIX leaves to the system) is not given the
+    exception: refused (fail closed), never another directory trusted in /var/run's place."""
+    with pytest.raises(ConfigError, match="//var/run is writable by group"):
+        check_socket_path("//var/run/runas-agent/agent.sock", sys_platform="darwin")
+    with pytest.raises(ConfigError, match="//var/run is writable by group"):
+        check_state_dir("//var/run/runas-agent/sessions", sys_platform="darwin")

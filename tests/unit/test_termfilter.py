@@ -76,6 +76,8 @@ HOSTILE = {
     "tab set": E + "H",
     "tab clear": E + "[3g",
     "erase scrollback": E + "[3J",
+    "erase scrollback decsed": E + "[?3J",
+    "erase scrollback decsed, more params": E + "[?3;1J",
     "s8c1t": E + " G",
     "utf-8 off": E + "%@",
     "dec double height": E + "#3",
@@ -281,7 +283,23 @@ def test_leaving_the_alternate_screen_restores_what_was_saved() -> None:
     f = Filter()
     f.feed(E + "[?1049h" + E + "[5;10r" + E + "[?6h" + E + "[1m" + E + "(0")
     # DECRC as the screen is left takes origin mode back; SGR and charset are reset anyway
-    assert f.finish() == E + "[?1049l" + E + "7" + E + "[r" + E + "8" + E + "(B" + E + "[0m"
+    assert f.finish() == (E + "[?1049l" + E + "7" + E + "[r" + E + "8" + E + "(B" + E + "[0m"
+                          + E + "7")  # the state saved before the reset is saved afresh
     g = Filter()
     g.feed(E + "[1m" + E + "7" + E + "[0m" + E + "8")
-    assert g.finish() == E + "[0m"
+    assert g.finish() == E + "[0m" + E + "7"
+
+
+@pytest.mark.parametrize("save", [E + "7", E + "[s", E + "[?1048h", E + "[?1049h"])
+def test_finish_leaves_nothing_of_the_recording_in_the_saved_cursor(save: str) -> None:
+    """A cursor saved with line drawing, bold or origin mode on, those reset afterwards: the
+    next DECRC (another program's, after the replay) would bring them back. The end saves the
+    reset state in their place."""
+    f = Filter()
+    f.feed(E + "(0" + E + "[1m" + E + "[2;9r" + E + "[?6h" + save + E + "[?6l" + E + "(B"
+           + E + "[0m" + E + "[r")
+    reset = f.finish()
+    assert reset.endswith(E + "7"), repr(reset)
+    g = Filter()
+    g.feed("x" + save + "y")  # saved with nothing set: nothing to save afresh
+    assert not g.finish().endswith(E + "7")
