@@ -378,12 +378,19 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             _login_record(ctx, os.getpid(), account, pty.slave_path)
         tty_path = pty.slave_path if pty is not None else None
 
+        def while_preparing(pid: int) -> None:
+            # The shell's process joins the session's cgroup as soon as it exists, long before
+            # it runs anything of the account's: the move (a cgroup migration, which can wait
+            # milliseconds in the kernel) overlaps the process's own preparation, as does the
+            # fsync of session.requested.
+            if cgroup is not None:
+                _adopt(cgroup, pid)
+            requested.sync()
+
         def record_start(pid: int) -> None:
             _refuse_if_terminated(chan, sig)  # asked while the session was set up: run nothing
             if scope is not None:
                 _join_scope(scope, pid, pam.pid)
-            if cgroup is not None:
-                _adopt(cgroup, pid)
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
                              source=source, pid=pid, tty=tty_path)
 
@@ -391,7 +398,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
                                               tty=pty is not None, limits=limits,
                                               loginuid=loginuid),
-                              after_fork=requested.sync, before_exec=record_start)
+                              after_fork=while_preparing, before_exec=record_start)
         except BaseException:
             if pty is not None:
                 _logout_record(ctx, os.getpid(), pty.slave_path)

@@ -108,7 +108,8 @@ def test_a_slow_after_fork_holds_the_command_back(users: Users) -> None:
     marker = _marker("after-fork-slow")
     seen: dict[str, object] = {}
 
-    def slow() -> None:
+    def slow(pid: int) -> None:
+        seen["forked"] = pid
         _slow_record(marker)
         seen["ran_after_fork"] = os.path.exists(marker)
 
@@ -117,7 +118,7 @@ def test_a_slow_after_fork_holds_the_command_back(users: Users) -> None:
 
     pid = spawn(_plan(users.alice, f"touch {marker}"), after_fork=slow, before_exec=gate)
     assert wait_exit(pid, 10) == 0
-    assert seen == {"ran_after_fork": False, "gate": pid}
+    assert seen == {"forked": pid, "ran_after_fork": False, "gate": pid}
     assert os.path.exists(marker)
 
 
@@ -125,7 +126,7 @@ def test_a_failing_after_fork_means_nothing_runs(users: Users) -> None:
     marker = _marker("after-fork-refused")
     gates: list[int] = []
 
-    def refuse() -> None:
+    def refuse(_pid: int) -> None:
         _slow_record(marker, 0.5)
         raise AuditFailed("session.requested could not be made durable")
 
