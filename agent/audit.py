@@ -97,6 +97,7 @@ class Pending:
         if fd != -1:
             try:
                 full_fsync(fd)
+                self._error = None
             except OSError as exc:
                 self._error = exc
             finally:
