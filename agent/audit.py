@@ -19,7 +19,7 @@ from agent.fsutil import full_fsync
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Optional
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,12 @@ class AuditLog:
 
     def record(self, event: str, **fields: Any) -> None:
         """Append one record and make it durable, or raise AuditFailed."""
+        self.append(event, **fields).sync()
+
+    def append(self, event: str, **fields: Any) -> Pending:
+        """Append one record, not yet durable: the caller makes it so with the returned
+        Pending's sync() (its one fsync) before it acts on the record, and may do other work
+        while the disk is not needed. Raises AuditFailed."""
         rec: dict[str, Any] = {"ts": _now(), "event": event}
         rec.update(fields)
         # ASCII-only: no control or bidi characters from a request reach the log raw.
@@ -45,14 +51,12 @@ class AuditLog:
                         raise OSError(28, "No space left on device (short write)")
                 finally:
                     fcntl.flock(fd, fcntl.LOCK_UN)
-                full_fsync(fd)
-            finally:
+            except BaseException:
                 os.close(fd)
+                raise
         except OSError as exc:
-            raise AuditFailed(
-                f"cannot write audit record to {self.path}: {exc.strerror or exc}",
-                hint="free space or fix permissions on the audit log's filesystem",
-            ) from exc
+            raise _failed(self.path, exc) from exc
+        return Pending(self.path, fd)
 
     def _open(self) -> int:
         """The log, opened through a descriptor of its directory: the directory checked is the
@@ -74,6 +78,39 @@ class AuditLog:
             return os.open(name, flags, 0o600, dir_fd=dfd)
         finally:
             os.close(dfd)
+
+
+class Pending:
+    """A record written to the log and not yet fsync'd (AuditLog.append)."""
+
+    __slots__ = ("_error", "_fd", "path")
+
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._error: Optional[OSError] = None
+
+    def sync(self) -> None:
+        """Make the record durable (once; a later call repeats the outcome), or raise
+        AuditFailed."""
+        fd, self._fd = self._fd, -1
+        if fd != -1:
+            try:
+                full_fsync(fd)
+                self._error = None
+            except OSError as exc:
+                self._error = exc
+            finally:
+                os.close(fd)
+        if self._error is not None:
+            raise _failed(self.path, self._error) from self._error
+
+
+def _failed(path: str, exc: OSError) -> AuditFailed:
+    return AuditFailed(
+        f"cannot write audit record to {path}: {exc.strerror or exc}",
+        hint="free space or fix permissions on the audit log's filesystem",
+    )
 
 
 def _drop_partial(fd: int, written: int) -> None:

@@ -14,11 +14,12 @@ Where the sessions live (the daemon sets this up once, agent.cgroup.setup):
  - none (macOS; no writable cgroup): sessions end with the process walk, best-effort.
 
 A session (agent.cgroup.SessionCgroup): the supervisor creates the cgroup, and moves the shell's
-process into it while that process waits at the exec gate, dropped but not yet running anything
-of the user's: there is no moment at which a session process is outside it. Where pam_systemd has
+process into it right after forking it, while that process prepares itself (before it drops
+privileges, long before it passes the exec gate and runs anything of the user's): there is no
+moment at which a session process is outside it. Where pam_systemd has
 put the session into a logind scope (`session-N.scope`: it moves the process that runs PAM's
 session stage, agent.pam's own process, there), that scope is the session's cgroup: the shell's
-process joins it at the gate, and the PAM process leaves it for the supervisor's cgroup.
+process joins it, and at the gate the PAM process leaves it for the supervisor's cgroup.
 Ending: SIGHUP (and SIGCONT) to every member, then after the grace period `cgroup.kill` (v2),
 or freeze, SIGKILL every member, thaw (v1 freezer, or a v2 kernel before cgroup.kill). A
 cgroup the supervisor created is removed when the session ends.

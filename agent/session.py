@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional, Union
 
     from agent.accounts import Account
-    from agent.audit import AuditLog
+    from agent.audit import AuditLog, Pending
     from agent.cgroup import SessionCgroup, Setup
     from agent.config import Config
     from agent.peer import Peer
@@ -227,7 +227,11 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
     base = {"session_id": req.session_id, "principal": req.principal.arn,
             "peer_uid": ctx.peer.uid}
     try:
-        ctx.audit.record("session.requested", **base)
+        # Durable (its fsync) before anything outside this supervisor acts on the request and
+        # before the shell runs, not before the account is resolved: until then the disk's
+        # time overlaps the start's own work (the fsync is done at the latest while the
+        # shell's process prepares itself, spawn's after_fork).
+        requested = ctx.audit.append("session.requested", **base)
     except AuditFailed as exc:
         _reply_error(conn, exc)
         return 1
@@ -239,16 +243,18 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
     try:
         ctx.registry.claim(req.session_id, os.getpid(), ctx.peer.uid)
         claimed = True
-        account, source = _resolve(req, ctx)
+        account, source = _resolve(req, ctx, requested)
         user, uid = account.name, account.uid
         chan.receive()
         if sig.terminate or chan.terminate_held():
             raise Terminated("the session was terminated before its shell started")
-        started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig)
+        started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
+                         requested=requested)
     except AgentError as exc:
         if claimed:
             ctx.registry.remove(req.session_id)
         try:
+            requested.sync()
             ctx.audit.record("session.denied", **base, user=user, uid=uid, source=source,
                              reason=exc.reason)
         except AuditFailed as audit_exc:
@@ -266,7 +272,8 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         return 1
 
 
-def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
+def _resolve(req: protocol.StartRequest, ctx: Context,
+             requested: Pending) -> tuple[Account, str]:
     from agent import policy
     from agent.resolve import resolve
 
@@ -284,6 +291,7 @@ def _resolve(req: protocol.StartRequest, ctx: Context) -> tuple[Account, str]:
         # also finishes a drop-in that a crash left pending), then use the validated account.
         from agent import ssm_user
 
+        requested.sync()
         return (ssm_user.ensure(cfg, ctx.platform, audit=ctx.audit, known=res.account).account,
                 res.source)
     if res.account is None:  # pragma: no cover - resolve() returns an account when allowed
@@ -297,10 +305,12 @@ def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:
 
 
 def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str, *,
-           base: dict[str, Any], chan: Channel, sig: Signals) -> Started:
+           base: dict[str, Any], chan: Channel, sig: Signals, requested: Pending) -> Started:
     """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure.
-    `session.started` is on record before the shell is exec'd: if it cannot be written, the
-    shell never runs (AuditFailed)."""
+    REQUESTED (`session.requested`) is made durable before PAM, the recording or the login
+    record, and at the latest while the shell's process prepares itself; `session.started` is
+    on record before the shell is exec'd: if either cannot be written, the shell never runs
+    (AuditFailed)."""
     from agent import environ, spawn
 
     pty = None
@@ -325,7 +335,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             err_r, err_w = os.pipe()
             child_fds, client_fds = (in_r, out_w, err_w), (in_w, out_r, err_r)
         login = _pam_login(ctx, account, pty.slave_path if pty is not None else None,
-                           ruser=req.principal.arn or None, chan=chan, sig=sig)
+                           ruser=req.principal.arn or None, chan=chan, sig=sig,
+                           before=requested.sync)
         extra: dict[str, str] = {}
         limits = None
         loginuid = None
@@ -348,6 +359,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
         # The recording exists (its header written) before the shell runs.
+        if ctx.cfg.recording.enabled:
+            requested.sync()
         recorder = _open_recording(ctx, req, account, base=base)
         if recorder is not None:
             relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
@@ -361,15 +374,23 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         if pty is not None:
             # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
             # long as the session), so `who` in the session already lists it.
+            requested.sync()
             _login_record(ctx, os.getpid(), account, pty.slave_path)
         tty_path = pty.slave_path if pty is not None else None
+
+        def while_preparing(pid: int) -> None:
+            # The shell's process joins the session's cgroup as soon as it exists, long before
+            # it runs anything of the account's: the move (a cgroup migration, which can wait
+            # milliseconds in the kernel) overlaps the process's own preparation, as does the
+            # fsync of session.requested.
+            if cgroup is not None:
+                _adopt(cgroup, pid)
+            requested.sync()
 
         def record_start(pid: int) -> None:
             _refuse_if_terminated(chan, sig)  # asked while the session was set up: run nothing
             if scope is not None:
                 _join_scope(scope, pid, pam.pid)
-            if cgroup is not None:
-                _adopt(cgroup, pid)
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
                              source=source, pid=pid, tty=tty_path)
 
@@ -377,7 +398,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
                                               tty=pty is not None, limits=limits,
                                               loginuid=loginuid),
-                              before_exec=record_start)
+                              after_fork=while_preparing, before_exec=record_start)
         except BaseException:
             if pty is not None:
                 _logout_record(ctx, os.getpid(), pty.slave_path)
@@ -458,7 +479,8 @@ def _unlink(path: str) -> None:
 
 
 def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
-               ruser: Optional[str], chan: Channel, sig: Signals) -> Any:
+               ruser: Optional[str], chan: Channel, sig: Signals,
+               before: Callable[[], None]) -> Any:
     """PAM's account and session stages in a root process of their own (agent.pam.open_login),
     never in this one: what the stages set (limits, umask, nice value, groups, loginuid, the
     logind scope) comes back in the returned agent.pam.Opened for the shell alone. None when PAM
@@ -470,6 +492,7 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
+    before()
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
                           groups=account.groups, wake=sig.wake_r,
                           cancelled=lambda: _refuse_if_terminated(chan, sig))

@@ -266,6 +266,7 @@ def _verify_darwin_groups(kernel: list[int], ident: Identity) -> None:
 
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
           syscalls: Optional[Syscalls] = None,
+          after_fork: Optional[Callable[[int], None]] = None,
           before_exec: Optional[Callable[[int], None]] = None) -> int:
     """Start PLAN's process; return its pid (leader of a new session and process group).
 
@@ -278,7 +279,9 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     BEFORE_EXEC(pid), if given, runs once the child is ready to exec (dropped, verified, in its
     directory) and before it does: the child waits at a gate. If it raises, the child is killed
     without running anything and the error propagates (e.g. an audit record that could not be
-    made durable: nothing runs unrecorded)."""
+    made durable: nothing runs unrecorded). AFTER_FORK(pid), if given, runs in the parent right
+    after the fork, while the child prepares itself (work that may overlap the child's: an
+    fsync, a move to another cgroup); if it raises, the child is killed in the same way."""
     prep = _prepare(plan)
     ops = Syscalls.real() if syscalls is None else syscalls
     _require_single_thread()
@@ -299,6 +302,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             os.close(w)
             w = -1
             deadline = time.monotonic() + timeout
+            if after_fork is not None:
+                after_fork(pid)
             report = _read_report(r, deadline, until_gate=before_exec is not None)
             if before_exec is not None and report == _AT_GATE:
                 before_exec(pid)

@@ -102,3 +102,39 @@ def test_a_child_failing_before_the_gate_is_reported(users: Users) -> None:
     with pytest.raises(SpawnFailed):
         spawn(broken, before_exec=calls.append)
     assert calls  # exec failure comes after the gate: the hook ran, the exec then failed
+
+
+def test_a_slow_after_fork_holds_the_command_back(users: Users) -> None:
+    """AFTER_FORK (the fsync of `session.requested`) runs while the child prepares itself; the
+    child still waits at the gate until it and BEFORE_EXEC are done."""
+    marker = _marker("after-fork-slow")
+    seen: dict[str, object] = {}
+
+    def slow(pid: int) -> None:
+        seen["forked"] = pid
+        _slow_record(marker)
+        seen["ran_after_fork"] = os.path.exists(marker)
+
+    def gate(pid: int) -> None:
+        seen["gate"] = pid
+
+    pid = spawn(_plan(users.alice, f"touch {marker}"), after_fork=slow, before_exec=gate)
+    assert wait_exit(pid, 10) == 0
+    assert seen == {"forked": pid, "ran_after_fork": False, "gate": pid}
+    assert os.path.exists(marker)
+
+
+def test_a_failing_after_fork_means_nothing_runs(users: Users) -> None:
+    marker = _marker("after-fork-refused")
+    gates: list[int] = []
+
+    def refuse(_pid: int) -> None:
+        _slow_record(marker, 0.5)
+        raise AuditFailed("session.requested could not be made durable")
+
+    with pytest.raises(AuditFailed):
+        spawn(_plan(users.alice, f"touch {marker}"), after_fork=refuse,
+              before_exec=gates.append)
+    assert gates == []  # the gate was never reached
+    time.sleep(0.2)
+    assert not os.path.exists(marker), "the command ran although AFTER_FORK failed"

@@ -153,3 +153,17 @@ def test_a_directory_swapped_under_the_log_never_receives_a_record(tmp_path: Pat
     assert os.listdir(evil) == []
     real = logdir if logdir.is_dir() and not logdir.is_symlink() else link
     assert len((real / "audit.log").read_text().splitlines()) == written
+
+
+def test_an_appended_record_is_written_at_once_and_synced_once(tmp_path: Path) -> None:
+    path = tmp_path / "audit" / "audit.log"
+    log = AuditLog(str(path))
+    pending = log.append("session.requested", session_id="s1")
+    log.record("session.started", session_id="s1")  # another writer meanwhile
+    assert [json.loads(x)["event"] for x in path.read_text().splitlines()] == [
+        "session.requested", "session.started"]
+    fds = len(os.listdir("/proc/self/fd"))
+    pending.sync()
+    assert len(os.listdir("/proc/self/fd")) == fds - 1  # the record's descriptor is closed
+    pending.sync()  # once done, again is nothing
+    assert len(path.read_text().splitlines()) == 2
