@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ def _head_and_duration(path: str) -> tuple[dict[str, Any], float]:
             ev = json.loads(raw)
         except ValueError:
             continue
-        if isinstance(ev, list) and ev and isinstance(ev[0], (int, float)):
+        if (isinstance(ev, list) and ev and isinstance(ev[0], (int, float))
+                and math.isfinite(ev[0])):
             duration = float(ev[0])
             break
     if not isinstance(head, dict):
@@ -103,9 +105,14 @@ def _head_and_duration(path: str) -> tuple[dict[str, Any], float]:
 
 
 def _iso(ts: Any) -> Optional[str]:
+    """RFC 3339 UTC of a header's timestamp; None for anything that is not a time (a bool,
+    NaN, infinity, or a number past what the platform's time_t holds)."""
     if not isinstance(ts, (int, float)) or isinstance(ts, bool):
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def entry(directory: str, name: str, ended: Optional[dict[str, Any]]) -> Entry:

@@ -67,6 +67,21 @@ def test_scan_verifies_each_recording(node: tuple[Path, Path]) -> None:
     assert [e.file for e in only] == ["a.cast"]
 
 
+@pytest.mark.parametrize("stamp", ["Infinity", "-Infinity", "NaN", "1e400", "9" * 30, "true"])
+def test_a_header_time_that_is_no_time_lists_without_one(tmp_path: Path, stamp: str) -> None:
+    """A header's timestamp NaN, infinite, past time_t or a bool, and a last event at an
+    infinite time: the recording is listed (no start, no duration), not a traceback."""
+    d = tmp_path / "casts"
+    d.mkdir()
+    data = (b'{"version": 2, "width": 80, "height": 24, "timestamp": ' + stamp.encode()
+            + b'}\n[0.5, "o", "x"]\n[Infinity, "o", "y"]\n')
+    (d / "odd.cast").write_bytes(data)
+    _ended(tmp_path / "audit.log", "odd.cast", data)
+    (got,) = recordings.scan(str(d), str(tmp_path / "audit.log"))
+    assert (got.file, got.started, got.verified) == ("odd.cast", None, recordings.OK)
+    assert got.duration == 0.5
+
+
 def test_a_missing_directory_lists_nothing(tmp_path: Path) -> None:
     assert recordings.scan(str(tmp_path / "none"), str(tmp_path / "audit.log")) == []
 
