@@ -74,6 +74,7 @@ class Context:
     sys_platform: str
     cgroups: Optional[Setup] = None  # where sessions get their cgroup (agent.cgroup.setup)
     log: Any = None  # the daemon's structured logger (None: plain lines on stderr)
+    pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
 
 
 @dataclass(frozen=True)
@@ -495,7 +496,7 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
     before()
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
                           groups=account.groups, wake=sig.wake_r,
-                          cancelled=lambda: _refuse_if_terminated(chan, sig))
+                          cancelled=lambda: _refuse_if_terminated(chan, sig), lib=ctx.pam_lib)
 
 
 def _refuse_if_terminated(chan: Channel, sig: Signals) -> None:
