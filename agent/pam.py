@@ -47,6 +47,12 @@ and SIGTERM: it ends when told to.
      (killed, crashed) never closed the session: its owner reports it (`PamProcess.ended`) and
      `close()` raises PamFailed, as it does for any close that was not clean.
 
+The PAM process is forked before the supervisor makes `session.requested` durable and calls
+nothing of libpam until it is told to begin (`open_login`'s BEFORE), so its fork and set-up
+overlap that fsync. The daemon loads libpam and the modules of the service's stack once before
+its first fork (`prewarm`): each PAM process inherits them mapped and relocated, and its
+pam_start only reads the service's files.
+
 The library is loaded on first use: importing this module does no work.
 """
 
@@ -615,6 +621,7 @@ CLOSE_TIMEOUT = 10.0  # seconds the PAM process may take to end the session once
 OPEN_TIMEOUT = 300.0  # seconds the stages may take to open it (agent.client's start timeout)
 CANCEL_CHECK = 0.1  # seconds between two calls of open_login's CANCELLED while PAM works
 _CLOSE = b"c"
+_GO = b"g"
 _UNSET_LOGINUID = 4294967295  # (uid_t)-1: no login uid
 
 
@@ -793,7 +800,8 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
                ruser: Optional[str] = None, rhost: Optional[str] = None,
                groups: Optional[Sequence[int]] = None, timeout: float = OPEN_TIMEOUT,
                wake: int = -1, cancelled: Optional[Callable[[], None]] = None,
-               lib: Optional[Libpam] = None) -> Opened:
+               lib: Optional[Libpam] = None,
+               before: Optional[Callable[[], None]] = None) -> Opened:
     """`login()` in a process of its own, forked here: the caller's limits, umask, nice value,
     groups, loginuid and cgroup stay as they are, whatever the session stage does. The process
     keeps the handle until `Opened.close()` (or until the caller dies: the pipe it waits on
@@ -806,7 +814,10 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     seconds, empties WAKE and raises to give up (the session was terminated): the PAM process
     is killed and that error propagates. Either way nothing of the session runs.
 
-    LIB: libpam as `prewarm` loaded it in an ancestor (None: the PAM process loads it)."""
+    LIB: libpam as `prewarm` loaded it in an ancestor (None: the PAM process loads it).
+    BEFORE(), when given, runs here while the PAM process prepares itself (its descriptors,
+    signals); the PAM process calls nothing of libpam until BEFORE has returned. If BEFORE
+    raises, the PAM process is killed (PAM never ran) and the error propagates."""
     import json
 
     report_r, report_w = os.pipe()
@@ -824,10 +835,21 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
         raise PamFailed(f"could not start the PAM process: {exc.strerror}") from exc
     if pid == 0:
         _pam_process(report_w, control_r, service, user, gid, tty=tty, ruser=ruser,
-                     rhost=rhost, groups=groups, lib=lib)
+                     rhost=rhost, groups=groups, lib=lib, gated=before is not None)
     os.close(report_w)
     os.close(control_r)
     process = PamProcess(pid, control_w)
+    if before is not None:
+        try:
+            before()
+        except BaseException:
+            process.kill()  # waiting for the word to begin: PAM has not run
+            os.close(report_r)
+            raise
+        try:
+            os.write(control_w, _GO)
+        except OSError:
+            pass  # it has ended: no report comes, which is reported below
     try:
         try:
             data = _read_report(report_r, timeout, wake, cancelled)
@@ -951,9 +973,11 @@ def _own_cgroup() -> Optional[str]:
 
 def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: int, *,
                  tty: Optional[str], ruser: Optional[str], rhost: Optional[str],
-                 groups: Optional[Sequence[int]], lib: Optional[Libpam] = None) -> NoReturn:
-    """The forked PAM process: open the session, report, wait for the word (or EOF), close
-    it, exit. Holds none of its parent's descriptors but stdin, stdout, stderr and its pipes."""
+                 groups: Optional[Sequence[int]], lib: Optional[Libpam] = None,
+                 gated: bool = False) -> NoReturn:
+    """The forked PAM process: (GATED: wait for the word to begin; EOF ends it) open the
+    session, report, wait for the word (or EOF), close it, exit. Holds none of its parent's
+    descriptors but stdin, stdout, stderr and its pipes."""
     code = 2
     try:
         import gc
@@ -967,6 +991,8 @@ def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: in
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # pam_exec and the like wait for theirs
         _close_all_but((0, 1, 2, report_w, control_r))
         loginuid, cgroup = _read_loginuid(), _own_cgroup()
+        if gated and os.read(control_r, 1) != _GO:
+            os._exit(0)  # given up before PAM began: there is nothing to end
         try:
             got = login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups,
                         lib=lib)
