@@ -47,6 +47,12 @@ and SIGTERM: it ends when told to.
      (killed, crashed) never closed the session: its owner reports it (`PamProcess.ended`) and
      `close()` raises PamFailed, as it does for any close that was not clean.
 
+The PAM process is forked before the supervisor makes `session.requested` durable and calls
+nothing of libpam until it is told to begin (`open_login`'s BEFORE), so its fork and set-up
+overlap that fsync. The daemon loads libpam and the modules of the service's stack once before
+its first fork (`prewarm`): each PAM process inherits them mapped and relocated, and its
+pam_start only reads the service's files.
+
 The library is loaded on first use: importing this module does no work.
 """
 
@@ -219,6 +225,56 @@ def _open_first(names: Sequence[str], tried: list[str]) -> tuple[Any, str]:
         except OSError as exc:
             tried.append(f"{name}: {exc}")
     return None, ""
+
+
+def prewarm(service: str) -> Libpam:
+    """Load libpam and every module (with the libraries they need) of SERVICE's stack in this
+    process, ahead of any session, and return the loaded library for `open_login`: the PAM
+    processes forked from here (through a supervisor) then neither map nor relocate them again,
+    nor set up the prototypes. Linux only (/proc/self/maps).
+
+    The modules are found by what pam_start maps: a handle is started (no user) and ended at
+    once. pam_start reads the service's files and dlopens its modules; it runs no function of
+    any module (no stage), so nothing of a session happens in this process. Each module is
+    then opened once more here, never closed (ctypes does not dlclose), so pam_end's dlclose
+    leaves it loaded. The PAM processes still start their own handle, which reads the service's
+    files again: a module added later is loaded there, as before. Raises PamFailed when libpam
+    cannot be loaded or pam_start fails."""
+    import ctypes
+
+    c_service = _c_string("service", check_service(service))
+    lib = load()
+    before = _mapped_libraries()
+    conv_fn = lib.conv_type(conversation(lib, []))
+    conv = lib.conv_struct(conv_fn, None)
+    handle = ctypes.c_void_p()
+    rc = lib.pam.pam_start(c_service, None, ctypes.byref(conv), ctypes.byref(handle))
+    try:
+        if rc != lib.consts.success:
+            raise PamFailed(f"pam_start({service}) failed: {_strerror(lib, None, rc)}")
+        for path in sorted(_mapped_libraries() - before):
+            try:
+                ctypes.CDLL(path)
+            except OSError:
+                pass  # only slower: the PAM process loads it itself
+    finally:
+        if handle.value:
+            lib.pam.pam_end(handle, rc)
+    return lib
+
+
+def _mapped_libraries() -> set[str]:
+    """The shared objects mapped in this process (/proc/self/maps)."""
+    out: set[str] = set()
+    try:
+        with open("/proc/self/maps") as fh:
+            for line in fh:
+                path = line.rstrip("\n").partition("/")
+                if path[1] and ".so" in path[2]:
+                    out.add("/" + path[2])
+    except OSError:
+        pass
+    return out
 
 
 def service_installed(service: str, pam_dir: str = PAM_DIR) -> bool:
@@ -565,6 +621,7 @@ CLOSE_TIMEOUT = 10.0  # seconds the PAM process may take to end the session once
 OPEN_TIMEOUT = 300.0  # seconds the stages may take to open it (agent.client's start timeout)
 CANCEL_CHECK = 0.1  # seconds between two calls of open_login's CANCELLED while PAM works
 _CLOSE = b"c"
+_GO = b"g"
 _UNSET_LOGINUID = 4294967295  # (uid_t)-1: no login uid
 
 
@@ -684,9 +741,13 @@ def _children(pid: int) -> list[int]:
 
 
 def _end_process(pid: int, timeout: float) -> None:
+    """Reap PID once it exits, woken by its exit (a pidfd, where there is one; else 10 ms
+    polls); killed, with what it started, after TIMEOUT seconds."""
+    import select
     import time
 
     deadline = time.monotonic() + timeout
+    exited = _exit_watch(pid)
     try:
         while True:
             try:
@@ -695,18 +756,37 @@ def _end_process(pid: int, timeout: float) -> None:
                 raise _Gone from None
             if got == pid:
                 break
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 _kill_tree(pid)
                 os.waitpid(pid, 0)
                 raise PamFailed(f"the PAM process {pid} did not end the session within "
                                 f"{timeout:g} s: killed")
-            time.sleep(0.01)
+            if exited is None:
+                time.sleep(min(0.01, left))
+            else:
+                select.select([exited], [], [], left)
     except _Gone:
         raise PamFailed(f"the PAM process {pid} had ended before it was told to close the "
                         "session: pam_close_session did not run") from None
+    finally:
+        if exited is not None:
+            os.close(exited)
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise PamFailed(f"the PAM process {pid} ended the session with exit status {code}")
+
+
+def _exit_watch(pid: int) -> Optional[int]:
+    """A descriptor that becomes readable when the child PID exits (a pidfd), or None."""
+    opener = getattr(os, "pidfd_open", None)
+    if opener is None:
+        return None
+    try:
+        fd: int = opener(pid)
+    except OSError:  # reaped already (the caller's waitpid says so), or no pidfd here
+        return None
+    return fd
 
 
 def describe_status(status: int) -> str:
@@ -719,7 +799,9 @@ def describe_status(status: int) -> str:
 def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
                ruser: Optional[str] = None, rhost: Optional[str] = None,
                groups: Optional[Sequence[int]] = None, timeout: float = OPEN_TIMEOUT,
-               wake: int = -1, cancelled: Optional[Callable[[], None]] = None) -> Opened:
+               wake: int = -1, cancelled: Optional[Callable[[], None]] = None,
+               lib: Optional[Libpam] = None,
+               before: Optional[Callable[[], None]] = None) -> Opened:
     """`login()` in a process of its own, forked here: the caller's limits, umask, nice value,
     groups, loginuid and cgroup stay as they are, whatever the session stage does. The process
     keeps the handle until `Opened.close()` (or until the caller dies: the pipe it waits on
@@ -730,7 +812,12 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     report is bounded. After TIMEOUT seconds the PAM process is killed and PamFailed raised;
     CANCELLED(), called when WAKE (a descriptor, -1: none) is readable and every CANCEL_CHECK
     seconds, empties WAKE and raises to give up (the session was terminated): the PAM process
-    is killed and that error propagates. Either way nothing of the session runs."""
+    is killed and that error propagates. Either way nothing of the session runs.
+
+    LIB: libpam as `prewarm` loaded it in an ancestor (None: the PAM process loads it).
+    BEFORE(), when given, runs here while the PAM process prepares itself (its descriptors,
+    signals); the PAM process calls nothing of libpam until BEFORE has returned. If BEFORE
+    raises, the PAM process is killed (PAM never ran) and the error propagates."""
     import json
 
     report_r, report_w = os.pipe()
@@ -748,10 +835,21 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
         raise PamFailed(f"could not start the PAM process: {exc.strerror}") from exc
     if pid == 0:
         _pam_process(report_w, control_r, service, user, gid, tty=tty, ruser=ruser,
-                     rhost=rhost, groups=groups)
+                     rhost=rhost, groups=groups, lib=lib, gated=before is not None)
     os.close(report_w)
     os.close(control_r)
     process = PamProcess(pid, control_w)
+    if before is not None:
+        try:
+            before()
+        except BaseException:
+            process.kill()  # waiting for the word to begin: PAM has not run
+            os.close(report_r)
+            raise
+        try:
+            os.write(control_w, _GO)
+        except OSError:
+            pass  # it has ended: no report comes, which is reported below
     try:
         try:
             data = _read_report(report_r, timeout, wake, cancelled)
@@ -875,9 +973,11 @@ def _own_cgroup() -> Optional[str]:
 
 def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: int, *,
                  tty: Optional[str], ruser: Optional[str], rhost: Optional[str],
-                 groups: Optional[Sequence[int]]) -> NoReturn:
-    """The forked PAM process: open the session, report, wait for the word (or EOF), close
-    it, exit. Holds none of its parent's descriptors but stdin, stdout, stderr and its pipes."""
+                 groups: Optional[Sequence[int]], lib: Optional[Libpam] = None,
+                 gated: bool = False) -> NoReturn:
+    """The forked PAM process: (GATED: wait for the word to begin; EOF ends it) open the
+    session, report, wait for the word (or EOF), close it, exit. Holds none of its parent's
+    descriptors but stdin, stdout, stderr and its pipes."""
     code = 2
     try:
         import gc
@@ -891,8 +991,11 @@ def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: in
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # pam_exec and the like wait for theirs
         _close_all_but((0, 1, 2, report_w, control_r))
         loginuid, cgroup = _read_loginuid(), _own_cgroup()
+        if gated and os.read(control_r, 1) != _GO:
+            os._exit(0)  # given up before PAM began: there is nothing to end
         try:
-            got = login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups)
+            got = login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups,
+                        lib=lib)
         except AgentError as exc:
             _write_all(report_w, json.dumps({"error": exc.reason, "message": exc.message,
                                              "hint": exc.hint}).encode())

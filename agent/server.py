@@ -91,6 +91,7 @@ class Daemon:
     sys_platform: str = sys.platform
     cgroups: Optional[Setup] = None  # set up for end mode `all` (agent.cgroup)
     _cgroups_tried: bool = False
+    _pam_lib: Any = None  # libpam with the service's modules, loaded before the first fork
     _conns: dict[int, _Conn] = field(default_factory=dict)
     # This daemon's supervisors: pid -> the uid of the peer that started the session.
     _children: dict[int, int] = field(default_factory=dict)
@@ -125,8 +126,9 @@ class Daemon:
         self._foreign = {int(r["pid"]): (r.get("pid_start"), _peer_uid(r)) for r in live}
         self.log.info("daemon.ready", pid=os.getpid(), sessions=len(live))
         self._setup_cgroups()
-        prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all",
-                         sys_platform=self.sys_platform)
+        self._pam_lib = prepare_for_fork(end_mode_all=self.cfg.session.end_mode == "all",
+                                         sys_platform=self.sys_platform,
+                                         pam_service=self._pam_service(), log=self.log)
         self._fork_spare(sel)
         self.on_ready()
         try:
@@ -200,6 +202,17 @@ class Daemon:
         self._drop_spare()
         self._want_spare = True
         self.log.info("config.reloaded")
+
+    def _pam_service(self) -> Optional[str]:
+        """The PAM service sessions go through, None when PAM is off (agent.pam.wanted)."""
+        from agent import pam
+
+        service = self.cfg.session.pam_service
+        try:
+            wanted = pam.wanted(self.cfg.session.pam, service, sys_platform=self.sys_platform)
+        except AgentError:
+            return None  # an invalid name: each session reports it
+        return service if wanted else None
 
     def _setup_cgroups(self) -> None:
         """For end mode `all` (once): the sessions' cgroups, or a warning that ending every
@@ -493,7 +506,7 @@ class Daemon:
         sig = session.Signals()
         os.setsid()  # out of the daemon's process group: restarts and ^C do not reach it
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, conn.peer,
-                              self.sys_platform, self.cgroups, self.log)
+                              self.sys_platform, self.cgroups, self.log, self._pam_lib)
         return session.run(conn.sock, req, ctx, sig, conn.decoder)
 
     # -- the spare supervisor ------------------------------------------------------------------
@@ -592,7 +605,7 @@ class Daemon:
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
-                              self.sys_platform, self.cgroups, self.log)
+                              self.sys_platform, self.cgroups, self.log, self._pam_lib)
         return session.run(sock, req, ctx, sig, decoder)
 
     def _release_inherited(self, sel: selectors.BaseSelector) -> None:
@@ -746,17 +759,20 @@ def _keep_paths(new: Config, old: Config) -> Config:
 SUPERVISOR_MODULES = (
     "agent.session", "agent.spawn", "agent.environ", "agent.accounts", "agent.resolve",
     "agent.policy", "agent.registry", "agent.terminal", "agent.pam", "agent.utmp",
-    "agent.ssm_user",
+    "agent.ssm_user", "agent.cgroup",
 )
 
 
-def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.platform) -> None:
+def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.platform,
+                     pam_service: Optional[str] = None, log: Any = None) -> Any:
     """Import the supervisor's modules (psutil too when sessions end in mode `all`, which uses
     it), ctypes and every NSS module of the passwd and group chains (agent.session.prewarm),
-    then move everything allocated so far out of the garbage collector's reach (gc.freeze), so
-    a forked supervisor neither re-imports nor copies pages that collections would touch.
-    ctypes alone, imported in each supervisor, cost 1.3 MB of private memory per session;
-    imported here, 0.5 MB once (docs/performance.md)."""
+    libpam and the modules of PAM_SERVICE's stack when sessions go through PAM
+    (agent.pam.prewarm), then move everything allocated so far out of the garbage collector's
+    reach (gc.freeze), so a forked supervisor, and the PAM process it forks, neither re-import,
+    reload nor copy pages that collections would touch. ctypes alone, imported in each
+    supervisor, cost 1.3 MB of private memory per session; imported here, 0.5 MB once
+    (docs/performance.md). Returns the loaded libpam (agent.pam.Libpam), or None."""
     import gc
     import importlib
 
@@ -765,8 +781,18 @@ def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.plat
     from agent import session
 
     session.prewarm(sys_platform)
+    lib = None
+    if pam_service is not None:
+        from agent import pam
+
+        try:
+            lib = pam.prewarm(pam_service)
+        except AgentError as exc:  # each session loads it, and reports what fails
+            if log is not None:
+                log.warning("pam.prewarm_failed", error=str(exc))
     gc.collect()
     gc.freeze()
+    return lib
 
 
 def _public(rec: dict[str, Any]) -> dict[str, Any]:

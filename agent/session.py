@@ -74,6 +74,7 @@ class Context:
     sys_platform: str
     cgroups: Optional[Setup] = None  # where sessions get their cgroup (agent.cgroup.setup)
     log: Any = None  # the daemon's structured logger (None: plain lines on stderr)
+    pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
 
 
 @dataclass(frozen=True)
@@ -486,16 +487,17 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
     logind scope) comes back in the returned agent.pam.Opened for the shell alone. None when PAM
     is off or its service is not installed. PAM_RUSER is the principal that asked for the
     session. A `terminate` (signal or control frame) while a module takes its time ends the
-    wait at once: Terminated, and the PAM process is killed."""
+    wait at once: Terminated, and the PAM process is killed. BEFORE (session.requested made
+    durable) runs while the PAM process prepares itself; PAM begins only once it returned."""
     from agent import pam
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
         return None
-    before()
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
                           groups=account.groups, wake=sig.wake_r,
-                          cancelled=lambda: _refuse_if_terminated(chan, sig))
+                          cancelled=lambda: _refuse_if_terminated(chan, sig), lib=ctx.pam_lib,
+                          before=before)
 
 
 def _refuse_if_terminated(chan: Channel, sig: Signals) -> None:

@@ -17,8 +17,9 @@ from tests.conftest import REPO, Isolated
 
 pytestmark = pytest.mark.privileged
 
-TIMED = ("floor", "runas-agent", "runas-agent-pty", "runuser", "su-login", "sudo", "ssh",
-         "check-cold", "python-import-system", "python-import-path", "runas-agent-cli")
+TIMED = ("floor", "runas-agent", "runas-agent-pty", "runas-agent-pam", "runuser", "su-login",
+         "sudo", "ssh", "check-cold", "python-import-system", "python-import-path",
+         "runas-agent-cli")
 
 
 @pytest.mark.timeout(180)

@@ -12,6 +12,8 @@ import os
 import pwd
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,3 +205,60 @@ def test_a_pam_process_killed_while_closing_the_session_says_pam_did_not_close_i
     assert status.get("code") == 0, status
     assert ended["pam_closed"] is False, ended
     assert "-9" in ended["pam_error"] or "signal 9" in ended["pam_error"], ended
+
+
+GATE_MARK = "/run/runas-agent-test-pam-gate"
+GATE_SCRIPT = "/etc/runas-agent-test-pam-gate"
+GATE_CODE = """if True:
+    import json, os, pwd, sys
+    from agent import pam
+
+    user, give_up = sys.argv[1], sys.argv[2] == "give-up"
+    def before():
+        if give_up:
+            raise RuntimeError("given up")
+    try:
+        opened = pam.open_login("runas-agent", user, pwd.getpwnam(user).pw_gid, before=before)
+    except RuntimeError as exc:
+        children = [p for p in os.listdir("/proc") if p.isdigit()
+                    and open(f"/proc/{p}/stat").read().rpartition(")")[2].split()[1]
+                    == str(os.getpid())]
+        print(json.dumps({"raised": str(exc), "children": children}))
+    else:
+        opened.close()
+        print(json.dumps({"raised": None, "children": []}))
+"""
+
+
+@pytest.mark.parametrize("give_up", [False, True])
+def test_a_start_given_up_while_the_pam_process_prepares_runs_no_pam(
+        users: Users, give_up: bool) -> None:
+    """open_login's BEFORE (the supervisor making session.requested durable) runs while the
+    PAM process prepares itself. When it fails, that process is killed and reaped before it
+    called anything of libpam: no stage ran (a pam_exec account module, first in the stack,
+    leaves no mark). When it returns, PAM runs (the mark is there)."""
+    with open(SERVICE_FILE) as fh:
+        service = fh.read()
+    with open(GATE_SCRIPT, "w") as fh:
+        fh.write(f"#!/bin/sh\ntouch {GATE_MARK}\n")
+    os.chmod(GATE_SCRIPT, 0o700)
+    service = service.replace("account   required    pam_nologin.so",
+                              f"account   required    pam_exec.so {GATE_SCRIPT}\n"
+                              "account   required    pam_nologin.so", 1)
+    with open("/etc/pam.d/runas-agent", "w") as fh:
+        fh.write(service)
+    try:
+        out = subprocess.run([sys.executable, "-c", GATE_CODE, users.alice,
+                              "give-up" if give_up else "go"], cwd=REPO, capture_output=True,
+                             text=True, timeout=60, check=True)
+        got = json.loads(out.stdout)
+        if give_up:
+            assert got == {"raised": "given up", "children": []}
+            assert not os.path.exists(GATE_MARK)
+        else:
+            assert got["raised"] is None
+            assert os.path.exists(GATE_MARK)
+    finally:
+        for path in ("/etc/pam.d/runas-agent", GATE_SCRIPT, GATE_MARK):
+            if os.path.exists(path):
+                os.unlink(path)

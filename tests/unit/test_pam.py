@@ -48,6 +48,35 @@ def test_linux_pam_constants_match_the_installed_libpam() -> None:
     }
 
 
+@pytest.mark.skipif(not os.path.isfile("/etc/pam.d/runuser"), reason="no runuser service")
+def test_prewarm_loads_the_stack_and_runs_none_of_it() -> None:
+    """The daemon's prewarm maps libpam and every module of the service, which stay loaded
+    after its handle ended; no stage ran: the process's loginuid, groups, limits, umask, nice
+    value and cgroup are its own."""
+    code = """if True:
+        import os
+        from agent import pam, proclimits
+
+        def state():
+            return (open("/proc/self/loginuid").read(), os.getgroups(), proclimits.capture(),
+                    open("/proc/self/cgroup").read())
+
+        before = state()
+        lib = pam.prewarm("runuser")
+        maps = open("/proc/self/maps").read()
+        print(lib.path, state() == before, all(m in maps for m in (
+            "pam_rootok.so", "pam_keyinit.so", "pam_limits.so", "pam_unix.so")))
+    """
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True, env={"PATH": "/usr/bin:/bin"})
+    assert out.stdout.split() == ["libpam.so.0", "True", "True"]
+
+
+def test_prewarm_of_an_invalid_service_loads_nothing() -> None:
+    with pytest.raises(PamFailed):
+        pam.prewarm("../shadow")
+
+
 def test_missing_libpam_is_a_clear_error() -> None:
     with pytest.raises(PamFailed) as err:
         pam.load(candidates=("libpam-absent.so.9",))
