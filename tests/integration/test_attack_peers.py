@@ -33,12 +33,11 @@ from tests.integration.test_peers import (
 )
 from tests.integration.test_session_keyring import (  # noqa: F401
     Ring,
-    _read_until,
     _values,
     ring,
     run_to_done,
 )
-from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent
+from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent, read_until
 
 pytestmark = pytest.mark.privileged
 
@@ -304,7 +303,7 @@ def test_a_session_cannot_join_the_daemons_or_another_sessions_keyring_by_name(
                 "echo READY\nread line\n")
     try:
         assert alice.stdout is not None
-        _read_until(alice.stdout, b"READY\n")
+        read_until(alice.stdout, b"READY\n")
         names = (r.ring, "_ses", "_uid.0", "_uid_ses.0")
         probe = "".join(f"""
 echo "ring{i}=$(keyctl session {name} keyctl rdescribe @s 2>&1 | tail -n 1)"

@@ -23,7 +23,7 @@ import pytest
 
 from agent.errors import AgentError
 from tests.conftest import Users
-from tests.support.daemon import REPO, DaemonProc, make_daemon
+from tests.support.daemon import REPO, DaemonProc, make_daemon, read_until
 
 pytestmark = pytest.mark.privileged
 
@@ -63,19 +63,6 @@ def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]
                 os.unlink(path)
 
 
-def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while token not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {token!r} in {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {token!r}: {data!r}"
-            data += chunk
-    return data
-
-
 def _session(d: DaemonProc, users: Users, sid: str, *,
              kill_pam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """A live session as alice; with KILL_PAM its PAM process is killed (SIGKILL) while the
@@ -85,7 +72,7 @@ def _session(d: DaemonProc, users: Users, sid: str, *,
     try:
         assert sess.stdout is not None
         assert sess.stdin is not None
-        _read_until(sess.stdout, b"READY\n")
+        read_until(sess.stdout, b"READY\n")
         (record,) = [s for s in d.client.sessions() if s["id"] == sid]
         (pam_process,) = [p for p in psutil.Process(record["pid"]).children()
                           if p.pid != record["shell_pid"]]

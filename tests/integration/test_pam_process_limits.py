@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
 import signal
 import time
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import psutil
 import pytest
 
 from tests.conftest import Users
-from tests.support.daemon import REPO, DaemonProc, make_daemon
+from tests.support.daemon import REPO, DaemonProc, make_daemon, read_until
 
 pytestmark = pytest.mark.privileged
 
@@ -66,19 +65,6 @@ def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]
                 os.unlink(path)
 
 
-def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while token not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {token!r} in {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {token!r}: {data!r}"
-            data += chunk
-    return data
-
-
 def _proc(pid: int) -> dict[str, Any]:
     """What /proc tells of a process's limits, umask and nice value."""
     with open(f"/proc/{pid}/limits") as fh:
@@ -107,7 +93,7 @@ def test_pam_limits_bind_the_session_not_the_supervisor(daemon: DaemonProc,
     try:
         assert sess.stdout is not None
         assert sess.stdin is not None
-        out = _read_until(sess.stdout, b"READY\n").decode()
+        out = read_until(sess.stdout, b"READY\n").decode()
         assert "fsize=8 nofile=1234/2345 nice=7 umask=0077" in out, out
         (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-fsize"]
         supervisor, shell = _proc(record["pid"]), _proc(record["shell_pid"])
@@ -155,7 +141,7 @@ def test_the_pam_process_holds_nothing_of_the_client_and_ends_with_its_superviso
     shell = None
     try:
         assert sess.stdout is not None
-        _read_until(sess.stdout, b"READY\n")
+        read_until(sess.stdout, b"READY\n")
         (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-proc"]
         supervisor = psutil.Process(record["pid"])
         shell = record["shell_pid"]

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import select
 import shutil
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +21,7 @@ import pytest
 
 from agent.client import Session
 from tests.conftest import Users
-from tests.support.daemon import REPO, DaemonProc, make_daemon
+from tests.support.daemon import REPO, DaemonProc, make_daemon, read_until
 
 pytestmark = pytest.mark.privileged
 
@@ -100,26 +98,13 @@ def _values(out: bytes) -> dict[str, str]:
     return {k: v for k, sep, v in pairs if sep}
 
 
-def _read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
-    data = b""
-    deadline = time.monotonic() + timeout
-    while token not in data:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {token!r} in {data!r}"
-        if select.select([fd], [], [], left)[0]:
-            chunk = os.read(fd, 65536)
-            assert chunk, f"EOF before {token!r}: {data!r}"
-            data += chunk
-    return data
-
-
 def run_to_done(sess: Session) -> dict[str, str]:
     """Close SESS's stdin, read its NAME=VALUE lines up to DONE, and let it end."""
     assert sess.stdout is not None
     assert sess.stdin is not None
     os.close(sess.stdin)
     sess.stdin = None
-    seen = _values(_read_until(sess.stdout, b"DONE\n"))
+    seen = _values(read_until(sess.stdout, b"DONE\n"))
     sess.wait()
     sess.close()
     return seen
@@ -150,7 +135,7 @@ def test_sessions_never_share_the_daemons_or_each_others_keyring(ring: Ring,
     try:
         assert alice.stdout is not None
         assert alice.stdin is not None
-        seen = _values(_read_until(alice.stdout, b"READY\n"))
+        seen = _values(read_until(alice.stdout, b"READY\n"))
         _expect_own_fresh_ring(seen, users.alice, r)
         alice_key_id = int(seen["alice_key"])
 
@@ -172,7 +157,7 @@ echo DONE
         assert bob_seen["alice_listed"] == "no", bob_seen
         # alive all along: what bob could not read was there
         os.write(alice.stdin, b"go\n")
-        assert _values(_read_until(alice.stdout, b"alice_still=alice-topsecret\n"))
+        assert _values(read_until(alice.stdout, b"alice_still=alice-topsecret\n"))
     finally:
         if alice.stdin is not None:
             os.close(alice.stdin)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -174,6 +175,20 @@ def running(config: Optional[dict[str, dict[str, Any]]] = None) -> Iterator[Daem
     finally:
         d.stop()
         d.cleanup()
+
+
+def read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
+    """What FD gives until TOKEN is in it; fails the test on end of file or after TIMEOUT s."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while token not in data:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {token!r} in {data!r}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"EOF before {token!r}: {data!r}"
+            data += chunk
+    return data
 
 
 def public_copy_of_agent() -> str:
