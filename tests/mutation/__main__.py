@@ -61,8 +61,42 @@ def copy_tree(dest: str) -> str:
     return tree
 
 
+def kill_leftovers(before: frozenset[int]) -> list[int]:
+    """Kill every process of an account that had none BEFORE a run and that the host's passwd
+    does not know (the tests' accounts live in their namespace's passwd only): a mutant that
+    breaks a session's end lets the tests' pid-hoppers outlive them. The uids killed."""
+    import pwd
+
+    from tests.support.isolation import live_processes
+
+    def strays() -> set[int]:
+        found = set()
+        for uid in set(live_processes(zombies=True).values()) - before:
+            try:
+                pwd.getpwuid(uid)
+            except KeyError:
+                found.add(uid)
+        return found
+
+    killed: set[int] = set()
+    for _ in range(150):  # until their zombies too are reaped
+        left = strays()
+        if not left:
+            break
+        killed |= left
+        for uid in left:  # kill(-1) as the account: forks cannot outrun it
+            subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                            "--", "kill", "-9", "-1"], check=False, capture_output=True)
+        time.sleep(0.1)
+    return sorted(killed)
+
+
 def run_tests(tree: str, tests: tuple[str, ...], log: str) -> tuple[int, str]:
-    """Run pytest on TESTS in TREE; (its exit code, the tail of its output)."""
+    """Run pytest on TESTS in TREE; (its exit code, the tail of its output). Processes the
+    tests' accounts leave behind are killed (and named at the end of the output)."""
+    from tests.support.isolation import live_processes
+
+    before = frozenset(live_processes(zombies=True).values())
     env = dict(os.environ)
     sbin = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     env["PATH"] = f"{REPO}/.venv/bin:{sbin}:{env.get('PATH', '')}"
@@ -79,6 +113,11 @@ def run_tests(tree: str, tests: tuple[str, ...], log: str) -> tuple[int, str]:
                                 stdin=subprocess.DEVNULL, timeout=PYTEST_TIMEOUT).returncode
         except subprocess.TimeoutExpired:
             rc = -1
+        killed = kill_leftovers(before)
+        if killed:
+            note = f"scripts/mutants: killed what uids {killed} left running"
+            out.write(f"\n{note}\n".encode())
+            print(f"  ({note})", flush=True)
     with open(log, "rb") as fh:
         tail = fh.read()[-3000:].decode("utf-8", "replace")
     return rc, tail

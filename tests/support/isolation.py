@@ -52,8 +52,10 @@ def fingerprint(roots: tuple[str, ...] = FINGERPRINT_ROOTS) -> dict[str, str]:
     return out
 
 
-def live_processes() -> dict[int, int]:
-    """pid -> real uid of every process that is not a zombie."""
+def live_processes(*, zombies: bool = False) -> dict[int, int]:
+    """pid -> real uid of every process that is not a zombie (with ZOMBIES, of every process:
+    a fast pid-hopper is seen by its zombies, since its one live process is always newer than
+    the listing of /proc)."""
     out: dict[int, int] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -63,7 +65,7 @@ def live_processes() -> dict[int, int]:
                 fields = dict(line.split(":", 1) for line in fh if ":" in line)
         except OSError:
             continue
-        if fields.get("State", "").strip().startswith("Z"):
+        if not zombies and fields.get("State", "").strip().startswith("Z"):
             continue
         out[int(name)] = int(fields["Uid"].split()[0])
     return out
@@ -86,7 +88,7 @@ def describe_process(pid: int) -> str:
 
 
 def process_uids() -> set[int]:
-    return set(live_processes().values())
+    return set(live_processes(zombies=True).values())
 
 
 @dataclass(frozen=True)
