@@ -883,8 +883,10 @@ class _Supervision:
                 send(self.conn, msg)
             except OSError:
                 pass
-        self.conn.close()
+        # The connection ends only once the session is unlisted: a client that has seen its
+        # end never finds the session in a list.
         self._release()
+        self.conn.close()
 
     def _wait_feeder(self, timeout: float) -> None:
         """Give the profile a head start over the client's typing (it completes at once unless
