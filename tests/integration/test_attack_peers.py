@@ -383,6 +383,18 @@ def test_a_peer_removed_from_the_admin_group_is_no_admin_any_more(apeers: Peers)
             held.stop()
 
 
+def _group_of(user: str, old: str, new: str) -> int:
+    """A fresh group OLD with USER in it (OLD and NEW deleted first); its gid."""
+    import grp
+
+    for name in (old, new):
+        with contextlib.suppress(subprocess.CalledProcessError):
+            sh("groupdel", name)
+    sh("groupadd", old)
+    sh("gpasswd", "-a", user, old)
+    return grp.getgrnam(old).gr_gid
+
+
 def test_a_group_given_a_deleted_admin_groups_id_grants_no_admin(apeers: Peers) -> None:
     """`peers.admin_groups` names groups: the admin group deleted after the daemon loaded it and
     its id given to a new group (`groupadd -g`), a member of that new group is no admin (it
@@ -391,12 +403,7 @@ def test_a_group_given_a_deleted_admin_groups_id_grants_no_admin(apeers: Peers) 
 
     p = apeers
     old, new = "aadm-gone", "aadm-reuse"
-    for name in (old, new):
-        with contextlib.suppress(subprocess.CalledProcessError):
-            sh("groupdel", name)
-    sh("groupadd", old)
-    gid = grp.getgrnam(old).gr_gid
-    sh("gpasswd", "-a", p.a, old)
+    gid = _group_of(p.a, old, new)
     try:
         with _running(p, peers={"admin_groups": [old]}) as d:
             held = Holder(p, d, p.b, ("gr-1",), "sleep 60")
@@ -448,12 +455,7 @@ def test_a_group_given_a_deleted_allowed_groups_id_allows_nobody(apeers: Peers) 
 
     p = apeers
     old, new = "aallow-gone", "aallow-reuse"
-    for name in (old, new):
-        with contextlib.suppress(subprocess.CalledProcessError):
-            sh("groupdel", name)
-    sh("groupadd", old)
-    gid = grp.getgrnam(old).gr_gid
-    sh("gpasswd", "-a", p.a, old)
+    gid = _group_of(p.a, old, new)
     try:
         # The socket file is open to the transport group; the daemon allows OLD's members only.
         with _running(p, peers={"allowed_groups": [old]}) as d:

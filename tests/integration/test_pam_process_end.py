@@ -23,7 +23,7 @@ import pytest
 
 from agent.errors import AgentError
 from tests.conftest import Users
-from tests.support.daemon import REPO, DaemonProc, make_daemon, read_until
+from tests.support.daemon import REPO, DaemonProc, read_until, running
 
 pytestmark = pytest.mark.privileged
 
@@ -51,13 +51,10 @@ def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]
         service += f"session   required    pam_exec.so type=close_session {KILL_PARENT}\n"
     with open("/etc/pam.d/runas-agent", "w") as fh:
         fh.write(service)
-    d = make_daemon({"session": {"pam": True}})
-    d.start()
     try:
-        yield d
+        with running({"session": {"pam": True}}) as d:
+            yield d
     finally:
-        d.stop()
-        d.cleanup()
         for path in ("/etc/pam.d/runas-agent", KILL_PARENT):
             if os.path.exists(path):
                 os.unlink(path)
