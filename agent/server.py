@@ -590,9 +590,12 @@ class Daemon:
         sig = session.Signals()
         os.setsid()
         name = _set_process_name(SPARE_NAME, self.sys_platform)
+        preforked = _prefork(self.log)
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
+            if preforked is not None:
+                preforked.release()
             return 0
         sock, peer, msg, decoder = got
         _set_process_name(name, self.sys_platform)
@@ -602,10 +605,13 @@ class Daemon:
             if not isinstance(req, protocol.StartRequest):
                 raise BadRequest("a spare supervisor runs start requests only")
         except AgentError as exc:
+            if preforked is not None:
+                preforked.release()
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
-                              self.sys_platform, self.cgroups, self.log, self._pam_lib)
+                              self.sys_platform, self.cgroups, self.log, self._pam_lib,
+                              preforked)
         return session.run(sock, req, ctx, sig, decoder)
 
     def _release_inherited(self, sel: selectors.BaseSelector) -> None:
@@ -730,6 +736,18 @@ def _await_handover(chan: socket.socket, sig: Any) -> Optional[
             sock.close()
         return None
     return sock, peer, request, decoder
+
+
+def _prefork(log: Any) -> Any:
+    """In a spare: the next session's shell process, forked while the spare waits
+    (agent.spawn.prefork), or None when that fails (the session then forks it itself)."""
+    from agent import spawn
+
+    try:
+        return spawn.prefork()
+    except AgentError as exc:
+        log.warning("spare.prefork_failed", error=str(exc))
+        return None
 
 
 def _set_process_name(name: str, sys_platform: str) -> str:

@@ -75,6 +75,7 @@ class Context:
     cgroups: Optional[Setup] = None  # where sessions get their cgroup (agent.cgroup.setup)
     log: Any = None  # the daemon's structured logger (None: plain lines on stderr)
     pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
+    preforked: Any = None  # agent.spawn.Preforked: the shell's process, forked ahead, or None
 
 
 @dataclass(frozen=True)
@@ -252,6 +253,8 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
                          requested=requested)
     except AgentError as exc:
+        if ctx.preforked is not None:  # unused: the start never reached spawn
+            ctx.preforked.release()
         if claimed:
             ctx.registry.remove(req.session_id)
         try:
@@ -399,7 +402,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
                                               tty=pty is not None, limits=limits,
                                               loginuid=loginuid),
-                              after_fork=while_preparing, before_exec=record_start)
+                              after_fork=while_preparing, before_exec=record_start,
+                              preforked=ctx.preforked)
         except BaseException:
             if pty is not None:
                 _logout_record(ctx, os.getpid(), pty.slave_path)

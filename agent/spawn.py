@@ -27,9 +27,11 @@ child. The child ends in execve or os._exit, whatever happens.
 from __future__ import annotations
 
 import fcntl
+import marshal
 import os
 import select
 import signal
+import socket
 import sys
 import termios
 import time
@@ -43,7 +45,7 @@ from agent.proclimits import ProcessLimits
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
-    from typing import Callable, NoReturn, Optional
+    from typing import Any, Callable, NoReturn, Optional
 
     from agent.accounts import Account
 
@@ -267,7 +269,8 @@ def _verify_darwin_groups(kernel: list[int], ident: Identity) -> None:
 def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
           syscalls: Optional[Syscalls] = None,
           after_fork: Optional[Callable[[int], None]] = None,
-          before_exec: Optional[Callable[[int], None]] = None) -> int:
+          before_exec: Optional[Callable[[int], None]] = None,
+          preforked: Optional[Preforked] = None) -> int:
     """Start PLAN's process; return its pid (leader of a new session and process group).
 
     Raises BadRequest for a plan that cannot be run (NUL in the command, a bad environment),
@@ -281,30 +284,35 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     without running anything and the error propagates (e.g. an audit record that could not be
     made durable: nothing runs unrecorded). AFTER_FORK(pid), if given, runs in the parent right
     after the fork, while the child prepares itself (work that may overlap the child's: an
-    fsync, a move to another cgroup); if it raises, the child is killed in the same way."""
-    prep = _prepare(plan)
-    ops = Syscalls.real() if syscalls is None else syscalls
-    _require_single_thread()
-    r, w = _report_pipe()
-    gate_r, gate_w = _report_pipe() if before_exec is not None else (-1, -1)
+    fsync, a move to another cgroup); if it raises, the child is killed in the same way.
+
+    PREFORKED (from prefork()), if given, is the child: it is sent the plan instead of a fork
+    being made now, and runs the same steps with the syscalls given to prefork(). spawn takes
+    it over: used, or released when the plan is refused; one that is gone is replaced by a
+    fork."""
     try:
-        bound = _fd_bound(max(w, gate_r, gate_w))
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        prep = _prepare(plan)
+    except BaseException:
+        if preforked is not None:
+            preforked.release()
+        raise
+    gated = before_exec is not None
+    opened: list[int] = []  # the parent's ends of the report and gate channels
+    try:
+        got = _hand_plan(preforked, prep, gated) if preforked is not None else None
+        if got is not None:
+            pid, r = got
+            opened.append(r)
+            gate_w, blocked = r, None
+        else:
+            pid, r, gate_w, blocked = _fork(prep, syscalls, gated, opened)
         try:
-            pid = os.fork()
-        except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            raise SpawnFailed(f"fork failed: [Errno {exc.errno}] {exc.strerror}") from exc
-        if pid == 0:
-            _child(prep, ops, w, bound, gate_r)
-        try:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-            os.close(w)
-            w = -1
+            if blocked is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             deadline = time.monotonic() + timeout
             if after_fork is not None:
                 after_fork(pid)
-            report = _read_report(r, deadline, until_gate=before_exec is not None)
+            report = _read_report(r, deadline, until_gate=gated)
             if before_exec is not None and report == _AT_GATE:
                 before_exec(pid)
                 os.write(gate_w, _GO)
@@ -315,9 +323,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             _kill_and_reap(pid)
             raise
     finally:
-        for fd in (r, w, gate_r, gate_w):
-            if fd != -1:
-                os.close(fd)
+        for fd in set(opened):
+            os.close(fd)
     if report is None:
         _kill_and_reap(pid)
         raise StageFailed("exec", 0, f"the child did not reach exec within {timeout:g}s",
@@ -327,6 +334,157 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
         stage, err, detail = _parse_report(report)
         raise StageFailed(stage, err, detail, who=plan.account.name)
     return pid
+
+
+def _fork(prep: _Prepared, syscalls: Optional[Syscalls], gated: bool,
+          opened: list[int]) -> tuple[int, int, int, Any]:
+    """Fork the child now: (pid, report read end, gate write end or -1, the signal mask to
+    restore, which the caller restores once it is ready to kill the child on an error). The
+    parent's ends are added to OPENED as soon as they exist."""
+    ops = Syscalls.real() if syscalls is None else syscalls
+    _require_single_thread()
+    r, w = _report_pipe()
+    opened.append(r)
+    gate_r, gate_w = _report_pipe() if gated else (-1, -1)
+    if gate_w != -1:
+        opened.append(gate_w)
+    try:
+        bound = _fd_bound(max(w, gate_r, gate_w))
+        pid, blocked = _fork_blocked()
+        if pid == 0:
+            _child(prep, ops, w, bound, gate_r)
+    finally:
+        os.close(w)
+        if gate_r != -1:
+            os.close(gate_r)
+    return pid, r, gate_w, blocked
+
+
+def _fork_blocked() -> tuple[int, Any]:
+    """fork() with every signal blocked: (pid, the mask before), the child (pid 0) keeping
+    them blocked, the parent to restore the mask itself."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        return os.fork(), blocked
+    except OSError as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        raise SpawnFailed(f"fork failed: [Errno {exc.errno}] {exc.strerror}") from exc
+
+
+class Preforked:
+    """A child forked ahead of its plan (prefork()), waiting for it on a socket pair: the fork
+    of a large process, the costliest step of a start, then leaves the start's path. It holds
+    nothing but its end of the pair and the standard descriptors, with every signal blocked;
+    it runs nothing until a plan comes, and exits when its parent's end closes. Used once, by
+    spawn(); release() lets an unused one go."""
+
+    __slots__ = ("_sock", "pid")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self._sock: Optional[socket.socket] = sock
+
+    def take(self) -> Optional[tuple[int, socket.socket]]:
+        sock, self._sock = self._sock, None
+        return None if sock is None else (self.pid, sock)
+
+    def release(self) -> None:
+        """Close the parent's end, kill the child (it is idle, or was never sent a plan) and
+        reap it. Idempotent."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+            _kill_and_reap(self.pid)
+
+
+def prefork(syscalls: Optional[Syscalls] = None) -> Preforked:
+    """Fork the child of a later spawn() now, before its plan exists (the caller's idle time).
+    The child keeps SYSCALLS (default: the real calls, resolved here, before the fork)."""
+    ops = Syscalls.real() if syscalls is None else syscalls
+    _require_single_thread()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        ours, theirs = _above_stdio(ours), _above_stdio(theirs)
+        bound = _fd_bound(max(ours.fileno(), theirs.fileno()))
+        pid, blocked = _fork_blocked()
+        if pid == 0:
+            _await_plan(theirs.fileno(), ops, bound)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return Preforked(pid, ours)
+
+
+def _above_stdio(sock: socket.socket) -> socket.socket:
+    """SOCK, or a close-on-exec copy of it above 2 (as the report pipe: the child's dup2 onto
+    0/1/2 cannot clobber it)."""
+    if sock.fileno() > 2:
+        return sock
+    high = fcntl.fcntl(sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 3)
+    sock.close()
+    return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=high)
+
+
+def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[int, int]]:
+    """Send PREP, and the descriptors of its stdio, to the preforked child: (its pid, the
+    parent's end as the report and gate channel), or None when the child is gone (reaped)."""
+    i = prep.ident
+    lim = prep.limits
+    try:
+        body = marshal.dumps((
+            i.name, i.uid, i.gid, i.groups, i.darwin, prep.path, prep.argv, prep.env,
+            prep.home, prep.tty, tuple(int(n) for n in prep.signals), prep.chdir_warning,
+            lim.rlimits, lim.umask, lim.nice, prep.loginuid, gated))
+    except BaseException:
+        pre.release()
+        raise
+    data = len(body).to_bytes(4, "big") + body
+    taken = pre.take()
+    if taken is None:
+        return None
+    pid, sock = taken
+    try:
+        sent = socket.send_fds(sock, [data], list(prep.stdio))
+        if sent < len(data):
+            sock.sendall(data[sent:])
+    except OSError:
+        sock.close()
+        _kill_and_reap(pid)
+        return None
+    return pid, sock.detach()
+
+
+def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
+    """The preforked child: let go of everything but CHAN, wait for the plan, then run the
+    child's steps (_child) on it, reporting on CHAN and waiting there at the gate. Exits
+    without running anything when CHAN ends first."""
+    stage = "plan"
+    try:
+        os.closerange(3, chan)
+        os.closerange(chan + 1, bound)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=chan)
+        data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 3)
+        while 4 <= len(data) < 4 + int.from_bytes(data[:4], "big"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+        if len(data) < 4 or len(data) != 4 + int.from_bytes(data[:4], "big") or len(fds) != 3:
+            os._exit(_EXIT_FAILED)  # released (or a short plan): nothing runs
+        # From the parent, over a socket pair only the two processes hold; plain values only.
+        (name, uid, gid, groups, darwin, path, argv, env, home, tty, signals, warning,
+         rlimits, umask, nice, loginuid, gated) = marshal.loads(data[4:])  # noqa: S302
+        prep = _Prepared(Identity(name, uid, gid, tuple(groups), darwin), path, tuple(argv),
+                         env, home, (fds[0], fds[1], fds[2]), tty, tuple(signals), warning,
+                         ProcessLimits(tuple(rlimits), umask, nice), loginuid)
+        _child(prep, ops, chan, max(chan, *fds) + 4, chan if gated else -1)
+    except BaseException as exc:  # nothing may escape the child
+        _report(chan, stage, exc)
+    finally:
+        os._exit(_EXIT_FAILED)
 
 
 def describe_status(wait_status: int) -> dict[str, Optional[int]]:

@@ -155,9 +155,12 @@ def test_daemon_sigkilled_at_random_points(users: Users, ran_dir: str) -> None:
         held = []
 
         daemon_pid = d.proc.pid if d.proc is not None else -1
-        # The daemon and its one idle spare (no spare of a killed daemon stays behind).
+        # The daemon, its one idle spare and the process that spare forked ahead for its
+        # session's shell (no spare of a killed daemon, nor its process, stays behind).
         assert load.wait_until(lambda: sorted(_processes_of(d.config_path)) == sorted(
-            [daemon_pid, *load.spares_of(daemon_pid)]), 30), "a supervisor was left behind"
+            [daemon_pid, *(p for s in load.spares_of(daemon_pid)
+                           for p in (s, *load.all_children_of(s)))]), 30), \
+            "a supervisor was left behind"
         assert len(load.spares_of(daemon_pid)) == 1
         events = _events(d)
         allowed = (["session.requested", "session.started", "session.ended"],

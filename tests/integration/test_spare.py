@@ -3,12 +3,14 @@
 Real daemon, real accounts and shells in the isolated namespace. What is checked: one idle spare
 at a time, reachable by nothing but the daemon; a session it takes over runs exactly as one the
 daemon forks for itself; a spare that dies, is stopped or outlives its daemon never costs a
-session or stays behind.
+session or stays behind. Each spare forks its session's shell process ahead too: the shell is
+that process, one that died is replaced by a fork, and it never outlives its spare.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from agent.server import SPARE_NAME
 from tests.conftest import Users
 from tests.support import load
 from tests.support.daemon import DaemonProc, make_daemon, running
+from tests.support.procio import drain
 
 pytestmark = pytest.mark.privileged
 
@@ -80,6 +83,24 @@ def _unix_peers() -> dict[int, int]:
     return out
 
 
+def _preforked_of(spare: int, timeout: float = 10) -> list[int]:
+    """The spare's children: the process it forked ahead for its session's shell."""
+    assert load.wait_until(lambda: len(load.all_children_of(spare)) == 1, timeout)
+    return load.all_children_of(spare)
+
+
+def _read_all(fd: int) -> bytes:
+    (out,) = drain([fd])
+    return out
+
+
+def _fd_of(pid: int, inode: int) -> int:
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+            return int(fd)
+    raise AssertionError(f"no fd of {pid} is socket {inode}")
+
+
 def _gone(pid: int) -> bool:
     """PID has exited (a zombie its new parent has not reaped yet counts as gone)."""
     try:
@@ -113,12 +134,26 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
         assert int(fields[1]) == _pid(daemon)  # ppid: the daemon's child (it reaps it)
         assert int(fields[3]) == spare  # its own session
         assert int(fields[2]) == spare  # and process group
-        # One socket: connected, unnamed, and its peer is in the daemon. No listener, no
-        # client connection: nothing but the daemon can hand it anything.
-        (inode,) = _socket_inodes(spare)
-        peer = _unix_peers().get(inode)
-        assert peer is not None
-        assert peer in _socket_inodes(_pid(daemon))
+        # Two sockets, both connected and unnamed: one to the daemon, one to the next shell's
+        # process it forked ahead (its one child). No listener, no client connection: nothing
+        # but the daemon can hand it anything.
+        (child,) = _preforked_of(spare)
+        peers = _unix_peers()
+        mine = sorted(_socket_inodes(spare))
+        assert len(mine) == 2
+        assert sorted(peers.get(inode) in set(_socket_inodes(_pid(daemon))) for inode in mine) \
+            == [False, True]
+        # The child: root, in the spare's session, every signal blocked, holding only stdio and
+        # its end of the pair, whose peer is the spare's.
+        (theirs,) = _socket_inodes(child)
+        assert peers.get(theirs) in mine
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{child}/fd")) \
+            == [0, 1, 2, _fd_of(child, theirs)]
+        cst = _status(child)
+        assert cst["Uid"].split() == ["0"] * 4
+        standard = (1 << 31) - 1  # signals 1-31; KILL and STOP cannot be blocked
+        assert int(cst["SigBlk"], 16) & standard == standard & ~(1 << 8) & ~(1 << 18)
+        assert int(_stat(child)[3]) == spare
         assert load.spares_of(_pid(daemon)) == [spare]
         # (the session's supervisor is gone once it has recorded the end; the spare stays and
         # is not counted as a session)
@@ -131,9 +166,13 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
 def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
                                                               users: Users) -> None:
     spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
     sess = load.start(daemon.client, users.alice, "spare-held", "sleep 30")
     try:
         started = sess.info
+        # The session's shell is the process the spare forked ahead: no fork on the start's path.
+        assert started["pid"] == ahead
+        assert _status(ahead)["Uid"].split() == [str(pwd.getpwnam(users.alice).pw_uid)] * 4
         rec = next(r for r in daemon.client.sessions() if r["id"] == "spare-held")
         # The spare became the session's supervisor: listed under its pid, the daemon's
         # child, its process name back to the daemon's.
@@ -203,11 +242,42 @@ def test_a_spare_that_dies_is_replaced_and_sessions_still_start(daemon: DaemonPr
         assert daemon.events(sid) == ["session.requested", "session.started", "session.ended"]
 
 
+def test_a_process_forked_ahead_that_died_is_replaced_by_a_fork(daemon: DaemonProc,
+                                                                 users: Users) -> None:
+    spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
+    os.kill(ahead, signal.SIGKILL)
+    assert load.wait_until(lambda: _stat(ahead)[0] == "Z", 10)
+    sess = load.start(daemon.client, users.bob, "ahead-died", "echo ran")
+    try:
+        assert sess.info["pid"] != ahead
+        assert sess.stdout is not None
+        assert _read_all(sess.stdout) == b"ran\n"
+        assert sess.wait()["code"] == 0
+    finally:
+        sess.close()
+    assert not os.path.exists(f"/proc/{ahead}")  # reaped, not left a zombie
+    assert daemon.events("ahead-died") == ["session.requested", "session.started",
+                                           "session.ended"]
+
+
+def test_a_denied_start_lets_the_process_forked_ahead_go(daemon: DaemonProc,
+                                                         users: Users) -> None:
+    spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
+    with pytest.raises(AgentError):
+        _start(daemon, users.missing, "ahead-denied", "true")
+    assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)
+    assert daemon.events("ahead-denied") == ["session.requested", "session.denied"]
+
+
 def test_a_stopped_spare_exits_without_a_trace(daemon: DaemonProc, users: Users) -> None:
     spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
     audit_before = len(daemon.audit())
     os.kill(spare, signal.SIGTERM)
     assert load.wait_until(lambda: load.spares_of(_pid(daemon)) == [], 10)
+    assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)
     assert len(daemon.audit()) == audit_before
     assert not os.path.exists(daemon.state_dir) or os.listdir(daemon.state_dir) == []
     assert _start(daemon, users.bob, "after-term", "true")["code"] == 0
@@ -228,9 +298,11 @@ def test_the_spare_does_not_outlive_its_daemon(users: Users, how: int) -> None:
     try:
         sess = load.start(d.client, users.bob, "outlive", "sleep 30")
         spare = _spare(d)
+        (ahead,) = _preforked_of(spare)
         supervisor = load.children_of(_pid(d))
         assert d.stop(how) is not None
         assert load.wait_until(lambda: _gone(spare), 10)
+        assert load.wait_until(lambda: _gone(ahead), 10)
         # The session's supervisor lives on and still ends the session on record.
         assert supervisor
         assert not any(_gone(p) for p in supervisor)

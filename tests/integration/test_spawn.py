@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -29,6 +30,7 @@ from agent.errors import BadRequest, RootRefused, SpawnFailed
 from agent.platform.linux import Linux
 from agent.spawn import CHDIR_WARNING, SpawnPlan, StageFailed, Syscalls, describe_status, spawn
 from tests.conftest import Users, sh
+from tests.support import spawning
 from tests.support.procio import drain, wait_exit, write_all
 
 pytestmark = pytest.mark.privileged
@@ -39,6 +41,13 @@ ROOTHOME = "spawn-roothome"  # home exists but only root may enter it
 SHELL_VARS = {"PWD", "SHLVL", "_", "OLDPWD"}  # what the shells add themselves
 MARKERS = {"RUNAS_SPAWN_MARKER": "from-the-daemon", "LD_LIBRARY_PATH": "/nonexistent",
            "LD_PRELOAD": "/nonexistent", "PYTHONPATH": "/nonexistent"}
+
+
+@pytest.fixture(autouse=True, params=spawning.WAYS)
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the child forked by spawn() and with it forked ahead (prefork)."""
+    monkeypatch.setattr(sys.modules[__name__], "spawn", spawning.spawn_by(request.param))
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ must still wait for them, so the order of the gate, not who wins a race, decides
 
 import os
 import pwd
+import sys
 import time
 
 import pytest
@@ -17,9 +18,17 @@ from agent.errors import AuditFailed
 from agent.platform.linux import Linux
 from agent.spawn import SpawnPlan, spawn
 from tests.conftest import Users
+from tests.support import spawning
 from tests.support.procio import wait_exit
 
 pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture(autouse=True, params=spawning.WAYS)
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with the child forked by spawn() and with it forked ahead (prefork)."""
+    monkeypatch.setattr(sys.modules[__name__], "spawn", spawning.spawn_by(request.param))
+    return str(request.param)
 
 
 def _marker(name: str) -> str:
