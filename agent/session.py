@@ -375,21 +375,22 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         _become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
             cgroup = _open_cgroup(ctx, req.session_id, scope)
-        if pty is not None:
-            # Recorded before the shell runs, under this supervisor's pid (it lives exactly as
-            # long as the session), so `who` in the session already lists it.
-            requested.sync()
-            _login_record(ctx, os.getpid(), account, pty.slave_path)
         tty_path = pty.slave_path if pty is not None else None
+        logged_in: list[str] = []  # the tty whose login record is written
 
         def while_preparing(pid: int) -> None:
             # The shell's process joins the session's cgroup as soon as it exists, long before
             # it runs anything of the account's: the move (a cgroup migration, which can wait
-            # milliseconds in the kernel) overlaps the process's own preparation, as does the
-            # fsync of session.requested.
+            # milliseconds in the kernel) overlaps the process's own preparation, as do the
+            # fsync of session.requested and the login record.
             if cgroup is not None:
                 _adopt(cgroup, pid)
             requested.sync()
+            if tty_path is not None:
+                # Recorded before the shell runs, under this supervisor's pid (it lives exactly
+                # as long as the session), so `who` in the session already lists it.
+                logged_in.append(tty_path)
+                _login_record(ctx, os.getpid(), account, tty_path)
 
         def record_start(pid: int) -> None:
             _refuse_if_terminated(chan, sig)  # asked while the session was set up: run nothing
@@ -405,8 +406,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                               after_fork=while_preparing, before_exec=record_start,
                               preforked=ctx.preforked)
         except BaseException:
-            if pty is not None:
-                _logout_record(ctx, os.getpid(), pty.slave_path)
+            for tty in logged_in:
+                _logout_record(ctx, os.getpid(), tty)
             raise
     except BaseException:
         unclosed = set(child_fds) | set(client_fds) | set(relayed)

@@ -116,6 +116,14 @@ MUTANTS: tuple[Mutant, ...] = (
            "            os.closerange(low, keep)\n",
            "            pass\n",
            (f"{_SPAWN_IT}::test_only_stdio_is_open",)),
+    Mutant("process-forked-ahead-keeps-the-spares-fds", "agent/spawn.py",
+           "        os.closerange(chan + 1, bound)\n",
+           "        pass\n",
+           (f"{_SPAWN_IT}::test_only_stdio_is_open",)),
+    Mutant("process-forked-ahead-skips-the-gate", "agent/spawn.py",
+           "chan if gated else -1)",
+           "-1)",
+           ("tests/integration/test_spawn_gate.py",)),
     Mutant("chdir-as-root", "agent/spawn.py",
            '        become(ops, p.ident)\n'
            '        verify(ops, p.ident)\n'
