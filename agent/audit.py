@@ -34,10 +34,7 @@ class AuditLog:
         """Append one record, not yet durable: the caller makes it so with the returned
         Pending's sync() (its one fsync) before it acts on the record, and may do other work
         while the disk is not needed. Raises AuditFailed."""
-        rec: dict[str, Any] = {"ts": _now(), "event": event}
-        rec.update(fields)
-        # ASCII-only: no control or bidi characters from a request reach the log raw.
-        line = (json.dumps(rec, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
+        line = format_record(event, **fields)
         try:
             fd = self._open()
             try:
@@ -78,6 +75,14 @@ class AuditLog:
             return os.open(name, flags, 0o600, dir_fd=dfd)
         finally:
             os.close(dfd)
+
+
+def format_record(event: str, **fields: Any) -> bytes:
+    """One record's line: a JSON object with the time and EVENT first."""
+    rec: dict[str, Any] = {"ts": _now(), "event": event}
+    rec.update(fields)
+    # ASCII-only: no control or bidi characters from a request reach the log raw.
+    return (json.dumps(rec, separators=(",", ":"), ensure_ascii=True) + "\n").encode()
 
 
 class Pending:

@@ -591,6 +591,10 @@ class Daemon:
         os.setsid()
         name = _set_process_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
+        try:
+            session.rehearse(self.cfg, self.platform)
+        except Exception as exc:  # it only saves time: the session's own steps decide
+            self.log.warning("spare.rehearsal_failed", error=str(exc))
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone

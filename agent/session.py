@@ -135,6 +135,37 @@ def prewarm(sys_platform: str) -> None:
             pass
 
 
+def rehearse(cfg: Config, platform: Platform) -> None:
+    """In a spare supervisor, before its session arrives: run the start's steps that act on
+    nothing on made-up values (decode and check a start request, resolve root, which is
+    refused, build an environment, prepare a plan, format an audit record and a reply). A
+    forked process pays a copy-on-write fault for each page it first writes, and running
+    code writes the reference counts of what it uses; taken now, those faults leave the
+    start's path. Nothing is written, started or sent. Raises what those steps raise."""
+    from agent import environ, policy, spawn
+    from agent.accounts import Account
+    from agent.audit import format_record
+    from agent.resolve import resolve
+
+    request = {"v": protocol.VERSION, "type": "start", "session_id": "rehearsal",
+               "principal": {"arn": "arn:rehearsal", "tags": {policy.TAG_KEY: "root"}},
+               "preferences": {"run_as_enabled": True}, "command": "true", "env": {},
+               "terminal": {"term": "xterm", "rows": 24, "cols": 80}}
+    frames = protocol.FrameDecoder(cfg.limits.max_frame)
+    frames.push(protocol.encode({"peer": [1, 0, 0, [0]], "request": request, "pending": 0}))
+    head = frames.pop()
+    req = protocol.parse_request(head["request"] if head is not None else None)
+    if not isinstance(req, protocol.StartRequest):  # pragma: no cover - it is one
+        raise InternalError("the rehearsal's request is not a start")
+    resolve(cfg, platform, run_as_enabled=True, tags=req.principal.tags, default_user=None)
+    nobody = Account(PREWARM_NAME, 65534, 65534, "/", "/bin/sh", (65534,), "local")
+    environ.build_env(nobody, term="xterm", client_env={})
+    spawn.rehearse(nobody)
+    format_record("session.requested", session_id=req.session_id, principal="", peer_uid=0)
+    protocol.encode(protocol.reply("started", session_id=req.session_id, user="root", uid=0,
+                                   source="", pid=1, tty=None))
+
+
 def drain(fd: int) -> None:
     """Read a non-blocking fd until it is empty."""
     try:

@@ -336,6 +336,13 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     return pid
 
 
+def rehearse(account: Account) -> None:
+    """Prepare, and pack as for a process forked ahead, a plan for ACCOUNT (a made-up one
+    will do) without starting anything: see agent.session.rehearse. Raises what spawn would."""
+    prep = _prepare(SpawnPlan(account, "true", {"PATH": "/usr/bin:/bin"}, 0, 1, 2, tty=False))
+    _pack(prep, gated=True)
+
+
 def _fork(prep: _Prepared, syscalls: Optional[Syscalls], gated: bool,
           opened: list[int]) -> tuple[int, int, int, Any]:
     """Fork the child now: (pid, report read end, gate write end or -1, the signal mask to
@@ -431,17 +438,11 @@ def _above_stdio(sock: socket.socket) -> socket.socket:
 def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[int, int]]:
     """Send PREP, and the descriptors of its stdio, to the preforked child: (its pid, the
     parent's end as the report and gate channel), or None when the child is gone (reaped)."""
-    i = prep.ident
-    lim = prep.limits
     try:
-        body = marshal.dumps((
-            i.name, i.uid, i.gid, i.groups, i.darwin, prep.path, prep.argv, prep.env,
-            prep.home, prep.tty, tuple(int(n) for n in prep.signals), prep.chdir_warning,
-            lim.rlimits, lim.umask, lim.nice, prep.loginuid, gated))
+        data = _pack(prep, gated)
     except BaseException:
         pre.release()
         raise
-    data = len(body).to_bytes(4, "big") + body
     taken = pre.take()
     if taken is None:
         return None
@@ -455,6 +456,17 @@ def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[i
         _kill_and_reap(pid)
         return None
     return pid, sock.detach()
+
+
+def _pack(prep: _Prepared, gated: bool) -> bytes:
+    """PREP but its stdio (sent as descriptors) and GATED, length-prefixed, for _await_plan."""
+    i = prep.ident
+    lim = prep.limits
+    body = marshal.dumps((
+        i.name, i.uid, i.gid, i.groups, i.darwin, prep.path, prep.argv, prep.env, prep.home,
+        prep.tty, tuple(int(n) for n in prep.signals), prep.chdir_warning, lim.rlimits,
+        lim.umask, lim.nice, prep.loginuid, gated))
+    return len(body).to_bytes(4, "big") + body
 
 
 def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:

@@ -155,6 +155,8 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
         assert int(cst["SigBlk"], 16) & standard == standard & ~(1 << 8) & ~(1 << 18)
         assert int(_stat(child)[3]) == spare
         assert load.spares_of(_pid(daemon)) == [spare]
+        # Its rehearsal ran on this configuration without an error.
+        assert "spare.rehearsal_failed" not in daemon.log()
         # (the session's supervisor is gone once it has recorded the end; the spare stays and
         # is not counted as a session)
         assert load.wait_until(lambda: load.children_of(_pid(daemon)) == [], 10)
