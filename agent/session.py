@@ -91,6 +91,7 @@ class Started:
     cgroup: Optional[SessionCgroup] = None  # end mode `all` where cgroups are usable
     recorder: Optional[recording.Recorder] = None  # recording on: the session's recording
     io_relay: Optional[relay.Relay] = None  # recording on: the supervisor relays the I/O
+    unlisted: Optional[AgentError] = None  # why the session could not be listed (it then ends)
 
 
 class Signals:
@@ -430,12 +431,22 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
                              source=source, pid=pid, tty=tty_path)
 
+        unlisted: list[AgentError] = []
+
+        def list_session(pid: int) -> None:
+            # Listed, counted and terminable from now on, while the shell's exec completes. A
+            # failure ends the session once it is supervised (_Supervision.run).
+            try:
+                _publish(ctx, req, account, source, shell_pid=pid, tty=tty_path)
+            except AgentError as exc:
+                unlisted.append(exc)
+
         try:
             pid = spawn.spawn(spawn.SpawnPlan(account, command, env, *child_fds,
                                               tty=pty is not None, limits=limits,
                                               loginuid=loginuid),
                               after_fork=while_preparing, before_exec=record_start,
-                              preforked=ctx.preforked)
+                              after_go=list_session, preforked=ctx.preforked)
         except BaseException:
             for tty in logged_in:
                 _logout_record(ctx, os.getpid(), tty)
@@ -462,11 +473,25 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         os.close(fd)
     if relay_ is not None:
         client_fds = relayed
+    why = unlisted[0] if unlisted else None
     if pty is not None:
         return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
-                       typed_profile, cgroup, recorder, relay_)
+                       typed_profile, cgroup, recorder, relay_, why)
     return Started(account, source, pid, None, None, client_fds, pam, b"", cgroup, recorder,
-                   relay_)
+                   relay_, why)
+
+
+def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source: str, *,
+             shell_pid: int, tty: Optional[str]) -> None:
+    """The session's registry record, as started (raises InternalError)."""
+    from agent.registry import process_start_time
+
+    ctx.registry.publish({
+        "id": req.session_id, "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+        "shell_pid": shell_pid, "user": account.name, "uid": account.uid, "source": source,
+        "principal": req.principal.arn, "started_at": iso_now(), "tty": tty,
+        "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
+    })
 
 
 def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,
@@ -690,17 +715,9 @@ class _Supervision:
         self.rec_reported = False  # a recording stop or failure is on record
 
     def run(self) -> int:
-        from agent.registry import process_start_time
-
         st = self.st
-        # Listed, counted and terminable from now on (raises InternalError: the session ends).
-        self.ctx.registry.publish({
-            "id": self.req.session_id, "pid": os.getpid(),
-            "pid_start": process_start_time(os.getpid()), "shell_pid": st.pid,
-            "user": st.account.name, "uid": st.account.uid, "source": st.source,
-            "principal": self.req.principal.arn, "started_at": iso_now(), "tty": st.slave_path,
-            "command": self.req.command, "peer_uid": self.ctx.peer.uid, "state": "started",
-        })
+        if st.unlisted is not None:  # the session is not in the registry: it ends
+            raise st.unlisted
         if st.profile and st.master is not None:
             # Typed before the client can type anything; by a child, so a full terminal buffer
             # never blocks the supervisor.

@@ -270,6 +270,7 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
           syscalls: Optional[Syscalls] = None,
           after_fork: Optional[Callable[[int], None]] = None,
           before_exec: Optional[Callable[[int], None]] = None,
+          after_go: Optional[Callable[[int], None]] = None,
           preforked: Optional[Preforked] = None) -> int:
     """Start PLAN's process; return its pid (leader of a new session and process group).
 
@@ -285,6 +286,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     made durable: nothing runs unrecorded). AFTER_FORK(pid), if given, runs in the parent right
     after the fork, while the child prepares itself (work that may overlap the child's: an
     fsync, a move to another cgroup); if it raises, the child is killed in the same way.
+    AFTER_GO(pid), if given (with BEFORE_EXEC), runs once the child is let through the gate,
+    while it execs: work that needs the session under way and need not hold it back.
 
     PREFORKED (from prefork()), if given, is the child: it is sent the plan instead of a fork
     being made now, and runs the same steps with the syscalls given to prefork(). spawn takes
@@ -316,6 +319,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             if before_exec is not None and report == _AT_GATE:
                 before_exec(pid)
                 os.write(gate_w, _GO)
+                if after_go is not None:
+                    after_go(pid)
                 report = _read_report(r, deadline)
             elif before_exec is not None and report == b"":
                 report = b"gate\x000\x00the child ended before it was ready to exec"

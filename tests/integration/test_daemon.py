@@ -19,6 +19,7 @@ import pytest
 
 from agent.errors import AgentError
 from tests.conftest import Users, sh
+from tests.support import load
 from tests.support.daemon import (
     MARKERS,
     DaemonProc,
@@ -434,6 +435,47 @@ def test_the_daemon_refuses_a_socket_directory_others_could_write(
     assert f"{sock_dir}: must be a directory owned by root and not writable by group or " \
         "others" in out
     assert os.listdir(sock_dir) == []
+
+
+def _running(uid: int, cmdline: bytes) -> list[int]:
+    """The processes of real uid UID whose command line is CMDLINE."""
+    found = []
+    for name in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{name}/status") as fh:
+                real = next(x for x in fh if x.startswith("Uid:")).split()[1]
+            with open(f"/proc/{name}/cmdline", "rb") as fh:
+                argv = fh.read().rstrip(b"\0")
+        except (OSError, ValueError, StopIteration):
+            continue
+        if real == str(uid) and argv == cmdline:
+            found.append(int(name))
+    return found
+
+
+def test_a_session_that_cannot_be_listed_ends_on_record(users: Users) -> None:
+    """The registry takes the claim (one page of a one-page tmpfs) but not the started record
+    (a second file): the session, started and on record, ends at once as internal_error."""
+    d = make_daemon()
+    os.makedirs(d.state_dir, mode=0o700, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", "size=4k,mode=0700", "tmpfs", d.state_dir)
+    d.start()
+    try:
+        with pytest.raises(AgentError) as info:
+            d.client.start(session_id="unlisted", principal_arn="a", tags={TAG: users.alice},
+                           run_as_enabled=True, command="sleep 30")
+        assert info.value.reason == "internal_error"
+        assert d.events("unlisted") == ["session.requested", "session.started",
+                                        "session.ended"]
+        ended = [r for r in d.audit() if r.get("session_id") == "unlisted"][-1]
+        assert ended["reason"] == "internal_error"
+        # (unlisted by its supervisor just after the error frame)
+        assert load.wait_until(lambda: os.listdir(d.state_dir) == [], 10)
+        uid = pwd.getpwnam(users.alice).pw_uid
+        assert load.wait_until(lambda: not _running(uid, b"sleep\x0030"), 10)
+    finally:
+        d.stop()
+        sh("umount", d.state_dir)
 
 
 @pytest.mark.parametrize(("mode", "user_owned"), UNSAFE_DIRS)

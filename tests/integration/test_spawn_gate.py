@@ -147,3 +147,23 @@ def test_a_failing_after_fork_means_nothing_runs(users: Users) -> None:
     assert gates == []  # the gate was never reached
     time.sleep(0.2)
     assert not os.path.exists(marker), "the command ran although AFTER_FORK failed"
+
+
+def test_after_go_runs_once_the_gate_opened_and_only_then(users: Users) -> None:
+    """AFTER_GO (listing the session) runs after BEFORE_EXEC let the child through, while it
+    execs; when BEFORE_EXEC refuses, it never runs."""
+    order: list[tuple[str, int]] = []
+    pid = spawn(_plan(users.alice, "true"),
+                before_exec=lambda p: order.append(("gate", p)),
+                after_go=lambda p: order.append(("go", p)))
+    assert wait_exit(pid, 10) == 0
+    assert order == [("gate", pid), ("go", pid)]
+
+    went: list[int] = []
+
+    def refuse(_pid: int) -> None:
+        raise AuditFailed("no space left for session.started")
+
+    with pytest.raises(AuditFailed):
+        spawn(_plan(users.alice, "true"), before_exec=refuse, after_go=went.append)
+    assert went == []
