@@ -171,9 +171,12 @@ class Daemon:
             else:
                 self._readable(sel, key.data)
         except Exception as exc:
-            self.log.exception("connection.failed", error=str(exc))
-            if isinstance(key.data, _Conn):
-                self._close(sel, key.data)
+            self._failed(sel, key.data, exc)
+
+    def _failed(self, sel: selectors.BaseSelector, data: Any, exc: Exception) -> None:
+        self.log.exception("connection.failed", error=str(exc))
+        if isinstance(data, _Conn):
+            self._close(sel, data)
 
     # -- signals ----------------------------------------------------------------------------
 
@@ -281,6 +284,12 @@ class Daemon:
                          protocol.FrameDecoder(self.cfg.limits.max_frame))
             self._conns[sock.fileno()] = conn
             sel.register(sock, selectors.EVENT_READ, conn)
+            # A client sends its request as soon as it is connected: read it now, not a turn of
+            # the loop later (when nothing is there yet, the loop reads it once it comes).
+            try:
+                self._readable(sel, conn)
+            except Exception as exc:
+                self._failed(sel, conn, exc)
 
     def _resume_accepting(self, sel: selectors.BaseSelector) -> None:
         if self._accept_paused_until and time.monotonic() >= self._accept_paused_until:
