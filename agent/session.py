@@ -24,7 +24,7 @@ from dataclasses import dataclass
 # recording and relay are imported with this module, so the daemon's import of the supervisor's
 # modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
 # does not pay for their import.
-from agent import protocol, recording, relay, values
+from agent import asciicast, protocol, recording, relay, values
 from agent.errors import (
     AgentError,
     AuditFailed,
@@ -352,7 +352,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     pty = None
     pam: Any = None
     cgroup: Optional[SessionCgroup] = None
-    recorder: Optional[recording.Recorder] = None
+    slot: Optional[_RecordingSlot] = None  # recording on: the recording, once created
     relay_: Optional[relay.Relay] = None
     relayed: tuple[int, ...] = ()  # the relay's fds for the client
     child_fds: tuple[int, ...] = ()
@@ -394,13 +394,12 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             typed_profile = (profile.rstrip("\n") + "\n").encode()
         term = req.terminal.term if req.terminal is not None else None
         env = environ.build_env(account, term=term, client_env=req.env, extra=extra)
-        # The recording exists (its header written) before the shell runs.
+        # With recording on, the supervisor relays the session's I/O; the recording itself is
+        # created (its header written) while the shell's process prepares itself, before the
+        # shell runs and before the relay moves a byte.
         if ctx.cfg.recording.enabled:
-            requested.sync()
-        recorder = _open_recording(ctx, req, account, base=base)
-        if recorder is not None:
-            relay_, relayed = _relay(recorder, pty.master if pty is not None else None,
-                                     client_fds)
+            slot = _RecordingSlot()
+            relay_, relayed = _relay(slot, pty.master if pty is not None else None, client_fds)
         # Every process the session starts ends as a child or descendant of this supervisor,
         # so their exits wake it (SIGCHLD) and it reaps them: the end is reported as soon as
         # they are gone, whatever init does with orphans. End mode `all` also kills them.
@@ -418,6 +417,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             if cgroup is not None:
                 _adopt(cgroup, pid)
             requested.sync()
+            if slot is not None:
+                slot.recorder = _open_recording(ctx, req, account, base=base)
             if tty_path is not None:
                 # Recorded before the shell runs, under this supervisor's pid (it lives exactly
                 # as long as the session), so `who` in the session already lists it.
@@ -458,9 +459,9 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
             relay_.close()
         for fd in unclosed:
             os.close(fd)
-        if recorder is not None:  # no session ran: its recording would record nothing
-            recorder.close_now()
-            _unlink(recorder.path)
+        if slot is not None and slot.recorder is not None:  # no session ran: nothing recorded
+            slot.recorder.close_now()
+            _unlink(slot.recorder.path)
         if cgroup is not None:
             _remove_cgroup(cgroup)
         if pam is not None:
@@ -474,6 +475,7 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
     if relay_ is not None:
         client_fds = relayed
     why = unlisted[0] if unlisted else None
+    recorder = slot.recorder if slot is not None else None
     if pty is not None:
         return Started(account, source, pid, pty.master, pty.slave_path, client_fds, pam,
                        typed_profile, cgroup, recorder, relay_, why)
@@ -519,7 +521,25 @@ def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, 
         return None
 
 
-def _relay(rec: recording.Recorder, master: Optional[int],
+class _RecordingSlot:
+    """What the relay records into, set up before the recording exists (it is created while
+    the shell's process prepares itself, before the relay moves a byte): the recording once
+    there; nothing, with the I/O passing, when it could not be created and the session may
+    go on unrecorded (recording.on_failure `continue`)."""
+
+    __slots__ = ("recorder",)
+
+    def __init__(self) -> None:
+        self.recorder: Optional[recording.Recorder] = None
+
+    def output(self, data: bytes, stream: object = asciicast.OUTPUT) -> bool:
+        return True if self.recorder is None else self.recorder.output(data, stream)
+
+    def input(self, data: bytes) -> bool:
+        return True if self.recorder is None else self.recorder.input(data)
+
+
+def _relay(rec: _RecordingSlot, master: Optional[int],
            client_fds: tuple[int, ...]) -> tuple[relay.Relay, tuple[int, ...]]:
     """Put the supervisor between the client and the session: the client gets the relay's fds
     in place of CLIENT_FDS (which the relay holds, or, for a PTY, the supervisor keeps)."""
