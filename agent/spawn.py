@@ -288,8 +288,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
 
     PREFORKED (from prefork()), if given, is the child: it is sent the plan instead of a fork
     being made now, and runs the same steps with the syscalls given to prefork(). spawn takes
-    it over: used, or released when the plan is refused; one that is gone is replaced by a
-    fork."""
+    it over: used, or released when the plan is refused; one that is gone, or stopped (killed
+    and reaped), is replaced by a fork."""
     try:
         prep = _prepare(plan)
     except BaseException:
@@ -299,7 +299,7 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     gated = before_exec is not None
     opened: list[int] = []  # the parent's ends of the report and gate channels
     try:
-        got = _hand_plan(preforked, prep, gated) if preforked is not None else None
+        got = _hand_plan(preforked, prep, gated, timeout) if preforked is not None else None
         if got is not None:
             pid, r = got
             opened.append(r)
@@ -428,9 +428,11 @@ def _above_stdio(sock: socket.socket) -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=high)
 
 
-def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[int, int]]:
+def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool,
+               timeout: float) -> Optional[tuple[int, int]]:
     """Send PREP, and the descriptors of its stdio, to the preforked child: (its pid, the
-    parent's end as the report and gate channel), or None when the child is gone (reaped)."""
+    parent's end as the report and gate channel), or None when the child cannot take it: gone
+    (reaped), or stopped or not reading it within TIMEOUT seconds (killed and reaped)."""
     i = prep.ident
     lim = prep.limits
     try:
@@ -446,15 +448,35 @@ def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[i
     if taken is None:
         return None
     pid, sock = taken
+    if not _waiting(pid):
+        sock.close()
+        return None
     try:
+        sock.settimeout(timeout)  # a child stopped since never reads a plan its buffer lacks
         sent = socket.send_fds(sock, [data], list(prep.stdio))
         if sent < len(data):
             sock.sendall(data[sent:])
+        sock.settimeout(None)
     except OSError:
         sock.close()
         _kill_and_reap(pid)
         return None
     return pid, sock.detach()
+
+
+def _waiting(pid: int) -> bool:
+    """Whether the preforked child PID still waits for its plan: neither ended nor stopped (a
+    stopped one would never read it). One that stopped is killed and reaped; one that ended is
+    reaped by this check. A child reaped before is never signalled: its pid may be reused."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+    except ChildProcessError:
+        return False
+    if got == 0:
+        return True
+    if os.WIFSTOPPED(status):
+        _kill_and_reap(pid)
+    return False
 
 
 def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
@@ -477,6 +499,15 @@ def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
         # From the parent, over a socket pair only the two processes hold; plain values only.
         (name, uid, gid, groups, darwin, path, argv, env, home, tty, signals, warning,
          rlimits, umask, nice, loginuid, gated) = marshal.loads(data[4:])  # noqa: S302
+        # What was sent to this process while it waited is pending (blocked, a signal is kept
+        # even where its disposition ignores it) but was sent to no session's process: setting
+        # each disposition to ignore discards it, so the steps start without any, as a child
+        # forked now would (fork clears pending signals).
+        for signum in signals:
+            try:
+                signal.signal(signum, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass  # signals the C library reserves for itself
         prep = _Prepared(Identity(name, uid, gid, tuple(groups), darwin), path, tuple(argv),
                          env, home, (fds[0], fds[1], fds[2]), tty, tuple(signals), warning,
                          ProcessLimits(tuple(rlimits), umask, nice), loginuid)
