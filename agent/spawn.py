@@ -27,6 +27,7 @@ child. The child ends in execve or os._exit, whatever happens.
 from __future__ import annotations
 
 import fcntl
+import gc
 import marshal
 import os
 import select
@@ -291,8 +292,8 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
 
     PREFORKED (from prefork()), if given, is the child: it is sent the plan instead of a fork
     being made now, and runs the same steps with the syscalls given to prefork(). spawn takes
-    it over: used, or released when the plan is refused; one that is gone is replaced by a
-    fork."""
+    it over: used, or released when the plan is refused; one that is gone, or stopped (killed
+    and reaped), is replaced by a fork."""
     try:
         prep = _prepare(plan)
     except BaseException:
@@ -302,7 +303,7 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
     gated = before_exec is not None
     opened: list[int] = []  # the parent's ends of the report and gate channels
     try:
-        got = _hand_plan(preforked, prep, gated) if preforked is not None else None
+        got = _hand_plan(preforked, prep, gated, timeout) if preforked is not None else None
         if got is not None:
             pid, r = got
             opened.append(r)
@@ -440,9 +441,11 @@ def _above_stdio(sock: socket.socket) -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=high)
 
 
-def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[int, int]]:
+def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool,
+               timeout: float) -> Optional[tuple[int, int]]:
     """Send PREP, and the descriptors of its stdio, to the preforked child: (its pid, the
-    parent's end as the report and gate channel), or None when the child is gone (reaped)."""
+    parent's end as the report and gate channel), or None when the child cannot take it: gone
+    (reaped), or stopped or not reading it within TIMEOUT seconds (killed and reaped)."""
     try:
         data = _pack(prep, gated)
     except BaseException:
@@ -452,10 +455,15 @@ def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool) -> Optional[tuple[i
     if taken is None:
         return None
     pid, sock = taken
+    if not _waiting(pid):
+        sock.close()
+        return None
     try:
+        sock.settimeout(timeout)  # a child stopped since never reads a plan its buffer lacks
         sent = socket.send_fds(sock, [data], list(prep.stdio))
         if sent < len(data):
             sock.sendall(data[sent:])
+        sock.settimeout(None)
     except OSError:
         sock.close()
         _kill_and_reap(pid)
@@ -474,12 +482,30 @@ def _pack(prep: _Prepared, gated: bool) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
+def _waiting(pid: int) -> bool:
+    """Whether the preforked child PID still waits for its plan: neither ended nor stopped (a
+    stopped one would never read it). One that stopped is killed and reaped; one that ended is
+    reaped by this check. A child reaped before is never signalled: its pid may be reused."""
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+    except ChildProcessError:
+        return False
+    if got == 0:
+        return True
+    if os.WIFSTOPPED(status):
+        _kill_and_reap(pid)
+    return False
+
+
 def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
     """The preforked child: let go of everything but CHAN, wait for the plan, then run the
     child's steps (_child) on it, reporting on CHAN and waiting there at the gate. Exits
     without running anything when CHAN ends first."""
     stage = "plan"
     try:
+        # No collection may run a finalizer of an object whose descriptor was closed here: it
+        # would close or write a number the session's stdio reuses.
+        gc.disable()
         os.closerange(3, chan)
         os.closerange(chan + 1, bound)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=chan)
@@ -494,6 +520,15 @@ def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
         # From the parent, over a socket pair only the two processes hold; plain values only.
         (name, uid, gid, groups, darwin, path, argv, env, home, tty, signals, warning,
          rlimits, umask, nice, loginuid, gated) = marshal.loads(data[4:])  # noqa: S302
+        # What was sent to this process while it waited is pending (blocked, a signal is kept
+        # even where its disposition ignores it) but was sent to no session's process: setting
+        # each disposition to ignore discards it, so the steps start without any, as a child
+        # forked now would (fork clears pending signals).
+        for signum in signals:
+            try:
+                signal.signal(signum, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass  # signals the C library reserves for itself
         prep = _Prepared(Identity(name, uid, gid, tuple(groups), darwin), path, tuple(argv),
                          env, home, (fds[0], fds[1], fds[2]), tty, tuple(signals), warning,
                          ProcessLimits(tuple(rlimits), umask, nice), loginuid)

@@ -263,6 +263,52 @@ def test_a_process_forked_ahead_that_died_is_replaced_by_a_fork(daemon: DaemonPr
                                            "session.ended"]
 
 
+def test_a_process_forked_ahead_that_was_stopped_is_replaced_by_a_fork(daemon: DaemonProc,
+                                                                       users: Users) -> None:
+    """A stopped process never reads its plan: the start must not wait on it (and fail), but
+    fork the shell's process as if none had been forked ahead, and let the stopped one go."""
+    spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
+    os.kill(ahead, signal.SIGSTOP)
+    assert load.wait_until(lambda: _stat(ahead)[0] == "T", 10)
+    sess = load.start(daemon.client, users.bob, "ahead-stopped", "echo ran")
+    try:
+        assert sess.info["pid"] != ahead
+        assert sess.stdout is not None
+        assert _read_all(sess.stdout) == b"ran\n"
+        assert sess.wait()["code"] == 0
+    finally:
+        sess.close()
+    assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)  # killed, reaped
+    assert daemon.events("ahead-stopped") == ["session.requested", "session.started",
+                                              "session.ended"]
+
+
+def test_signals_the_process_forked_ahead_got_while_waiting_never_reach_its_session(
+        daemon: DaemonProc, users: Users) -> None:
+    """Signals sent to the waiting process (blocked there, so kept pending even where its
+    disposition was to ignore them) were sent before it was any session's: the session starts
+    without them, as a process forked at the start would."""
+    spare = _spare(daemon)
+    (ahead,) = _preforked_of(spare)
+    sent = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGRTMIN + 2)
+    for signum in sent:
+        os.kill(ahead, signum)
+    want = sum(1 << (s - 1) for s in sent)
+    assert load.wait_until(lambda: int(_status(ahead)["ShdPnd"], 16) & want == want, 10)
+    sess = load.start(daemon.client, users.bob, "ahead-signalled",
+                      "grep -E '^(SigPnd|ShdPnd):' /proc/$$/status")
+    try:
+        assert sess.info["pid"] == ahead  # that process is the shell, and it ran
+        assert sess.stdout is not None
+        assert _read_all(sess.stdout) == b"SigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n"
+        assert sess.wait()["code"] == 0
+    finally:
+        sess.close()
+    assert daemon.events("ahead-signalled") == ["session.requested", "session.started",
+                                                "session.ended"]
+
+
 def test_a_denied_start_lets_the_process_forked_ahead_go(daemon: DaemonProc,
                                                          users: Users) -> None:
     spare = _spare(daemon)
