@@ -179,7 +179,8 @@ def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
         # The spare became the session's supervisor: listed under its pid, the daemon's
         # child, its process name back to the daemon's.
         assert rec["pid"] == spare
-        assert load.children_of(_pid(daemon)) == [spare]
+        # (the next spare, just forked, has the daemon's name until it renames itself)
+        assert load.wait_until(lambda: load.children_of(_pid(daemon)) == [spare], 10)
         assert _status(spare)["Name"] != SPARE_NAME
         assert started["user"] == users.alice
         # The connection it was handed is close-on-exec, as accept() makes it.
