@@ -600,10 +600,11 @@ class Daemon:
         os.setsid()
         name = _set_process_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
-        try:
-            session.rehearse(self.cfg, self.platform)
-        except Exception as exc:  # it only saves time: the session's own steps decide
-            self.log.warning("spare.rehearsal_failed", error=str(exc))
+        if not _pending(chan):  # with a session waiting already, there is no time to save
+            try:
+                session.rehearse(self.cfg, self.platform)
+            except Exception as exc:  # it only saves time: the session's own steps decide
+                self.log.warning("spare.rehearsal_failed", error=str(exc))
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
@@ -749,6 +750,15 @@ def _await_handover(chan: socket.socket, sig: Any) -> Optional[
             sock.close()
         return None
     return sock, peer, request, decoder
+
+
+def _pending(chan: socket.socket) -> bool:
+    """Whether CHAN has something to read now."""
+    import select
+
+    poller = select.poll()
+    poller.register(chan, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _prefork(log: Any) -> Any:
