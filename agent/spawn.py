@@ -22,6 +22,11 @@ values only, in this order (design §5):
 A failure before exec reaches the parent through a close-on-exec pipe (EOF with no data: the
 exec happened) and is raised as SpawnFailed naming the stage and errno; the parent reaps that
 child. The child ends in execve or os._exit, whatever happens.
+
+The child may also be forked ahead (prefork(), in a spare supervisor's idle time): it then waits
+with every signal blocked, holding only stdio and one end of a socket pair, until spawn() sends
+it the prepared plan and the stdio descriptors; the steps above then run in the same order, the
+socket pair serving as the report pipe and the gate.
 """
 
 from __future__ import annotations
