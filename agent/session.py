@@ -433,12 +433,14 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                              source=source, pid=pid, tty=tty_path)
 
         unlisted: list[AgentError] = []
+        listed: list[bool] = []
 
         def list_session(pid: int) -> None:
             # Listed, counted and terminable from now on, while the shell's exec completes. A
             # failure ends the session once it is supervised (_Supervision.run).
             try:
                 _publish(ctx, req, account, source, shell_pid=pid, tty=tty_path)
+                listed.append(True)
             except AgentError as exc:
                 unlisted.append(exc)
 
@@ -449,6 +451,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                               after_fork=while_preparing, before_exec=record_start,
                               after_go=list_session, preforked=ctx.preforked)
         except BaseException:
+            if listed:  # the exec failed: unlisted first, before the refusal's clean-up
+                _withdraw(ctx, req)
             for tty in logged_in:
                 _logout_record(ctx, os.getpid(), tty)
             raise
@@ -494,6 +498,14 @@ def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source:
         "principal": req.principal.arn, "started_at": iso_now(), "tty": tty,
         "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
     })
+
+
+def _withdraw(ctx: Context, req: protocol.StartRequest) -> None:
+    """Unlist a session refused after it was listed; it keeps its id until it is refused."""
+    try:
+        ctx.registry.withdraw(req.session_id, os.getpid(), ctx.peer.uid)
+    except AgentError as exc:
+        _warn(f"session {req.session_id} stays listed until it is refused: {exc}")
 
 
 def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,
