@@ -6,12 +6,18 @@ for real: real accounts, the real daemon, a real PAM stack in the test namespace
   the start did (the PAM session's close among them, which a module may make take seconds):
   all that time `sessions` listed as running a session that was refused, with the pid of a
   shell that never ran. A start refused after it was listed is unlisted first.
+- The process that is to become the shell waits at the exec gate as the account already, so
+  any process of the account may kill it there. The supervisor's word to go on then failed
+  (EPIPE) with an error no step expects: the supervisor died on it, the client got no answer,
+  and the audit log kept `session.started` without any end. A child gone at the gate is a
+  failed spawn like any other.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +26,14 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.errors import AgentError
+from agent import accounts
+from agent.config import PolicyConfig
+from agent.environ import build_env
+from agent.errors import AgentError, SpawnFailed
+from agent.platform.linux import Linux
+from agent.spawn import SpawnPlan
 from tests.conftest import Users, sh
+from tests.support import spawning
 from tests.support.daemon import REPO, DaemonProc, running
 
 pytestmark = pytest.mark.privileged
@@ -90,3 +102,39 @@ def test_a_start_refused_after_its_exec_failed_is_never_listed(slow_close: Daemo
     assert took >= float(CLOSE_SLOW[1]) - 0.25, took
     assert d.wait_event("exec-fails", "session.denied")["reason"] == "spawn_failed"
     assert not listed, f"a refused start was listed as a running session: {listed[0]}"
+
+
+@pytest.mark.parametrize("way", spawning.WAYS)
+def test_a_child_the_account_kills_at_the_gate_is_a_failed_spawn(users: Users, way: str) -> None:
+    acct = accounts.require(users.alice, PolicyConfig(), Linux())
+    null = os.open("/dev/null", os.O_RDWR)
+    plan = SpawnPlan(acct, "true", build_env(acct, term=None, client_env={}), null, null, null,
+                     tty=False)
+    went: list[int] = []
+
+    def killed_by_the_account(pid: int) -> None:
+        # The account's own process kills the child waiting at the gate (it may: same uid).
+        uid = str(acct.uid)
+        subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                        "kill", "-KILL", str(pid)], check=True)
+        deadline = time.monotonic() + 10
+        while _state(pid) not in ("Z", None):
+            assert time.monotonic() < deadline, "the child did not die"
+            time.sleep(0.01)
+
+    try:
+        with pytest.raises(SpawnFailed):
+            spawning.spawn_by(way)(plan, before_exec=killed_by_the_account,
+                                   after_go=went.append)
+    finally:
+        os.close(null)
+    assert went == [], "the session was listed although its child was gone at the gate"
+
+
+def _state(pid: int) -> Any:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except FileNotFoundError:
+        return None
+    return stat[stat.rindex(b")") + 2:].split()[0].decode()
