@@ -138,3 +138,83 @@ def _state(pid: int) -> Any:
     except FileNotFoundError:
         return None
     return stat[stat.rindex(b")") + 2:].split()[0].decode()
+
+
+# -- what a peer sends with its request, read as the connection is accepted ----------------------
+
+
+def _frames(*msgs: dict[str, Any]) -> bytes:
+    from agent import protocol
+
+    return b"".join(protocol.encode(m) for m in msgs)
+
+
+def _reply(sock: Any) -> dict[str, Any]:
+    from agent import protocol
+
+    dec = protocol.FrameDecoder()
+    sock.settimeout(30)
+    while True:
+        data = sock.recv(65536)
+        assert data, "the daemon closed the connection without a reply"
+        dec.push(data)
+        msg = dec.pop()
+        if msg is not None:
+            return msg
+
+
+@pytest.mark.parametrize("split", ["one_write", "byte_by_byte"])
+def test_a_start_sent_with_its_terminate_runs_nothing(users: Users, split: str) -> None:
+    """A start and a terminate frame behind it, in the same write or trickled a byte at a
+    time: the session is refused `terminated`, its command never runs."""
+    import socket
+
+    from agent import protocol
+
+    marker = f"/var/lib/runas-test/attk-start-term-{split}"
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    os.chmod(os.path.dirname(marker), 0o1777)
+    if os.path.exists(marker):
+        os.unlink(marker)
+    sid = f"start-term-{split.replace('_', '-')}"
+    start = {"v": protocol.VERSION, "type": "start", "session_id": sid,
+             "principal": {"arn": "arn:x", "tags": {TAG: users.bob}},
+             "preferences": {"run_as_enabled": True}, "command": f"touch {marker}",
+             "env": {}, "terminal": None}
+    data = _frames(start, {"v": protocol.VERSION, "type": "terminate"},
+                   {"v": protocol.VERSION, "type": "resize", "rows": 5, "cols": 5})
+    with running() as d:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(d.socket)
+            if split == "one_write":
+                sock.sendall(data)
+            else:
+                for i in range(len(data)):
+                    sock.sendall(data[i:i + 1])
+            got = _reply(sock)
+        finally:
+            sock.close()
+        assert got.get("reason") == "terminated", got
+        assert d.wait_event(sid, "session.denied")["reason"] == "terminated"
+        assert "session.started" not in d.events(sid)
+        assert not os.path.exists(marker)
+
+
+def test_a_list_with_a_frame_behind_it_is_refused(users: Users) -> None:
+    import socket
+
+    from agent import protocol
+
+    with running() as d:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(d.socket)
+            sock.sendall(_frames({"v": protocol.VERSION, "type": "list"},
+                                 {"v": protocol.VERSION, "type": "ping"}))
+            got = _reply(sock)
+        finally:
+            sock.close()
+        assert got.get("reason") == "bad_request", got
+        assert "one request per connection" in got["message"], got
+        assert d.client.ping()["type"] == "pong"
