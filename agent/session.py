@@ -451,10 +451,12 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                               after_fork=while_preparing, before_exec=record_start,
                               after_go=list_session, preforked=ctx.preforked)
         except BaseException:
-            if listed:  # the exec failed: unlisted first, before the refusal's clean-up
-                _withdraw(ctx, req)
-            for tty in logged_in:
-                _logout_record(ctx, os.getpid(), tty)
+            try:
+                if listed:  # the exec failed: unlisted first, before the refusal's clean-up
+                    _withdraw(ctx, req)
+            finally:
+                for tty in logged_in:
+                    _logout_record(ctx, os.getpid(), tty)
             raise
     except BaseException:
         unclosed = set(child_fds) | set(client_fds) | set(relayed)
