@@ -11,6 +11,11 @@ for real: real accounts, the real daemon, a real PAM stack in the test namespace
   (EPIPE) with an error no step expects: the supervisor died on it, the client got no answer,
   and the audit log kept `session.started` without any end. A child gone at the gate is a
   failed spawn like any other.
+- The supervisor looked for a `terminate` only before it wrote `session.started`, then let the
+  shell through the gate: a terminate sent while that record was being made (an fsync, a lock
+  another writer of the audit log holds) was applied only once the shell ran, so the command
+  it was sent to stop ran anyway. The terminate is looked for again once the record is made:
+  the start is refused `terminated`, and the record of a start that never ran is ended.
 """
 
 from __future__ import annotations
@@ -218,3 +223,87 @@ def test_a_list_with_a_frame_behind_it_is_refused(users: Users) -> None:
         assert got.get("reason") == "bad_request", got
         assert "one request per connection" in got["message"], got
         assert d.client.ping()["type"] == "pong"
+
+
+# -- a terminate sent while session.started is being recorded ------------------------------------
+
+PAM_SLOW = ("/bin/sleep", "1.75")  # the session stage's time, during which the test takes the lock
+
+
+def _flock_waiters(path: str) -> int:
+    ino = os.stat(path).st_ino
+    with open("/proc/locks") as fh:
+        return sum(1 for line in fh if "-> FLOCK" in line and f":{ino} " in line)
+
+
+@pytest.fixture
+def slow_open(users: Users) -> Iterator[DaemonProc]:
+    with open(SERVICE_FILE) as fh:
+        service = fh.read()
+    with open("/etc/pam.d/runas-agent", "w") as fh:
+        fh.write(service
+                 + "session [success=1 default=ignore] pam_succeed_if.so quiet user != "
+                 + f"{users.bob}\n"
+                 + f"session required pam_exec.so type=open_session {' '.join(PAM_SLOW)}\n")
+    try:
+        with running({"session": {"pam": True}}) as d:
+            yield d
+    finally:
+        subprocess.run(["setpriv", f"--reuid={pwd.getpwnam(users.bob).pw_uid}",
+                        f"--regid={pwd.getpwnam(users.bob).pw_gid}", "--clear-groups",
+                        "kill", "-9", "-1"], capture_output=True)
+        os.unlink("/etc/pam.d/runas-agent")
+
+
+def test_a_terminate_sent_while_the_start_is_recorded_runs_nothing(slow_open: DaemonProc,
+                                                                   users: Users) -> None:
+    """The audit log's lock is held (as another writer holds it while it appends) when the
+    supervisor comes to record session.started; the client's terminate arrives meanwhile,
+    before the shell was let through: the session is refused `terminated`, nothing runs."""
+    import fcntl
+    import socket
+
+    from agent import protocol
+
+    d = slow_open
+    marker = "/var/lib/runas-test/attk-term-while-recorded"
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    os.chmod(os.path.dirname(marker), 0o1777)
+    if os.path.exists(marker):
+        os.unlink(marker)
+    sid = "term-while-recorded"
+    start = {"v": protocol.VERSION, "type": "start", "session_id": sid,
+             "principal": {"arn": "arn:x", "tags": {TAG: users.bob}},
+             "preferences": {"run_as_enabled": True}, "command": f"touch {marker}",
+             "env": {}, "terminal": None}
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lock = -1
+    try:
+        sock.connect(d.socket)
+        sock.sendall(protocol.encode(start))
+        deadline = time.monotonic() + 20
+        while not any(tuple(p.info["cmdline"] or ()) == PAM_SLOW
+                      for p in psutil.process_iter(["cmdline"])):
+            assert time.monotonic() < deadline, "the session stage never ran"
+            time.sleep(0.02)
+        lock = os.open(d.audit_path, os.O_RDONLY)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        while not _flock_waiters(d.audit_path):  # the supervisor, recording session.started
+            assert time.monotonic() < deadline, "the supervisor never came to the record"
+            time.sleep(0.02)
+        sock.sendall(protocol.encode({"v": protocol.VERSION, "type": "terminate"}))
+        time.sleep(0.2)  # (the frame is there before the lock is let go)
+        os.close(lock)
+        lock = -1
+        got = _reply(sock)
+    finally:
+        if lock != -1:
+            os.close(lock)
+        sock.close()
+    assert got.get("reason") == "terminated", got
+    time.sleep(0.5)
+    assert not os.path.exists(marker), "the command ran although it was terminated first"
+    # session.started was on record when the terminate was seen: its end is on record too.
+    ended = d.wait_event(sid, "session.ended")
+    assert ended["reason"] == "terminated", ended
+    assert d.events(sid) == ["session.requested", "session.started", "session.ended"]
