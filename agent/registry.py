@@ -94,6 +94,12 @@ def _kern_proc_pid(pid: int) -> bytes:
     return buf.raw[:size.value]
 
 
+def _starting(session_id: str, pid: int, peer_uid: Optional[int]) -> dict[str, Any]:
+    """The record of a session that PID has claimed and not yet started."""
+    return {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
+            "state": "starting", "peer_uid": peer_uid}
+
+
 @dataclass(frozen=True)
 class Registry:
     directory: str
@@ -124,8 +130,7 @@ class Registry:
         """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it.
         The record appears complete or not at all (written aside, then linked into place).
         PEER_UID (who asked for the session) lets that peer terminate it while it starts."""
-        record = {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
-                  "state": "starting", "peer_uid": peer_uid}
+        record = _starting(session_id, pid, peer_uid)
         try:
             self._ensure_dir()
             tmp = self._write_temp(record)
@@ -157,6 +162,11 @@ class Registry:
         except OSError as exc:
             raise InternalError(f"cannot record session {record['id']!r} in {self.directory}: "
                                 f"{exc.strerror or exc}") from exc
+
+    def withdraw(self, session_id: str, pid: int, peer_uid: Optional[int] = None) -> None:
+        """Put the session's record back as claimed (PID keeps SESSION_ID, no longer listed):
+        for a start refused after it was published (raises InternalError)."""
+        self.publish(_starting(session_id, pid, peer_uid))
 
     def remove(self, session_id: str) -> None:
         try:

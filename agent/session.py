@@ -274,6 +274,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
     user: Optional[str] = None
     uid: Optional[int] = None
     source: Optional[str] = None
+    on_record: list[bool] = []  # session.started is on record, and the shell never ran
     try:
         ctx.registry.claim(req.session_id, os.getpid(), ctx.peer.uid)
         claimed = True
@@ -283,18 +284,23 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         if sig.terminate or chan.terminate_held():
             raise Terminated("the session was terminated before its shell started")
         started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
-                         requested=requested)
+                         requested=requested, on_record=on_record)
     except AgentError as exc:
         if ctx.preforked is not None:  # unused: the start never reached spawn
             ctx.preforked.release()
         if claimed:
             ctx.registry.remove(req.session_id)
+        event = "session.ended" if on_record else "session.denied"
         try:
             requested.sync()
-            ctx.audit.record("session.denied", **base, user=user, uid=uid, source=source,
-                             reason=exc.reason)
+            if on_record:  # a started session's record ends: the shell never ran
+                ctx.audit.record(event, **base, user=user, uid=uid, source=source,
+                                 reason=exc.reason, exit_status={"code": None, "signal": None})
+            else:
+                ctx.audit.record(event, **base, user=user, uid=uid, source=source,
+                                 reason=exc.reason)
         except AuditFailed as audit_exc:
-            _warn(f"session.denied not recorded: {audit_exc}")
+            _warn(f"{event} not recorded: {audit_exc}")
         _reply_error(conn, exc)
         return 1
 
@@ -341,7 +347,8 @@ def _shell_profile(req: protocol.StartRequest, ctx: Context) -> str:
 
 
 def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: str, *,
-           base: dict[str, Any], chan: Channel, sig: Signals, requested: Pending) -> Started:
+           base: dict[str, Any], chan: Channel, sig: Signals, requested: Pending,
+           on_record: list[bool]) -> Started:
     """Open the session's I/O, PAM, and start the shell. Cleans up after itself on failure.
     REQUESTED (`session.requested`) is made durable before PAM, the recording or the login
     record, and at the latest while the shell's process prepares itself; `session.started` is
@@ -431,14 +438,23 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                 _join_scope(scope, pid, pam.pid)
             ctx.audit.record("session.started", **base, user=account.name, uid=account.uid,
                              source=source, pid=pid, tty=tty_path)
+            # ... and while it was recorded (an fsync, a lock another writer of the log holds):
+            # the shell is not let through then either. Its record ends (ON_RECORD).
+            try:
+                _refuse_if_terminated(chan, sig)
+            except Terminated:
+                on_record.append(True)
+                raise
 
         unlisted: list[AgentError] = []
+        listed: list[bool] = []
 
         def list_session(pid: int) -> None:
             # Listed, counted and terminable from now on, while the shell's exec completes. A
             # failure ends the session once it is supervised (_Supervision.run).
             try:
                 _publish(ctx, req, account, source, shell_pid=pid, tty=tty_path)
+                listed.append(True)
             except AgentError as exc:
                 unlisted.append(exc)
 
@@ -449,8 +465,12 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
                               after_fork=while_preparing, before_exec=record_start,
                               after_go=list_session, preforked=ctx.preforked)
         except BaseException:
-            for tty in logged_in:
-                _logout_record(ctx, os.getpid(), tty)
+            try:
+                if listed:  # the exec failed: unlisted first, before the refusal's clean-up
+                    _withdraw(ctx, req)
+            finally:
+                for tty in logged_in:
+                    _logout_record(ctx, os.getpid(), tty)
             raise
     except BaseException:
         unclosed = set(child_fds) | set(client_fds) | set(relayed)
@@ -494,6 +514,14 @@ def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source:
         "principal": req.principal.arn, "started_at": iso_now(), "tty": tty,
         "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
     })
+
+
+def _withdraw(ctx: Context, req: protocol.StartRequest) -> None:
+    """Unlist a session refused after it was listed; it keeps its id until it is refused."""
+    try:
+        ctx.registry.withdraw(req.session_id, os.getpid(), ctx.peer.uid)
+    except AgentError as exc:
+        _warn(f"session {req.session_id} stays listed until it is refused: {exc}")
 
 
 def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, *,

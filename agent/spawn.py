@@ -324,7 +324,7 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             report = _read_report(r, deadline, until_gate=gated)
             if before_exec is not None and report == _AT_GATE:
                 before_exec(pid)
-                os.write(gate_w, _GO)
+                _open_gate(gate_w, plan.account.name)
                 if after_go is not None:
                     after_go(pid)
                 report = _read_report(r, deadline)
@@ -692,6 +692,16 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
     except ChildProcessError:
         pass  # reaped already (SIGCHLD ignored, or a handler waited for it)
+
+
+def _open_gate(gate_w: int, who: str) -> None:
+    """Let the child at the gate exec. It waits there as the account already, so any process
+    of the account may have killed it: StageFailed("gate") then (it is killed and reaped)."""
+    try:
+        os.write(gate_w, _GO)
+    except OSError as exc:
+        raise StageFailed("gate", exc.errno or 0, "the child ended at the exec gate",
+                          who=who) from None
 
 
 def _kill_and_reap(pid: int) -> None:

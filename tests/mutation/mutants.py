@@ -34,8 +34,8 @@ _DROP_ORDER = f"{_SPAWN_UT}::test_linux_drop_order_groups_then_gid_then_uid_and_
 MUTANTS: tuple[Mutant, ...] = (
     # -- nothing runs unrecorded -----------------------------------------------------------------
     Mutant("gate-opens-before-the-record", "agent/spawn.py",
-           "before_exec(pid)\n                os.write(gate_w, _GO)\n",
-           "os.write(gate_w, _GO)\n                before_exec(pid)\n",
+           "before_exec(pid)\n                _open_gate(gate_w, plan.account.name)\n",
+           "_open_gate(gate_w, plan.account.name)\n                before_exec(pid)\n",
            ("tests/integration/test_spawn_gate.py",)),
     Mutant("audit-record-not-fsynced", "agent/audit.py",
            "                full_fsync(fd)\n",
