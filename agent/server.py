@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from agent import protocol
+from agent import procname, protocol
 from agent.errors import (
     AgentError,
     BadRequest,
@@ -73,7 +73,7 @@ LIST_COMMAND_MAX = 1024  # `list` shows at most this much of a session's command
 ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 HANDOVER_TIMEOUT = 2.0  # seconds a handover to the spare supervisor may take
 SPARE_EXIT_WAIT = 1.0  # seconds a stopping daemon waits for its spare to exit
-SPARE_NAME = "runas-spare"  # an idle spare's process name (ps, /proc/PID/comm; Linux)
+SPARE_NAME = procname.SPARE  # an idle spare's process name (ps, /proc/PID/comm; Linux)
 HANDOVER_MAX = 1 << 24  # the largest handover frame a spare accepts
 
 
@@ -443,28 +443,37 @@ class Daemon:
         if not signal_process(int(rec["pid"]), rec.get("pid_start"), signal.SIGTERM):
             raise SessionNotFound(f"no live session {session_id!r} on this node")
 
-    def _live_sessions(self) -> list[Optional[int]]:
+    def _live_sessions(self, *, exact: bool = False) -> list[Optional[int]]:
         """The peer uid of every live session (None: a record that does not say).
         O(sessions started elsewhere) system calls, not O(all live sessions): reading every
         record on each start cost 60 ms per start with 1000 live sessions (bench/run,
-        docs/performance.md)."""
+        docs/performance.md). EXACT (at a limit): also read each supervisor's name, and leave
+        out those whose session has ended but which have not exited yet."""
         from agent.registry import process_start_time
 
         for pid, (start, _owner) in list(self._foreign.items()):
             if pid in self._children or process_start_time(pid) != start:
                 del self._foreign[pid]
-        return [*self._children.values(), *(owner for _start, owner in self._foreign.values())]
+        children = [owner for pid, owner in self._children.items()
+                    if not exact or procname.name_of(pid, self.sys_platform) != procname.ENDED]
+        return [*children, *(owner for _start, owner in self._foreign.values())]
 
     def _start(self, sel: selectors.BaseSelector, conn: _Conn, req: protocol.StartRequest) -> None:
         limit = self.cfg.session.max_sessions
+        share = self.cfg.session.peer_share()
+        uid = conn.peer.uid
         owners = self._live_sessions()
+        if len(owners) >= limit or (uid != 0 and owners.count(uid) >= share):
+            # A supervisor whose session has ended is not a live session, whether the loop has
+            # reaped it yet or not: its client may have its exit status and be starting the
+            # next one already.
+            self._reap()
+            owners = self._live_sessions(exact=True)
         if len(owners) >= limit:
             exc = LimitReached(f"the node's limit of {limit} live sessions is reached")
             self._audit_denied(conn, req, exc)
             raise exc
         # One peer cannot take every session: the same rule as for connections, root excepted.
-        share = self.cfg.session.peer_share()
-        uid = conn.peer.uid
         if uid != 0 and owners.count(uid) >= share:
             self.log.warning("session.peer_limit_reached", peer_uid=uid, share=share)
             exc = LimitReached(f"uid {uid} already has {share} live sessions; try again later")
@@ -598,7 +607,7 @@ class Daemon:
         self._release_inherited(sel)
         sig = session.Signals()
         os.setsid()
-        name = _set_process_name(SPARE_NAME, self.sys_platform)
+        name = procname.set_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
         if not _pending(chan):  # with a session waiting already, there is no time to save
             try:
@@ -612,7 +621,7 @@ class Daemon:
                 preforked.release()
             return 0
         sock, peer, msg, decoder = got
-        _set_process_name(name, self.sys_platform)
+        procname.set_name(name, self.sys_platform)
         try:
             # The daemon parsed the same object with the same code: this cannot fail.
             req = protocol.parse_request(msg)
@@ -771,20 +780,6 @@ def _prefork(log: Any) -> Any:
     except AgentError as exc:
         log.warning("spare.prefork_failed", error=str(exc))
         return None
-
-
-def _set_process_name(name: str, sys_platform: str) -> str:
-    """Set this process's name (/proc/self/comm on Linux); returns the previous one."""
-    if sys_platform != "linux":
-        return name
-    try:
-        with open("/proc/self/comm", "r+") as fh:
-            old = fh.read().rstrip("\n")
-            fh.seek(0)
-            fh.write(name)
-        return old
-    except OSError:
-        return name
 
 
 def _keep_paths(new: Config, old: Config) -> Config:

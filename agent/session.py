@@ -24,7 +24,7 @@ from dataclasses import dataclass
 # recording and relay are imported with this module, so the daemon's import of the supervisor's
 # modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
 # does not pay for their import.
-from agent import asciicast, protocol, recording, relay, values
+from agent import asciicast, procname, protocol, recording, relay, values
 from agent.errors import (
     AgentError,
     AuditFailed,
@@ -301,6 +301,7 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
                                  reason=exc.reason)
         except AuditFailed as audit_exc:
             _warn(f"{event} not recorded: {audit_exc}")
+        procname.set_name(procname.ENDED, ctx.sys_platform)  # no live session (see end())
         _reply_error(conn, exc)
         return 1
 
@@ -976,6 +977,9 @@ class _Supervision:
                                   exit_status=exit_status, **recorded)
         except AuditFailed as exc:
             _warn(f"session.ended not recorded: {exc}")
+        # Over: not counted as a live session from now on, though this process lives a moment
+        # longer (its client may start the next session as soon as it has the exit status).
+        procname.set_name(procname.ENDED, self.ctx.sys_platform)
         if notify and reason != "hangup":
             msg = (protocol.reply("exit", session_id=self.req.session_id, reason=reason,
                                   **exit_status) if self.announced else

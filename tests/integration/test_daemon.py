@@ -585,6 +585,35 @@ def test_max_sessions_limit(users: Users) -> None:
             s.close()
 
 
+def test_a_session_over_frees_its_place_at_once(users: Users) -> None:
+    """With max_sessions 1, each start right after the previous session's exit status (or a
+    denial) gets the place, though that supervisor may not have exited yet; a live session
+    still holds it, whatever account the next start is for."""
+    with running({"session": {"max_sessions": 1}}) as d:
+        for i in range(40):
+            sess = d.client.start(session_id=f"row-{i}", principal_arn="a",
+                                  tags={TAG: users.bob}, run_as_enabled=True, command="true")
+            assert sess.wait()["code"] == 0
+            sess.close()
+            if i % 10 == 0:
+                with pytest.raises(AgentError) as denied:
+                    d.client.start(session_id=f"row-{i}-denied", principal_arn="a",
+                                   tags={TAG: "root"}, run_as_enabled=True, command="true")
+                assert denied.value.reason != "limit_reached"
+        held = d.client.start(session_id="row-held", principal_arn="a", tags={TAG: users.bob},
+                              run_as_enabled=True, command="sleep 30")
+        try:
+            for account in (users.bob, users.alice):
+                with pytest.raises(AgentError) as info:
+                    d.client.start(session_id=f"row-over-{account}", principal_arn="a",
+                                   tags={TAG: account}, run_as_enabled=True, command="true")
+                assert info.value.reason == "limit_reached"
+        finally:
+            held.terminate()
+            held.wait()
+            held.close()
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
