@@ -529,7 +529,7 @@ def _open_recording(ctx: Context, req: protocol.StartRequest, account: Account, 
                     base: dict[str, Any]) -> Optional[recording.Recorder]:
     """The session's recording, when recording is on. Raises RecordingFailed when it cannot be
     created and recording.on_failure is `end`; with `continue`, records the failure and returns
-    None (the session runs unrecorded, its I/O handed over directly)."""
+    None (the session runs unrecorded, its I/O through the relay all the same)."""
     cfg = ctx.cfg.recording
     if not cfg.enabled:
         return None
