@@ -801,7 +801,8 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
                groups: Optional[Sequence[int]] = None, timeout: float = OPEN_TIMEOUT,
                wake: int = -1, cancelled: Optional[Callable[[], None]] = None,
                lib: Optional[Libpam] = None,
-               before: Optional[Callable[[], None]] = None) -> Opened:
+               before: Optional[Callable[[], None]] = None,
+               ahead: Optional[LoginAhead] = None) -> Opened:
     """`login()` in a process of its own, forked here: the caller's limits, umask, nice value,
     groups, loginuid and cgroup stay as they are, whatever the session stage does. The process
     keeps the handle until `Opened.close()` (or until the caller dies: the pipe it waits on
@@ -817,37 +818,33 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
     LIB: libpam as `prewarm` loaded it in an ancestor (None: the PAM process loads it).
     BEFORE(), when given, runs here while the PAM process prepares itself (its descriptors,
     signals); the PAM process calls nothing of libpam until BEFORE has returned. If BEFORE
-    raises, the PAM process is killed (PAM never ran) and the error propagates."""
+    raises, the PAM process is killed (PAM never ran) and the error propagates.
+
+    AHEAD (prefork_login()), if given, is the PAM process: sent what to open instead of a fork
+    being made now (open_login takes it over; one that is gone or stopped is replaced by a
+    fork). It uses the LIB it was forked with."""
     import json
 
-    report_r, report_w = os.pipe()
-    try:
-        control_r, control_w = os.pipe()
-    except OSError:
-        os.close(report_r)
-        os.close(report_w)
-        raise
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in (report_r, report_w, control_r, control_w):
-            os.close(fd)
-        raise PamFailed(f"could not start the PAM process: {exc.strerror}") from exc
-    if pid == 0:
-        _pam_process(report_w, control_r, service, user, gid, tty=tty, ruser=ruser,
-                     rhost=rhost, groups=groups, lib=lib, gated=before is not None)
-    os.close(report_w)
-    os.close(control_r)
+    taken = _take(ahead) if ahead is not None else None
+    if taken is not None:
+        pid, report_r, control_w = taken
+        word = _params(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups)
+    else:
+        pid, report_r, control_w = _fork_login(
+            lib, gated=before is not None,
+            params=(service, user, gid, tty, ruser, rhost, groups))
+        word = _GO
     process = PamProcess(pid, control_w)
-    if before is not None:
+    if before is not None or taken is not None:
         try:
-            before()
+            if before is not None:
+                before()
         except BaseException:
             process.kill()  # waiting for the word to begin: PAM has not run
             os.close(report_r)
             raise
         try:
-            os.write(control_w, _GO)
+            _write_all(control_w, word)
         except OSError:
             pass  # it has ended: no report comes, which is reported below
     try:
@@ -874,6 +871,120 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
                             f"({type(exc).__name__}: {exc})") from exc
         raise
     return opened
+
+
+def _fork_login(lib: Optional[Libpam], *, gated: bool, params: Optional[tuple[Any, ...]]
+                ) -> tuple[int, int, int]:
+    """Fork the PAM process: (pid, the report's read end, the control pipe's write end).
+    PARAMS None: forked ahead, it waits for them on the control pipe."""
+    report_r, report_w = os.pipe()
+    try:
+        control_r, control_w = os.pipe()
+    except OSError:
+        os.close(report_r)
+        os.close(report_w)
+        raise
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in (report_r, report_w, control_r, control_w):
+            os.close(fd)
+        raise PamFailed(f"could not start the PAM process: {exc.strerror}") from exc
+    if pid == 0:
+        _pam_process(report_w, control_r, params, lib=lib, gated=gated)
+    os.close(report_w)
+    os.close(control_r)
+    return pid, report_r, control_w
+
+
+class LoginAhead:
+    """A PAM process forked ahead of its login (prefork_login()): it has set itself up (its
+    descriptors, signals, its loginuid and cgroup read) and calls nothing of libpam until it is
+    sent what to open. Used once, by open_login(); release() lets an unused one go."""
+
+    __slots__ = ("_fds", "pid")
+
+    def __init__(self, pid: int, report_r: int, control_w: int) -> None:
+        self.pid = pid
+        self._fds: Optional[tuple[int, int]] = (report_r, control_w)
+
+    def take(self) -> Optional[tuple[int, int, int]]:
+        fds, self._fds = self._fds, None
+        return None if fds is None else (self.pid, *fds)
+
+    def release(self) -> None:
+        """Close its pipes (it exits at their end: PAM never began), and reap it. Idempotent."""
+        fds, self._fds = self._fds, None
+        if fds is not None:
+            for fd in fds:
+                os.close(fd)
+            _kill_idle(self.pid)
+
+
+def prefork_login(lib: Optional[Libpam]) -> LoginAhead:
+    """Fork the PAM process of a later open_login() now, before its account is known."""
+    return LoginAhead(*_fork_login(lib, gated=True, params=None))
+
+
+def _take(ahead: LoginAhead) -> Optional[tuple[int, int, int]]:
+    """AHEAD's process and pipes, if it still waits (neither ended nor stopped; one that
+    stopped is killed and reaped, one that ended is reaped), else None."""
+    taken = ahead.take()
+    if taken is None:
+        return None
+    pid, report_r, control_w = taken
+    try:
+        got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+    except ChildProcessError:
+        got, status = pid, 0
+    if got == 0:
+        return taken
+    os.close(report_r)
+    os.close(control_w)
+    if os.WIFSTOPPED(status):
+        _kill_idle(pid)
+    return None
+
+
+def _kill_idle(pid: int) -> None:
+    """Kill and reap PID, a PAM process forked ahead that has started nothing (PAM never
+    began in it)."""
+    import signal
+
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _params(service: str, user: str, gid: int, *, tty: Optional[str], ruser: Optional[str],
+            rhost: Optional[str], groups: Optional[Sequence[int]]) -> bytes:
+    """What a PAM process forked ahead is to open, length-prefixed (its word to begin)."""
+    import json
+
+    body = json.dumps([service, user, gid, tty, ruser, rhost,
+                       None if groups is None else list(groups)]).encode()
+    return len(body).to_bytes(4, "big") + body
+
+
+def _read_params(fd: int) -> Optional[tuple[Any, ...]]:
+    """In a PAM process forked ahead: what to open, or None at the pipe's end (let go)."""
+    import json
+
+    data = b""
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        data += chunk
+    if len(data) != 4 + int.from_bytes(data[:4], "big"):
+        return None
+    service, user, gid, tty, ruser, rhost, groups = json.loads(data[4:])
+    return service, user, gid, tty, ruser, rhost, groups
 
 
 def _read_report(fd: int, timeout: float, wake: int,
@@ -971,13 +1082,12 @@ def _own_cgroup() -> Optional[str]:
     return cgroup.own_path(cgroup.V2)
 
 
-def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: int, *,
-                 tty: Optional[str], ruser: Optional[str], rhost: Optional[str],
-                 groups: Optional[Sequence[int]], lib: Optional[Libpam] = None,
-                 gated: bool = False) -> NoReturn:
-    """The forked PAM process: (GATED: wait for the word to begin; EOF ends it) open the
-    session, report, wait for the word (or EOF), close it, exit. Holds none of its parent's
-    descriptors but stdin, stdout, stderr and its pipes."""
+def _pam_process(report_w: int, control_r: int, params: Optional[tuple[Any, ...]], *,
+                 lib: Optional[Libpam] = None, gated: bool = False) -> NoReturn:
+    """The forked PAM process: (GATED: wait for the word to begin, which is PARAMS when they
+    are None, as for a process forked ahead; EOF ends it) open the session of PARAMS (service,
+    user, gid, tty, ruser, rhost, groups), report, wait for the word (or EOF), close it, exit.
+    Holds none of its parent's descriptors but stdin, stdout, stderr and its pipes."""
     code = 2
     try:
         import gc
@@ -991,8 +1101,13 @@ def _pam_process(report_w: int, control_r: int, service: str, user: str, gid: in
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # pam_exec and the like wait for theirs
         _close_all_but((0, 1, 2, report_w, control_r))
         loginuid, cgroup = _read_loginuid(), _own_cgroup()
-        if gated and os.read(control_r, 1) != _GO:
+        if params is None:
+            params = _read_params(control_r)
+            if params is None:
+                os._exit(0)  # let go before PAM began: there is nothing to end
+        elif gated and os.read(control_r, 1) != _GO:
             os._exit(0)  # given up before PAM began: there is nothing to end
+        service, user, gid, tty, ruser, rhost, groups = params
         try:
             got = login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost, groups=groups,
                         lib=lib)

@@ -609,6 +609,7 @@ class Daemon:
         os.setsid()
         name = procname.set_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
+        pam_ahead = self._prefork_pam()
         if not _pending(chan):  # with a session waiting already, there is no time to save
             try:
                 session.rehearse(self.cfg, self.platform)
@@ -617,8 +618,9 @@ class Daemon:
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
-            if preforked is not None:
-                preforked.release()
+            for ahead in (preforked, pam_ahead):
+                if ahead is not None:
+                    ahead.release()
             return 0
         sock, peer, msg, decoder = got
         procname.set_name(name, self.sys_platform)
@@ -628,14 +630,30 @@ class Daemon:
             if not isinstance(req, protocol.StartRequest):
                 raise BadRequest("a spare supervisor runs start requests only")
         except AgentError as exc:
-            if preforked is not None:
-                preforked.release()
+            for ahead in (preforked, pam_ahead):
+                if ahead is not None:
+                    ahead.release()
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
                               self.sys_platform, self.cgroups, self.log, self._pam_lib,
-                              preforked)
+                              preforked, pam_ahead)
         return session.run(sock, req, ctx, sig, decoder)
+
+    def _prefork_pam(self) -> Any:
+        """In a spare: the next session's PAM process, forked while the spare waits, when
+        sessions go through PAM (else, or when that fails, None: the session forks its own)."""
+        from agent import pam
+
+        service = self.cfg.session.pam_service
+        try:
+            if self._pam_lib is None or not pam.wanted(self.cfg.session.pam, service,
+                                                        sys_platform=self.sys_platform):
+                return None
+            return pam.prefork_login(self._pam_lib)
+        except AgentError as exc:
+            self.log.warning("spare.prefork_failed", error=str(exc))
+            return None
 
     def _release_inherited(self, sel: selectors.BaseSelector) -> None:
         """In a forked supervisor: let go of the daemon's listener, wake-up pipe, selector and

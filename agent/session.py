@@ -76,6 +76,7 @@ class Context:
     log: Any = None  # the daemon's structured logger (None: plain lines on stderr)
     pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
     preforked: Any = None  # agent.spawn.Preforked: the shell's process, forked ahead, or None
+    pam_ahead: Any = None  # agent.pam.LoginAhead: the PAM process, forked ahead, or None
 
 
 @dataclass(frozen=True)
@@ -286,8 +287,9 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
                          requested=requested, on_record=on_record)
     except AgentError as exc:
-        if ctx.preforked is not None:  # unused: the start never reached spawn
-            ctx.preforked.release()
+        for ahead in (ctx.preforked, ctx.pam_ahead):  # unused: the start never reached them
+            if ahead is not None:
+                ahead.release()
         if claimed:
             ctx.registry.remove(req.session_id)
         event = "session.ended" if on_record else "session.denied"
@@ -603,11 +605,13 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
+        if ctx.pam_ahead is not None:
+            ctx.pam_ahead.release()
         return None
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
                           groups=account.groups, wake=sig.wake_r,
                           cancelled=lambda: _refuse_if_terminated(chan, sig), lib=ctx.pam_lib,
-                          before=before)
+                          before=before, ahead=ctx.pam_ahead)
 
 
 def _refuse_if_terminated(chan: Channel, sig: Signals) -> None:

@@ -246,3 +246,77 @@ def test_a_start_given_up_while_the_pam_process_prepares_runs_no_pam(
         for path in ("/etc/pam.d/runas-agent", GATE_SCRIPT, GATE_MARK):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def _spare_children(d: DaemonProc, want: int = 2) -> list[int]:
+    """The daemon's idle spare's children (the shell's and the PAM process, forked ahead)."""
+    from tests.support import load
+
+    assert d.proc is not None
+    daemon_pid = d.proc.pid
+
+    def ready() -> bool:
+        spares = load.spares_of(daemon_pid)
+        return len(spares) == 1 and len(load.all_children_of(spares[0])) == want
+
+    assert load.wait_until(ready, 10), load.all_children_of(daemon_pid)
+    (spare,) = load.spares_of(daemon_pid)
+    return sorted(load.all_children_of(spare))
+
+
+def _blocked(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        return int(next(x for x in fh if x.startswith("SigBlk:")).split()[1], 16)
+
+
+def test_the_pam_process_is_the_one_the_spare_forked_ahead(daemon: DaemonProc,
+                                                           users: Users) -> None:
+    ahead = _spare_children(daemon)
+    (pam_ahead,) = [p for p in ahead if _blocked(p) == 0]  # the shell's blocks every signal
+    # Idle: root, holding stdio and its two pipes only, PAM not begun.
+    fds = os.listdir(f"/proc/{pam_ahead}/fd")
+    assert sorted(int(f) for f in fds)[:3] == [0, 1, 2]
+    assert len(fds) == 5
+    assert all(os.readlink(f"/proc/{pam_ahead}/fd/{f}").startswith("pipe:")
+               for f in fds if int(f) > 2)
+    assert psutil.Process(pam_ahead).uids().real == 0
+    sess = daemon.client.start(session_id="pam-ahead", principal_arn="arn:aws:iam::1:role/A",
+                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-ahead"]
+        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
+        assert sorted([pam_process, record["shell_pid"]]) == ahead
+    finally:
+        sess.close()
+    ended = daemon.wait_event("pam-ahead", "session.ended")
+    assert ended["pam_closed"] is True
+
+
+def test_a_pam_process_forked_ahead_that_died_is_replaced(daemon: DaemonProc,
+                                                          users: Users) -> None:
+    (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
+    os.kill(pam_ahead, signal.SIGKILL)
+    sess = daemon.client.start(session_id="pam-ahead-died", principal_arn="arn:aws:iam::1:role/A",
+                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+    finally:
+        sess.close()
+    ended = daemon.wait_event("pam-ahead-died", "session.ended")
+    assert ended["pam_closed"] is True
+    assert not os.path.exists(f"/proc/{pam_ahead}")  # reaped, not left a zombie
+
+
+def test_a_denied_start_lets_the_processes_forked_ahead_go(daemon: DaemonProc,
+                                                           users: Users) -> None:
+    from tests.support import load
+
+    ahead = _spare_children(daemon)
+    with pytest.raises(AgentError):
+        daemon.client.start(session_id="pam-ahead-denied", principal_arn="a",
+                            tags={TAG: users.missing}, run_as_enabled=True, command="true")
+    assert load.wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in ahead), 10)
