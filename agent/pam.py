@@ -1105,6 +1105,7 @@ def _pam_process(report_w: int, control_r: int, params: Optional[tuple[Any, ...]
             params = _read_params(control_r)
             if params is None:
                 os._exit(0)  # let go before PAM began: there is nothing to end
+            _name_as_parent()
         elif gated and os.read(control_r, 1) != _GO:
             os._exit(0)  # given up before PAM began: there is nothing to end
         service, user, gid, tty, ruser, rhost, groups = params
@@ -1150,6 +1151,18 @@ def _pam_process(report_w: int, control_r: int, params: Optional[tuple[Any, ...]
             pass
     finally:
         os._exit(code)
+
+
+def _name_as_parent() -> None:
+    """In a PAM process forked ahead, once taken: bear its supervisor's name, as one forked at
+    the start does, not the idle spare's it was forked with (Linux; elsewhere nothing)."""
+    import sys
+
+    from agent import procname
+
+    name = procname.name_of(os.getppid(), sys.platform)
+    if name is not None:
+        procname.set_name(name, sys.platform)
 
 
 def _warn(message: str) -> None:

@@ -320,3 +320,65 @@ def test_a_denied_start_lets_the_processes_forked_ahead_go(daemon: DaemonProc,
         daemon.client.start(session_id="pam-ahead-denied", principal_arn="a",
                             tags={TAG: users.missing}, run_as_enabled=True, command="true")
     assert load.wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in ahead), 10)
+
+
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as fh:
+        return fh.read().rstrip("\n")
+
+
+def test_a_live_sessions_pam_process_forked_ahead_is_no_idle_spare_by_name(
+        daemon: DaemonProc, users: Users) -> None:
+    """`runas-spare` in ps is an idle spare (or its shell's process until it execs): the PAM
+    process of a live session, forked ahead in a spare, carries its supervisor's name, as one
+    forked at the start does, so nothing that goes by the name takes it for an idle spare."""
+    (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
+    assert _comm(pam_ahead) == "runas-spare"  # idle, it is the spare's
+    sess = daemon.client.start(session_id="pam-ahead-name", principal_arn="arn:aws:iam::1:role/A",
+                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-ahead-name"]
+        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
+        assert pam_process == pam_ahead
+        assert _comm(pam_process) == _comm(record["pid"]) != "runas-spare"
+    finally:
+        sess.close()
+    ended = daemon.wait_event("pam-ahead-name", "session.ended")
+    assert ended["pam_closed"] is True
+
+
+@pytest.mark.parametrize("signum", [signal.SIGSTOP, signal.SIGHUP, signal.SIGTERM,
+                                    signal.SIGINT, signal.SIGUSR1])
+def test_a_signalled_pam_process_forked_ahead_neither_stalls_nor_fails_a_start(
+        daemon: DaemonProc, users: Users, signum: int) -> None:
+    """Stopped: killed and replaced by a fork; HUP, INT, TERM: ignored; any other: it died
+    and is replaced. The start runs PAM in either case, at once."""
+    (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
+    os.kill(pam_ahead, signum)
+    if signum == signal.SIGSTOP:
+        from tests.support import load
+
+        assert load.wait_until(lambda: psutil.Process(pam_ahead).status() == "stopped", 10)
+    sid = f"pam-ahead-sig{int(signum)}"
+    started = time.monotonic()
+    sess = daemon.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
+                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+        assert time.monotonic() - started < 10
+        (record,) = [s for s in daemon.client.sessions() if s["id"] == sid]
+        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
+        if signum in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            assert pam_process == pam_ahead
+        else:
+            assert pam_process != pam_ahead
+            assert not os.path.exists(f"/proc/{pam_ahead}")  # killed and reaped
+    finally:
+        sess.close()
+    ended = daemon.wait_event(sid, "session.ended")
+    assert ended["pam_closed"] is True
