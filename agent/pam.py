@@ -835,6 +835,7 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
             params=(service, user, gid, tty, ruser, rhost, groups))
         word = _GO
     process = PamProcess(pid, control_w)
+    unsent = False
     if before is not None or taken is not None:
         try:
             if before is not None:
@@ -846,7 +847,7 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
         try:
             _write_all(control_w, word)
         except OSError:
-            pass  # it has ended: no report comes, which is reported below
+            unsent = True  # it has ended: no report comes, which is reported below
     try:
         try:
             data = _read_report(report_r, timeout, wake, cancelled)
@@ -855,6 +856,13 @@ def open_login(service: str, user: str, gid: int, *, tty: Optional[str] = None,
             raise
         finally:
             os.close(report_r)
+        if not data and taken is not None and (unsent or _unread(control_w) > 0):
+            # Forked ahead, it ended before it had what to open (killed as the start took
+            # it): PAM never began in it. A PAM process of this start's own takes its place.
+            process.kill()
+            return open_login(service, user, gid, tty=tty, ruser=ruser, rhost=rhost,
+                              groups=groups, timeout=timeout, wake=wake, cancelled=cancelled,
+                              lib=lib)
         report = json.loads(data.decode("utf-8")) if data else None
         if not isinstance(report, dict):
             raise ValueError("no report" if report is None else "not an object")
@@ -944,6 +952,20 @@ def _take(ahead: LoginAhead) -> Optional[tuple[int, int, int]]:
     if os.WIFSTOPPED(status):
         _kill_idle(pid)
     return None
+
+
+def _unread(fd: int) -> int:
+    """How many bytes written to the pipe FD (either end) are still unread (-1: unknown)."""
+    import array
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return -1
+    return count[0]
 
 
 def _kill_idle(pid: int) -> None:

@@ -382,3 +382,71 @@ def test_a_signalled_pam_process_forked_ahead_neither_stalls_nor_fails_a_start(
         sess.close()
     ended = daemon.wait_event(sid, "session.ended")
     assert ended["pam_closed"] is True
+
+
+FREEZER = "/sys/fs/cgroup/freezer"
+
+
+@pytest.mark.skipif(not os.path.isdir(FREEZER), reason="needs the cgroup v1 freezer")
+def test_a_pam_process_forked_ahead_killed_as_its_start_takes_it_is_replaced(
+        daemon: DaemonProc, users: Users) -> None:
+    """Killed after the start found it waiting but before it read what to open (held frozen
+    over that moment here, so the race is replayed every time): PAM never began in it, so the
+    start forks a PAM process of its own instead of failing."""
+    import threading
+
+    (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
+    frozen = os.path.join(FREEZER, f"runas-test-pam-ahead-{os.getpid()}")
+    os.mkdir(frozen)
+    try:
+        with open(os.path.join(frozen, "cgroup.procs"), "w") as fh:
+            fh.write(str(pam_ahead))
+        with open(os.path.join(frozen, "freezer.state"), "w") as fh:
+            fh.write("FROZEN")
+        got: dict[str, Any] = {}
+
+        def start() -> None:
+            try:
+                got["sess"] = daemon.client.start(
+                    session_id="pam-ahead-raced", principal_arn="arn:aws:iam::1:role/A",
+                    tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+            except BaseException as exc:
+                got["error"] = exc
+
+        thread = threading.Thread(target=start)
+        thread.start()
+        # The start has taken it once session.requested is on record (its word follows).
+        assert daemon_wait_requested(daemon, "pam-ahead-raced")
+        time.sleep(0.5)
+        os.kill(pam_ahead, signal.SIGKILL)  # pending until it thaws: it reads nothing
+        with open(os.path.join(frozen, "freezer.state"), "w") as fh:
+            fh.write("THAWED")
+        thread.join(30)
+        assert "error" not in got, got.get("error")
+        sess = got["sess"]
+        try:
+            assert sess.stdout is not None
+            read_until(sess.stdout, b"READY\n")
+        finally:
+            sess.close()
+        ended = daemon.wait_event("pam-ahead-raced", "session.ended")
+        assert ended["pam_closed"] is True
+        assert not os.path.exists(f"/proc/{pam_ahead}")
+    finally:
+        with open(os.path.join(frozen, "freezer.state"), "w") as fh:
+            fh.write("THAWED")
+        from tests.support import load
+
+        load.wait_until(lambda: not _read(os.path.join(frozen, "cgroup.procs")), 10)
+        os.rmdir(frozen)
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def daemon_wait_requested(d: DaemonProc, sid: str) -> bool:
+    from tests.support import load
+
+    return load.wait_until(lambda: "session.requested" in d.events(sid), 10)
