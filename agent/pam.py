@@ -924,9 +924,11 @@ class LoginAhead:
         """Close its pipes (it exits at their end: PAM never began), and reap it. Idempotent."""
         fds, self._fds = self._fds, None
         if fds is not None:
+            from agent.spawn import kill_and_reap
+
             for fd in fds:
                 os.close(fd)
-            _kill_idle(self.pid)
+            kill_and_reap(self.pid)
 
 
 def prefork_login(lib: Optional[Libpam]) -> LoginAhead:
@@ -935,22 +937,17 @@ def prefork_login(lib: Optional[Libpam]) -> LoginAhead:
 
 
 def _take(ahead: LoginAhead) -> Optional[tuple[int, int, int]]:
-    """AHEAD's process and pipes, if it still waits (neither ended nor stopped; one that
-    stopped is killed and reaped, one that ended is reaped), else None."""
+    """AHEAD's process and pipes, if it still waits (agent.spawn.still_waiting), else None."""
+    from agent.spawn import still_waiting
+
     taken = ahead.take()
     if taken is None:
         return None
     pid, report_r, control_w = taken
-    try:
-        got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
-    except ChildProcessError:
-        got, status = pid, 0
-    if got == 0:
+    if still_waiting(pid):
         return taken
     os.close(report_r)
     os.close(control_w)
-    if os.WIFSTOPPED(status):
-        _kill_idle(pid)
     return None
 
 
@@ -966,21 +963,6 @@ def _unread(fd: int) -> int:
     except OSError:
         return -1
     return count[0]
-
-
-def _kill_idle(pid: int) -> None:
-    """Kill and reap PID, a PAM process forked ahead that has started nothing (PAM never
-    began in it)."""
-    import signal
-
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
 
 
 def _params(service: str, user: str, gid: int, *, tty: Optional[str], ruser: Optional[str],

@@ -618,9 +618,7 @@ class Daemon:
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
-            for ahead in (preforked, pam_ahead):
-                if ahead is not None:
-                    ahead.release()
+            session.release_ahead(preforked, pam_ahead)
             return 0
         sock, peer, msg, decoder = got
         procname.set_name(name, self.sys_platform)
@@ -630,9 +628,7 @@ class Daemon:
             if not isinstance(req, protocol.StartRequest):
                 raise BadRequest("a spare supervisor runs start requests only")
         except AgentError as exc:
-            for ahead in (preforked, pam_ahead):
-                if ahead is not None:
-                    ahead.release()
+            session.release_ahead(preforked, pam_ahead)
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,

@@ -168,6 +168,14 @@ def rehearse(cfg: Config, platform: Platform) -> None:
                                    source="", pid=1, tty=None))
 
 
+def release_ahead(*aheads: Any) -> None:
+    """Let go of the processes a spare forked ahead that a start did not use (agent.spawn's
+    Preforked, agent.pam's LoginAhead; None: there is none)."""
+    for ahead in aheads:
+        if ahead is not None:
+            ahead.release()
+
+
 def drain(fd: int) -> None:
     """Read a non-blocking fd until it is empty."""
     try:
@@ -287,20 +295,16 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
                          requested=requested, on_record=on_record)
     except AgentError as exc:
-        for ahead in (ctx.preforked, ctx.pam_ahead):  # unused: the start never reached them
-            if ahead is not None:
-                ahead.release()
+        release_ahead(ctx.preforked, ctx.pam_ahead)  # unused: the start never reached them
         if claimed:
             ctx.registry.remove(req.session_id)
+        # A started session's record ends (the shell never ran); any other start is denied.
         event = "session.ended" if on_record else "session.denied"
+        ended = {"exit_status": {"code": None, "signal": None}} if on_record else {}
         try:
             requested.sync()
-            if on_record:  # a started session's record ends: the shell never ran
-                ctx.audit.record(event, **base, user=user, uid=uid, source=source,
-                                 reason=exc.reason, exit_status={"code": None, "signal": None})
-            else:
-                ctx.audit.record(event, **base, user=user, uid=uid, source=source,
-                                 reason=exc.reason)
+            ctx.audit.record(event, **base, user=user, uid=uid, source=source,
+                             reason=exc.reason, **ended)
         except AuditFailed as audit_exc:
             _warn(f"{event} not recorded: {audit_exc}")
         procname.set_name(procname.ENDED, ctx.sys_platform)  # no live session (see end())

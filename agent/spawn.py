@@ -331,13 +331,13 @@ def spawn(plan: SpawnPlan, *, timeout: float = SPAWN_TIMEOUT,
             elif before_exec is not None and report == b"":
                 report = b"gate\x000\x00the child ended before it was ready to exec"
         except BaseException:  # a signal handler or BEFORE_EXEC raised: nothing runs
-            _kill_and_reap(pid)
+            kill_and_reap(pid)
             raise
     finally:
         for fd in set(opened):
             os.close(fd)
     if report is None:
-        _kill_and_reap(pid)
+        kill_and_reap(pid)
         raise StageFailed("exec", 0, f"the child did not reach exec within {timeout:g}s",
                           who=plan.account.name)
     if report:
@@ -412,7 +412,7 @@ class Preforked:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-            _kill_and_reap(self.pid)
+            kill_and_reap(self.pid)
 
 
 def prefork(syscalls: Optional[Syscalls] = None) -> Preforked:
@@ -460,7 +460,7 @@ def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool,
     if taken is None:
         return None
     pid, sock = taken
-    if not _waiting(pid):
+    if not still_waiting(pid):
         sock.close()
         return None
     try:
@@ -471,7 +471,7 @@ def _hand_plan(pre: Preforked, prep: _Prepared, gated: bool,
         sock.settimeout(None)
     except OSError:
         sock.close()
-        _kill_and_reap(pid)
+        kill_and_reap(pid)
         return None
     return pid, sock.detach()
 
@@ -487,10 +487,11 @@ def _pack(prep: _Prepared, gated: bool) -> bytes:
     return len(body).to_bytes(4, "big") + body
 
 
-def _waiting(pid: int) -> bool:
-    """Whether the preforked child PID still waits for its plan: neither ended nor stopped (a
-    stopped one would never read it). One that stopped is killed and reaped; one that ended is
-    reaped by this check. A child reaped before is never signalled: its pid may be reused."""
+def still_waiting(pid: int) -> bool:
+    """Whether PID, a child forked ahead (the shell's or the PAM process), still waits for what
+    it is to run: neither ended nor stopped (a stopped one would never read it). One that
+    stopped is killed and reaped; one that ended is reaped by this check. A child reaped
+    before is never signalled: its pid may be reused."""
     try:
         got, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
     except ChildProcessError:
@@ -498,7 +499,7 @@ def _waiting(pid: int) -> bool:
     if got == 0:
         return True
     if os.WIFSTOPPED(status):
-        _kill_and_reap(pid)
+        kill_and_reap(pid)
     return False
 
 
@@ -704,7 +705,8 @@ def _open_gate(gate_w: int, who: str) -> None:
                           who=who) from None
 
 
-def _kill_and_reap(pid: int) -> None:
+def kill_and_reap(pid: int) -> None:
+    """SIGKILL PID, a child of this process, and reap it."""
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
