@@ -20,6 +20,7 @@ for real: real accounts, the real daemon, a real PAM stack in the test namespace
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import subprocess
@@ -49,6 +50,20 @@ BROKEN = "attk-brokensh"  # an account whose shell cannot be exec'd (a missing i
 CLOSE_SLOW = ("/bin/sleep", "3.25")  # its PAM session's close takes this long (pam_exec)
 
 
+@contextlib.contextmanager
+def _pam_daemon(*lines: str) -> Iterator[DaemonProc]:
+    """A daemon with PAM on, its service the shipped one followed by LINES."""
+    with open(SERVICE_FILE) as fh:
+        service = fh.read()
+    with open("/etc/pam.d/runas-agent", "w") as fh:
+        fh.write(service + "".join(lines))
+    try:
+        with running({"session": {"pam": True}}) as d:
+            yield d
+    finally:
+        os.unlink("/etc/pam.d/runas-agent")
+
+
 def _slow_closes() -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"])
             if tuple(p.info["cmdline"] or ()) == CLOSE_SLOW]
@@ -65,19 +80,14 @@ def slow_close(users: Users) -> Iterator[DaemonProc]:
         pwd.getpwnam(BROKEN)
     except KeyError:
         sh("useradd", "-m", "-s", shell, "--", BROKEN)
-    with open(SERVICE_FILE) as fh:
-        service = fh.read()
-    with open("/etc/pam.d/runas-agent", "w") as fh:
-        fh.write(service
-                 + f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {BROKEN}\n"
-                 + f"session required pam_exec.so type=close_session {' '.join(CLOSE_SLOW)}\n")
     try:
-        with running({"session": {"pam": True}}) as d:
+        with _pam_daemon(
+                f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {BROKEN}\n",
+                f"session required pam_exec.so type=close_session {' '.join(CLOSE_SLOW)}\n") as d:
             yield d
     finally:
         for p in _slow_closes():
             p.kill()
-        os.unlink("/etc/pam.d/runas-agent")
 
 
 def test_a_start_refused_after_its_exec_failed_is_never_listed(slow_close: DaemonProc) -> None:
@@ -238,21 +248,15 @@ def _flock_waiters(path: str) -> int:
 
 @pytest.fixture
 def slow_open(users: Users) -> Iterator[DaemonProc]:
-    with open(SERVICE_FILE) as fh:
-        service = fh.read()
-    with open("/etc/pam.d/runas-agent", "w") as fh:
-        fh.write(service
-                 + "session [success=1 default=ignore] pam_succeed_if.so quiet user != "
-                 + f"{users.bob}\n"
-                 + f"session required pam_exec.so type=open_session {' '.join(PAM_SLOW)}\n")
     try:
-        with running({"session": {"pam": True}}) as d:
+        with _pam_daemon(
+                f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {users.bob}\n",
+                f"session required pam_exec.so type=open_session {' '.join(PAM_SLOW)}\n") as d:
             yield d
     finally:
         subprocess.run(["setpriv", f"--reuid={pwd.getpwnam(users.bob).pw_uid}",
                         f"--regid={pwd.getpwnam(users.bob).pw_gid}", "--clear-groups",
                         "kill", "-9", "-1"], capture_output=True)
-        os.unlink("/etc/pam.d/runas-agent")
 
 
 def test_a_terminate_sent_while_the_start_is_recorded_runs_nothing(slow_open: DaemonProc,

@@ -269,6 +269,23 @@ def _blocked(pid: int) -> int:
         return int(next(x for x in fh if x.startswith("SigBlk:")).split()[1], 16)
 
 
+def _live_with_pam(d: DaemonProc, users: Users, sid: str) -> tuple[Any, dict[str, Any], int]:
+    """A live session as alice (its shell has printed READY): the session, its registry record
+    and its PAM process's pid (the supervisor's child that is not the shell)."""
+    sess = d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
+                          tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+        (record,) = [s for s in d.client.sessions() if s["id"] == sid]
+        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
+                          if p.pid != record["shell_pid"]]
+    except BaseException:
+        sess.close()
+        raise
+    return sess, record, pam_process
+
+
 def test_the_pam_process_is_the_one_the_spare_forked_ahead(daemon: DaemonProc,
                                                            users: Users) -> None:
     ahead = _spare_children(daemon)
@@ -280,14 +297,8 @@ def test_the_pam_process_is_the_one_the_spare_forked_ahead(daemon: DaemonProc,
     assert all(os.readlink(f"/proc/{pam_ahead}/fd/{f}").startswith("pipe:")
                for f in fds if int(f) > 2)
     assert psutil.Process(pam_ahead).uids().real == 0
-    sess = daemon.client.start(session_id="pam-ahead", principal_arn="arn:aws:iam::1:role/A",
-                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    sess, record, pam_process = _live_with_pam(daemon, users, "pam-ahead")
     try:
-        assert sess.stdout is not None
-        read_until(sess.stdout, b"READY\n")
-        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-ahead"]
-        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
-                          if p.pid != record["shell_pid"]]
         assert sorted([pam_process, record["shell_pid"]]) == ahead
     finally:
         sess.close()
@@ -334,14 +345,8 @@ def test_a_live_sessions_pam_process_forked_ahead_is_no_idle_spare_by_name(
     forked at the start does, so nothing that goes by the name takes it for an idle spare."""
     (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
     assert _comm(pam_ahead) == "runas-spare"  # idle, it is the spare's
-    sess = daemon.client.start(session_id="pam-ahead-name", principal_arn="arn:aws:iam::1:role/A",
-                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    sess, record, pam_process = _live_with_pam(daemon, users, "pam-ahead-name")
     try:
-        assert sess.stdout is not None
-        read_until(sess.stdout, b"READY\n")
-        (record,) = [s for s in daemon.client.sessions() if s["id"] == "pam-ahead-name"]
-        (pam_process,) = [p.pid for p in psutil.Process(record["pid"]).children()
-                          if p.pid != record["shell_pid"]]
         assert pam_process == pam_ahead
         assert _comm(pam_process) == _comm(record["pid"]) != "runas-spare"
     finally:
@@ -387,7 +392,8 @@ def test_a_signalled_pam_process_forked_ahead_neither_stalls_nor_fails_a_start(
 FREEZER = "/sys/fs/cgroup/freezer"
 
 
-@pytest.mark.skipif(not os.path.isdir(FREEZER), reason="needs the cgroup v1 freezer")
+@pytest.mark.skipif(not os.path.isdir(FREEZER),
+                    reason="no cgroup v1 freezer hierarchy at /sys/fs/cgroup/freezer (CI has one)")
 def test_a_pam_process_forked_ahead_killed_as_its_start_takes_it_is_replaced(
         daemon: DaemonProc, users: Users) -> None:
     """Killed after the start found it waiting but before it read what to open (held frozen

@@ -245,13 +245,18 @@ def test_a_spare_that_dies_is_replaced_and_sessions_still_start(daemon: DaemonPr
         assert daemon.events(sid) == ["session.requested", "session.started", "session.ended"]
 
 
-def test_a_process_forked_ahead_that_died_is_replaced_by_a_fork(daemon: DaemonProc,
-                                                                 users: Users) -> None:
+@pytest.mark.parametrize(("how", "signum", "state"), [("died", signal.SIGKILL, "Z"),
+                                                      ("stopped", signal.SIGSTOP, "T")])
+def test_a_process_forked_ahead_that_died_or_stopped_is_replaced_by_a_fork(
+        daemon: DaemonProc, users: Users, how: str, signum: int, state: str) -> None:
+    """A process that died, or is stopped (it would never read its plan), is not waited on:
+    the start forks the shell's process as if none had been forked ahead, and lets it go."""
     spare = _spare(daemon)
     (ahead,) = _preforked_of(spare)
-    os.kill(ahead, signal.SIGKILL)
-    assert load.wait_until(lambda: _stat(ahead)[0] == "Z", 10)
-    sess = load.start(daemon.client, users.bob, "ahead-died", "echo ran")
+    os.kill(ahead, signum)
+    assert load.wait_until(lambda: _stat(ahead)[0] == state, 10)
+    sid = f"ahead-{how}"
+    sess = load.start(daemon.client, users.bob, sid, "echo ran")
     try:
         assert sess.info["pid"] != ahead
         assert sess.stdout is not None
@@ -259,30 +264,11 @@ def test_a_process_forked_ahead_that_died_is_replaced_by_a_fork(daemon: DaemonPr
         assert sess.wait()["code"] == 0
     finally:
         sess.close()
-    assert not os.path.exists(f"/proc/{ahead}")  # reaped, not left a zombie
-    assert daemon.events("ahead-died") == ["session.requested", "session.started",
-                                           "session.ended"]
-
-
-def test_a_process_forked_ahead_that_was_stopped_is_replaced_by_a_fork(daemon: DaemonProc,
-                                                                       users: Users) -> None:
-    """A stopped process never reads its plan: the start must not wait on it (and fail), but
-    fork the shell's process as if none had been forked ahead, and let the stopped one go."""
-    spare = _spare(daemon)
-    (ahead,) = _preforked_of(spare)
-    os.kill(ahead, signal.SIGSTOP)
-    assert load.wait_until(lambda: _stat(ahead)[0] == "T", 10)
-    sess = load.start(daemon.client, users.bob, "ahead-stopped", "echo ran")
-    try:
-        assert sess.info["pid"] != ahead
-        assert sess.stdout is not None
-        assert _read_all(sess.stdout) == b"ran\n"
-        assert sess.wait()["code"] == 0
-    finally:
-        sess.close()
-    assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)  # killed, reaped
-    assert daemon.events("ahead-stopped") == ["session.requested", "session.started",
-                                              "session.ended"]
+    if how == "died":
+        assert not os.path.exists(f"/proc/{ahead}")  # reaped, not left a zombie
+    else:
+        assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)  # killed
+    assert daemon.events(sid) == ["session.requested", "session.started", "session.ended"]
 
 
 def test_signals_the_process_forked_ahead_got_while_waiting_never_reach_its_session(
