@@ -138,11 +138,13 @@ def enter() -> Isolation:
 
 def overlay(scratch: str, dirs: tuple[str, ...]) -> None:
     """Put a tmpfs-backed overlay (upper and work dirs in SCRATCH) on each of DIRS, in this
-    process's private namespace; e.g. /usr and /opt for tests that install packages."""
+    process's private namespace; e.g. /usr and /opt for tests that install packages.
+    redirect_dir=on lets a directory the host already has be renamed, as on the host itself
+    (without it, overlayfs refuses with EXDEV)."""
     for d in dirs:
         name = d.strip("/").replace("/", "_")
         up, work = f"{scratch}/{name}.up", f"{scratch}/{name}.work"
         os.makedirs(up)
         os.makedirs(work)
         _mount("-t", "overlay", "overlay", "-o",
-               f"lowerdir={d},upperdir={up},workdir={work}", d)
+               f"lowerdir={d},upperdir={up},workdir={work},redirect_dir=on", d)
