@@ -144,10 +144,16 @@ def env_path(login_defs: str = "/etc/login.defs", *, default: str = DEFAULT_PATH
     except OSError:
         return default
     value: Optional[str] = None
-    for line in text.splitlines():
-        parts = line.strip().split(None, 1)
+    # Only the lines that name the key are split (the file is mostly comments, and this runs
+    # on every session's start).
+    at = text.find("ENV_PATH")
+    while at != -1:
+        start = text.rfind("\n", 0, at) + 1
+        end = text.find("\n", at)
+        parts = text[start:end if end != -1 else len(text)].strip().split(None, 1)
         if len(parts) == 2 and parts[0] == "ENV_PATH":
             value = parts[1].strip()  # the last one wins, as in shadow's getdef
+        at = text.find("ENV_PATH", at + 1) if end == -1 else text.find("ENV_PATH", end)
     if value is None:
         return default
     if len(value) >= 2 and value[0] == value[-1] == '"':

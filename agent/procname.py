@@ -8,6 +8,7 @@ Only the process itself, or root, can set a process's name.
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 SPARE = "runas-spare"  # an idle spare supervisor
@@ -18,14 +19,19 @@ def set_name(name: str, sys_platform: str) -> str:
     """Set this process's name; returns the previous one (NAME where none can be set)."""
     if sys_platform != "linux":
         return name
+    try:  # plain descriptors: a supervisor does this on its session's start
+        fd = os.open("/proc/self/comm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return name
     try:
-        with open("/proc/self/comm", "r+") as fh:
-            old = fh.read().rstrip("\n")
-            fh.seek(0)
-            fh.write(name)
+        old = os.read(fd, 64).decode("utf-8", "replace").rstrip("\n")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, name.encode())
         return old
     except OSError:
         return name
+    finally:
+        os.close(fd)
 
 
 def name_of(pid: int, sys_platform: str) -> Optional[str]:

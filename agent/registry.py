@@ -94,9 +94,11 @@ def _kern_proc_pid(pid: int) -> bytes:
     return buf.raw[:size.value]
 
 
-def _starting(session_id: str, pid: int, peer_uid: Optional[int]) -> dict[str, Any]:
+def _starting(session_id: str, pid: int, peer_uid: Optional[int],
+              pid_start: Optional[float]) -> dict[str, Any]:
     """The record of a session that PID has claimed and not yet started."""
-    return {"id": session_id, "pid": pid, "pid_start": process_start_time(pid),
+    return {"id": session_id, "pid": pid,
+            "pid_start": process_start_time(pid) if pid_start is None else pid_start,
             "state": "starting", "peer_uid": peer_uid}
 
 
@@ -126,11 +128,13 @@ class Registry:
             raise
         return tmp
 
-    def claim(self, session_id: str, pid: int, peer_uid: Optional[int] = None) -> None:
+    def claim(self, session_id: str, pid: int, peer_uid: Optional[int] = None, *,
+              pid_start: Optional[float] = None) -> None:
         """Reserve SESSION_ID for process PID, or raise SessionExists if a live one has it.
         The record appears complete or not at all (written aside, then linked into place).
-        PEER_UID (who asked for the session) lets that peer terminate it while it starts."""
-        record = _starting(session_id, pid, peer_uid)
+        PEER_UID (who asked for the session) lets that peer terminate it while it starts.
+        PID_START: PID's process_start_time(), when the caller has it already."""
+        record = _starting(session_id, pid, peer_uid, pid_start)
         try:
             self._ensure_dir()
             tmp = self._write_temp(record)
@@ -163,10 +167,11 @@ class Registry:
             raise InternalError(f"cannot record session {record['id']!r} in {self.directory}: "
                                 f"{exc.strerror or exc}") from exc
 
-    def withdraw(self, session_id: str, pid: int, peer_uid: Optional[int] = None) -> None:
+    def withdraw(self, session_id: str, pid: int, peer_uid: Optional[int] = None, *,
+                 pid_start: Optional[float] = None) -> None:
         """Put the session's record back as claimed (PID keeps SESSION_ID, no longer listed):
         for a start refused after it was published (raises InternalError)."""
-        self.publish(_starting(session_id, pid, peer_uid))
+        self.publish(_starting(session_id, pid, peer_uid, pid_start))
 
     def remove(self, session_id: str) -> None:
         try:

@@ -610,6 +610,15 @@ class Daemon:
         name = procname.set_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
         pam_ahead = self._prefork_pam()
+        # What the session's start would do first, done while nobody waits for it.
+        from agent.registry import process_start_time
+
+        pid_start = process_start_time(os.getpid())
+        try:
+            session.become_subreaper(self.sys_platform)
+            subreaper = True
+        except AgentError:  # the start tries again, and fails on record
+            subreaper = False
         if not _pending(chan):  # with a session waiting already, there is no time to save
             try:
                 session.rehearse(self.cfg, self.platform)
@@ -633,7 +642,7 @@ class Daemon:
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
                               self.sys_platform, self.cgroups, self.log, self._pam_lib,
-                              preforked, pam_ahead)
+                              preforked, pam_ahead, pid_start, subreaper)
         return session.run(sock, req, ctx, sig, decoder)
 
     def _prefork_pam(self) -> Any:

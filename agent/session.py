@@ -19,7 +19,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # recording and relay are imported with this module, so the daemon's import of the supervisor's
 # modules before it forks (server.prepare_for_fork) covers them: a recorded session's start
@@ -77,6 +77,10 @@ class Context:
     pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
     preforked: Any = None  # agent.spawn.Preforked: the shell's process, forked ahead, or None
     pam_ahead: Any = None  # agent.pam.LoginAhead: the PAM process, forked ahead, or None
+    # This process's start time (agent.registry.process_start_time), which its registry
+    # records carry; a spare reads it while it waits. None: read once the request is there.
+    pid_start: Optional[float] = None
+    subreaper: bool = False  # this process is a subreaper already (a spare becomes one early)
 
 
 @dataclass(frozen=True)
@@ -279,13 +283,17 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         _reply_error(conn, exc)
         return 1
 
+    if ctx.pid_start is None:
+        from agent.registry import process_start_time
+
+        ctx = replace(ctx, pid_start=process_start_time(os.getpid()))
     claimed = False
     user: Optional[str] = None
     uid: Optional[int] = None
     source: Optional[str] = None
     on_record: list[bool] = []  # session.started is on record, and the shell never ran
     try:
-        ctx.registry.claim(req.session_id, os.getpid(), ctx.peer.uid)
+        ctx.registry.claim(req.session_id, os.getpid(), ctx.peer.uid, pid_start=ctx.pid_start)
         claimed = True
         account, source = _resolve(req, ctx, requested)
         user, uid = account.name, account.uid
@@ -417,7 +425,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         # Every process the session starts ends as a child or descendant of this supervisor,
         # so their exits wake it (SIGCHLD) and it reaps them: the end is reported as soon as
         # they are gone, whatever init does with orphans. End mode `all` also kills them.
-        _become_subreaper(ctx.sys_platform)
+        if not ctx.subreaper:
+            become_subreaper(ctx.sys_platform)
         if ctx.cfg.session.end_mode == "all":
             cgroup = _open_cgroup(ctx, req.session_id, scope)
         tty_path = pty.slave_path if pty is not None else None
@@ -513,10 +522,8 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source: str, *,
              shell_pid: int, tty: Optional[str]) -> None:
     """The session's registry record, as started (raises InternalError)."""
-    from agent.registry import process_start_time
-
     ctx.registry.publish({
-        "id": req.session_id, "pid": os.getpid(), "pid_start": process_start_time(os.getpid()),
+        "id": req.session_id, "pid": os.getpid(), "pid_start": ctx.pid_start,
         "shell_pid": shell_pid, "user": account.name, "uid": account.uid, "source": source,
         "principal": req.principal.arn, "started_at": iso_now(), "tty": tty,
         "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
@@ -526,7 +533,8 @@ def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source:
 def _withdraw(ctx: Context, req: protocol.StartRequest) -> None:
     """Unlist a session refused after it was listed; it keeps its id until it is refused."""
     try:
-        ctx.registry.withdraw(req.session_id, os.getpid(), ctx.peer.uid)
+        ctx.registry.withdraw(req.session_id, os.getpid(), ctx.peer.uid,
+                              pid_start=ctx.pid_start)
     except AgentError as exc:
         _warn(f"session {req.session_id} stays listed until it is refused: {exc}")
 
@@ -707,7 +715,9 @@ def _remove_cgroup(cg: SessionCgroup) -> None:
         _warn(f"removing the session's cgroup {cg.path}: {exc}")
 
 
-def _become_subreaper(sys_platform: str) -> None:
+def become_subreaper(sys_platform: str) -> None:
+    """Make this process the subreaper of everything it starts (Linux; elsewhere nothing), or
+    raise InternalError."""
     if sys_platform != "linux":
         return
     import ctypes

@@ -605,9 +605,11 @@ def _prepare(plan: SpawnPlan) -> _Prepared:
     if plan.tty and not os.isatty(plan.stdin):
         raise SpawnFailed("a terminal session needs a terminal on stdin")
     home = os.fsencode(account.home)
-    signals = tuple(
-        s for s in sorted(signal.valid_signals()) if s not in (signal.SIGKILL, signal.SIGSTOP)
-    )
+    # Every signal number but SIGKILL and SIGSTOP, as plain ints (signal.valid_signals() makes
+    # an enum of each, raising and catching an error for every real-time one, on every start);
+    # the child skips the few the C library reserves for itself.
+    signals = tuple(s for s in range(1, signal.NSIG)
+                    if s not in (signal.SIGKILL, signal.SIGSTOP))
     warning = CHDIR_WARNING + b" (" + home + b": "
     limits = ProcessLimits() if plan.limits is None else plan.limits
     if not isinstance(limits, ProcessLimits):

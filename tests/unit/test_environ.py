@@ -146,6 +146,12 @@ def test_non_string_values_are_refused() -> None:
         ("ENV_PATH PATH=\n", DEFAULT_PATH),
         ("ENV_PATH\n", DEFAULT_PATH),
         ("", DEFAULT_PATH),
+        ("ENV_PATH PATH=/a\r\nUMASK 022\r\n", "/a"),
+        ("UMASK 022\nENV_PATH PATH=/last", "/last"),  # no newline at the end
+        ("  ENV_PATH PATH=/indented\n", "/indented"),
+        ("ENV_PATHS PATH=/no\nXENV_PATH PATH=/no\n", DEFAULT_PATH),
+        ("UMASK 022 # ENV_PATH PATH=/no\n", DEFAULT_PATH),
+        ("ENV_PATH PATH=/a\nENV_PATH PATH=relative\n", DEFAULT_PATH),  # the last one counts
     ],
 )
 def test_env_path_from_login_defs(tmp_path: Path, text: str, expected: str) -> None:
