@@ -128,10 +128,11 @@ class _Reader:
         return self.queue.pop(0)
 
 
-def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
-    """Send a request; if the daemon already refused and closed, its answer is still read."""
+def _send(sock: socket.socket, data: bytes) -> None:
+    """Send a request (its frame, DATA); if the daemon already refused and closed, its answer
+    is still read."""
     try:
-        sock.sendall(protocol.encode(msg))
+        sock.sendall(data)
     except (BrokenPipeError, ConnectionResetError):
         pass
     except OSError as exc:  # includes the socket's timeout
@@ -232,9 +233,10 @@ class Client(Frozen):
                    server_uid=server_uid)
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        data = protocol.encode(msg)  # before connecting: the daemon reads it as it accepts
         sock = _connect(self.path, self.timeout, self.server_uid)
         try:
-            _send(sock, msg)
+            _send(sock, data)
             return _raise_if_error(_Reader(sock).read())
         finally:
             sock.close()
@@ -268,11 +270,12 @@ class Client(Frozen):
             "terminal": None if terminal is None else
             {"term": terminal[0], "rows": terminal[1], "cols": terminal[2]},
         }
+        data = protocol.encode(msg)  # before connecting: the daemon reads it as it accepts
         sock = _connect(self.path, self.timeout, self.server_uid)
         sock.settimeout(self.start_timeout)
         reader = _Reader(sock)
         try:
-            _send(sock, msg)
+            _send(sock, data)
             reply = _raise_if_error(reader.read())
         except BaseException:
             for fd in reader.fds:

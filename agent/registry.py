@@ -110,8 +110,11 @@ class Registry:
         return os.path.join(self.directory, session_id + ".json")
 
     def _ensure_dir(self) -> None:
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        st = os.lstat(self.directory)
+        try:
+            st = os.lstat(self.directory)
+        except FileNotFoundError:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            st = os.lstat(self.directory)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
             raise InternalError(f"{self.directory} must be a directory of the agent's user, "
                                 "mode 0700")
@@ -121,8 +124,12 @@ class Registry:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(record, fh)
+            try:
+                data = memoryview(json.dumps(record).encode())
+                while data:
+                    data = data[os.write(fd, data):]
+            finally:
+                os.close(fd)
         except BaseException:
             os.unlink(tmp)
             raise

@@ -40,12 +40,10 @@ class Linux(Frozen):
         prefix = name.encode() + b":"
         try:
             with open(self.passwd_path, "rb") as fh:
-                for line in fh:
-                    if line.startswith(prefix):
-                        return "local"
+                data = fh.read()
         except OSError as exc:
             raise LookupFailed(f"cannot read {self.passwd_path}: {exc.strerror}") from exc
-        return "directory"
+        return "local" if data.startswith(prefix) or b"\n" + prefix in data else "directory"
 
     def default_home(self, name: str) -> str:
         """BASE/NAME, BASE being HOME= in useradd's defaults file (/home when unset), as
