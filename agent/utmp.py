@@ -48,6 +48,10 @@ LINUX_UTMPX_SIZE = 384  # sizeof(struct utmpx), glibc on x86_64 and aarch64
 LASTLOG_SIZE = 292  # sizeof(struct lastlog): int32 time, line[32], host[256]
 LOCK_WAIT = 0.1  # seconds a record may wait for the utmp and wtmp locks, together
 LOCK_RETRY = 0.005  # seconds between two tries to take a lock
+# struct utmpx of glibc on 64-bit Linux, as struct.pack lays it out: ut_type, (padding),
+# ut_pid, ut_line, ut_id, ut_user, ut_host, ut_exit (2 shorts), ut_session, ut_tv (32-bit
+# seconds and microseconds), ut_addr_v6, reserved; native byte order, like the C library's.
+GLIBC_UTMPX_FORMAT = "=h2xi32s4s32s256shhiII4i20s"
 # ut_type values whose utmp entries are found by terminal (ut_id / ut_line), as glibc does.
 BY_TERMINAL = (5, 6, USER_PROCESS, DEAD_PROCESS)  # INIT_PROCESS, LOGIN_PROCESS, ...
 
@@ -150,10 +154,35 @@ def _field(text: str, size: int) -> bytes:
     return text.encode("utf-8", "surrogateescape")[:size]
 
 
-def pack(record: Record, layout: Layout) -> Any:
-    """The C struct utmpx of RECORD for LAYOUT."""
+def glibc_entry(record: Record) -> bytes:
+    """RECORD as glibc's struct utmpx: the bytes of pack(RECORD, GLIBC), without building
+    ctypes types (this is on a PTY session's start)."""
+    import struct
+
+    addr = [0, 0, 0, 0]
+    raw = _host_address(record.host) if record.host else None
+    if raw is not None:
+        for i in range(len(raw) // 4):
+            addr[i] = int.from_bytes(raw[4 * i:4 * i + 4], sys.byteorder, signed=True)
+    return struct.pack(GLIBC_UTMPX_FORMAT, record.type, record.pid,
+                       _field(record.line, GLIBC.line_size), _field(record.id, 4),
+                       _field(record.user, GLIBC.user_size),
+                       _field(record.host, GLIBC.host_size), 0, 0, 0,
+                       record.sec & 0xFFFFFFFF, record.usec & 0xFFFFFFFF, *addr, b"")
+
+
+def _host_address(host: str) -> Optional[bytes]:
+    """HOST's address in network order when it is an IP address (login(1) stores it)."""
     import ipaddress
 
+    try:
+        return ipaddress.ip_address(host).packed
+    except ValueError:
+        return None
+
+
+def pack(record: Record, layout: Layout) -> Any:
+    """The C struct utmpx of RECORD for LAYOUT."""
     entry = layout.struct()()
     entry.ut_type = record.type
     entry.ut_pid = record.pid
@@ -164,12 +193,8 @@ def pack(record: Record, layout: Layout) -> Any:
     entry.ut_tv.tv_sec = record.sec
     entry.ut_tv.tv_usec = record.usec
     if layout.name == "glibc" and record.host:
-        try:
-            addr = ipaddress.ip_address(record.host)
-        except ValueError:
-            addr = None
-        if addr is not None:
-            raw = addr.packed  # network order, as login(1) stores it
+        raw = _host_address(record.host)
+        if raw is not None:
             for i in range(len(raw) // 4):
                 entry.ut_addr_v6[i] = int.from_bytes(raw[4 * i:4 * i + 4], sys.byteorder,
                                                       signed=True)
@@ -236,7 +261,7 @@ def _write(record: Record, libc: Any, sys_platform: str, utmp_path: str, wtmp_pa
         return _write_darwin(record, libc)
     import time
 
-    entry = bytes(pack(record, GLIBC))
+    entry = glibc_entry(record)
     deadline = time.monotonic() + lock_wait
     problems: list[str] = []
     for name, path, update in (("utmp", utmp_path, _put_utmp), ("wtmp", wtmp_path, _append)):

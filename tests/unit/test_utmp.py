@@ -312,3 +312,18 @@ def test_linux_a_fifo_in_place_of_lastlog_is_reported_not_waited_on(tmp_path: Pa
     finally:
         os.close(reader)
     assert (tmp_path / "wtmp").stat().st_size == 2 * utmp.LINUX_UTMPX_SIZE  # the rest written
+
+
+@pytest.mark.parametrize("record", [
+    utmp.login_entry(4242, "alice", "/dev/pts/3", "runas-agent", 1_700_000_000.25),
+    utmp.logout_entry(4242, "/dev/pts/3", 1_700_000_001.5),
+    utmp.login_entry(7, "u" * 40, "/dev/pts/" + "9" * 40, "h" * 300, 0.0),  # cut at the sizes
+    utmp.login_entry(7, "bob", "/dev/pts/0", "192.0.2.7", 1.0),
+    utmp.login_entry(7, "bob", "/dev/pts/0", "2001:db8::1", 1.0),
+    utmp.login_entry(7, "bób", "/dev/tty1", "", 2_147_483_648.0),  # past 2038: 32-bit time
+])
+def test_glibc_entry_is_the_c_librarys_struct(record: utmp.Record) -> None:
+    """The entry written on a session's start, packed without ctypes, has exactly the bytes of
+    the ctypes struct utmpx (glibc's layout, used by who and last)."""
+    assert utmp.glibc_entry(record) == bytes(utmp.pack(record, utmp.GLIBC))
+    assert len(utmp.glibc_entry(record)) == utmp.LINUX_UTMPX_SIZE
