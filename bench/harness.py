@@ -74,10 +74,7 @@ def enter_isolation() -> isolation.Isolation:
 
 
 def leave_isolation(iso: isolation.Isolation) -> None:
-    """The namespace's scratch tmpfs is mounted on an empty directory of the host's /tmp:
-    remove that directory as the host sees it."""
-    subprocess.run(["nsenter", f"--mount=/proc/{os.getpid()}/fd/{iso.host_ns_fd}", "--",
-                    "rmdir", "--", iso.scratch], capture_output=True, check=False)
+    isolation.leave(iso)
 
 
 def bench_daemon(audit_dir: Optional[str] = None,

@@ -5,7 +5,7 @@ tests/support/isolation.py); in CI they must run, so a missing privilege fails i
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -24,8 +24,9 @@ class Isolated:
 
 
 @pytest.fixture(scope="session")
-def isolated() -> Isolated:
-    """A private mount namespace with overlays on /etc, /home, /var and /run."""
+def isolated() -> Iterator[Isolated]:
+    """A private mount namespace with overlays on /etc, /home, /var and /run; at the end, the
+    host's /tmp loses the empty directory its scratch tmpfs was mounted on."""
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("privileged tests must run as root in CI")
@@ -33,8 +34,20 @@ def isolated() -> Isolated:
     baseline = isolation.fingerprint()
     uids = frozenset(isolation.process_uids())
     iso = isolation.enter()
-    _enable_extrausers()
-    return Isolated(iso, baseline, uids)
+    try:
+        _enable_extrausers()
+        yield Isolated(iso, baseline, uids)
+    finally:
+        isolation.leave(iso)
+
+
+@pytest.fixture(scope="session")
+def agent_pkg(isolated: Isolated) -> str:
+    """A world-readable copy of the agent package, for clients run as other accounts; in the
+    namespace's scratch tmpfs, so it goes with the namespace."""
+    from tests.support.daemon import public_copy_of_agent
+
+    return public_copy_of_agent(isolated.iso.scratch)
 
 
 def _enable_extrausers() -> None:

@@ -19,7 +19,7 @@ import pytest
 from agent.client import Client, Session
 from agent.registry import process_start_time
 from tests.conftest import Users, sh
-from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent
+from tests.support.daemon import DaemonProc, make_daemon
 
 pytestmark = pytest.mark.privileged
 
@@ -158,7 +158,7 @@ def _terminate_as(user: str, socket_path: str, pkg: str, session_id: str) -> Any
 
 
 def test_the_daemon_refuses_session_records_under_a_directory_a_user_controls(
-        users: Users) -> None:
+        users: Users, agent_pkg: str) -> None:
     """session.state_dir below a directory a user owns: that user swaps the records directory
     for their own and forges a record naming any process, as a session they started; their
     `terminate` then has the root daemon signal that process. The daemon must refuse such a
@@ -180,7 +180,7 @@ def test_the_daemon_refuses_session_records_under_a_directory_a_user_controls(
         served, out = _served(d)
         if served:
             os.chmod(os.path.dirname(d.socket), 0o755)
-            pkg = public_copy_of_agent()
+            pkg = agent_pkg
             _forge(state, victim.pid, intruder_uid)
             answer = _terminate_as(INTRUDER, d.socket, pkg, "forged")
             try:

@@ -9,7 +9,6 @@ import json
 import os
 import pwd
 import select
-import shutil
 import signal
 import subprocess
 import time
@@ -37,7 +36,7 @@ from tests.integration.test_session_keyring import (  # noqa: F401
     ring,
     run_to_done,
 )
-from tests.support.daemon import DaemonProc, make_daemon, public_copy_of_agent, read_until
+from tests.support.daemon import DaemonProc, make_daemon, read_until
 
 pytestmark = pytest.mark.privileged
 
@@ -45,12 +44,11 @@ TAG = "SSMSessionRunAs"
 
 
 @pytest.fixture(scope="module")
-def apeers(users: Users) -> Iterator[Peers]:
+def apeers(users: Users, agent_pkg: str) -> Peers:
     p = Peers(a="apeer-a", b="apeer-b", admin="apeer-adm", group="atransport",
-              admin_group="aagentadm", target="apeer-t", pkg=public_copy_of_agent())
+              admin_group="aagentadm", target="apeer-t", pkg=agent_pkg)
     ensure_accounts(p)
-    yield p
-    shutil.rmtree(p.pkg, ignore_errors=True)
+    return p
 
 
 def _config(p: Peers, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,6 @@ from tests.support.daemon import (
     MARKERS,
     DaemonProc,
     make_daemon,
-    public_copy_of_agent,
     running,
 )
 
@@ -519,8 +518,8 @@ PING = ("from agent.client import Client; from agent.errors import AgentError\n"
         "except AgentError as e:\n  print(e.reason)")
 
 
-def test_unauthorized_peer_is_refused(users: Users) -> None:
-    pkg = public_copy_of_agent()
+def test_unauthorized_peer_is_refused(users: Users, agent_pkg: str) -> None:
+    pkg = agent_pkg
     with running({"socket": {"group": users.devs_group}}) as d:
         os.chmod(os.path.dirname(d.socket), 0o755)
         # alice can reach the socket (group devs) but is not an allowed peer
@@ -532,8 +531,8 @@ def test_unauthorized_peer_is_refused(users: Users) -> None:
         assert "connection.unauthorized" in d.log()
 
 
-def test_allowed_group_peer_is_served(users: Users) -> None:
-    pkg = public_copy_of_agent()
+def test_allowed_group_peer_is_served(users: Users, agent_pkg: str) -> None:
+    pkg = agent_pkg
     with running({"socket": {"group": users.devs_group},
                  "peers": {"allowed_groups": [users.devs_group]}}) as d:
         os.chmod(os.path.dirname(d.socket), 0o755)

@@ -24,7 +24,7 @@ import pytest
 from agent.client import Client
 from agent.errors import AgentError
 from tests.conftest import Users, sh
-from tests.support.daemon import REPO, DaemonProc, make_daemon, public_copy_of_agent, running
+from tests.support.daemon import REPO, DaemonProc, make_daemon, running
 
 pytestmark = pytest.mark.privileged
 
@@ -47,8 +47,8 @@ class Peers:
 
 
 @pytest.fixture(scope="module")
-def peers(users: Users) -> Peers:
-    p = Peers(pkg=public_copy_of_agent())
+def peers(users: Users, agent_pkg: str) -> Peers:
+    p = Peers(pkg=agent_pkg)
     ensure_accounts(p)
     return p
 

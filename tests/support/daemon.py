@@ -191,9 +191,10 @@ def read_until(fd: int, token: bytes, timeout: float = 20) -> bytes:
     return data
 
 
-def public_copy_of_agent() -> str:
-    """A world-readable copy of the agent package, for clients run as other accounts."""
-    dest = tempfile.mkdtemp(prefix="runas-agent-pkg-", dir="/tmp")
+def public_copy_of_agent(where: str) -> str:
+    """A world-readable copy of the agent package in WHERE (a directory everyone can search),
+    for clients run as other accounts; tests get it from the agent_pkg fixture."""
+    dest = tempfile.mkdtemp(prefix="runas-agent-pkg-", dir=where)
     os.chmod(dest, 0o755)
     shutil.copytree(os.path.join(REPO, "agent"), os.path.join(dest, "agent"),
                     ignore=shutil.ignore_patterns("__pycache__"))

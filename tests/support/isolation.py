@@ -136,6 +136,13 @@ def enter() -> Isolation:
     return Isolation(host_ns_fd, scratch)
 
 
+def leave(iso: Isolation) -> None:
+    """The namespace's scratch tmpfs is mounted on an empty directory of the host's /tmp:
+    remove that directory as the host sees it (what is in the tmpfs goes with the namespace)."""
+    subprocess.run(["nsenter", f"--mount=/proc/{os.getpid()}/fd/{iso.host_ns_fd}", "--",
+                    "rmdir", "--", iso.scratch], capture_output=True, check=False)
+
+
 def overlay(scratch: str, dirs: tuple[str, ...]) -> None:
     """Put a tmpfs-backed overlay (upper and work dirs in SCRATCH) on each of DIRS, in this
     process's private namespace; e.g. /usr and /opt for tests that install packages.
