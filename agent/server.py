@@ -610,6 +610,7 @@ class Daemon:
         name = procname.set_name(SPARE_NAME, self.sys_platform)
         preforked = _prefork(self.log)
         pam_ahead = self._prefork_pam()
+        pty_ahead = _pty_ahead(self.log)  # after the forks: those processes never hold it
         # What the session's start would do first, done while nobody waits for it.
         from agent.registry import process_start_time
 
@@ -627,7 +628,7 @@ class Daemon:
         got = _await_handover(chan, sig)
         chan.close()
         if got is None:  # the daemon let it go, or is gone
-            session.release_ahead(preforked, pam_ahead)
+            session.release_ahead(preforked, pam_ahead, pty_ahead)
             return 0
         sock, peer, msg, decoder = got
         procname.set_name(name, self.sys_platform)
@@ -637,12 +638,12 @@ class Daemon:
             if not isinstance(req, protocol.StartRequest):
                 raise BadRequest("a spare supervisor runs start requests only")
         except AgentError as exc:
-            session.release_ahead(preforked, pam_ahead)
+            session.release_ahead(preforked, pam_ahead, pty_ahead)
             self._refuse(sock, exc)
             return 1
         ctx = session.Context(self.cfg, self.platform, self.audit, self.registry, peer,
                               self.sys_platform, self.cgroups, self.log, self._pam_lib,
-                              preforked, pam_ahead, pid_start, subreaper)
+                              preforked, pam_ahead, pty_ahead, pid_start, subreaper)
         return session.run(sock, req, ctx, sig, decoder)
 
     def _prefork_pam(self) -> Any:
@@ -802,6 +803,18 @@ def _prefork(log: Any) -> Any:
         return spawn.prefork()
     except AgentError as exc:
         log.warning("spare.prefork_failed", error=str(exc))
+        return None
+
+
+def _pty_ahead(log: Any) -> Any:
+    """In a spare: a PTY for the next session, should it want one (agent.terminal.PtyAhead),
+    or None when none can be opened (a PTY session then opens its own)."""
+    from agent import terminal
+
+    try:
+        return terminal.open_pty_ahead()
+    except AgentError as exc:
+        log.warning("spare.pty_failed", error=str(exc))
         return None
 
 

@@ -77,6 +77,7 @@ class Context:
     pam_lib: Any = None  # agent.pam.Libpam loaded by the daemon (agent.pam.prewarm), or None
     preforked: Any = None  # agent.spawn.Preforked: the shell's process, forked ahead, or None
     pam_ahead: Any = None  # agent.pam.LoginAhead: the PAM process, forked ahead, or None
+    pty_ahead: Any = None  # agent.terminal.PtyAhead: a PTY opened ahead, or None
     # This process's start time (agent.registry.process_start_time), which its registry
     # records carry; a spare reads it while it waits. None: read once the request is there.
     pid_start: Optional[float] = None
@@ -173,8 +174,9 @@ def rehearse(cfg: Config, platform: Platform) -> None:
 
 
 def release_ahead(*aheads: Any) -> None:
-    """Let go of the processes a spare forked ahead that a start did not use (agent.spawn's
-    Preforked, agent.pam's LoginAhead; None: there is none)."""
+    """Let go of what a spare prepared ahead that a start did not use: the processes it forked
+    (agent.spawn's Preforked, agent.pam's LoginAhead) and the PTY it opened (agent.terminal's
+    PtyAhead); None: there is none."""
     for ahead in aheads:
         if ahead is not None:
             ahead.release()
@@ -303,7 +305,8 @@ def run(conn: socket.socket, req: protocol.StartRequest, ctx: Context, sig: Sign
         started = _start(req, ctx, account, source, base=base, chan=chan, sig=sig,
                          requested=requested, on_record=on_record)
     except AgentError as exc:
-        release_ahead(ctx.preforked, ctx.pam_ahead)  # unused: the start never reached them
+        # unused: the start never reached them (after a take, a release does nothing)
+        release_ahead(ctx.preforked, ctx.pam_ahead, ctx.pty_ahead)
         if claimed:
             ctx.registry.remove(req.session_id)
         # A started session's record ends (the shell never ran); any other start is denied.
@@ -383,9 +386,12 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
         if req.terminal is not None:
             from agent import terminal
 
-            pty = terminal.open_pty(account, req.terminal.rows, req.terminal.cols)
+            rows, cols = req.terminal.rows, req.terminal.cols
+            pty = (ctx.pty_ahead.take(account, rows, cols) if ctx.pty_ahead is not None
+                   else terminal.open_pty(account, rows, cols))
             child_fds, client_fds = (pty.slave,) * 3, (pty.master,)
         else:
+            release_ahead(ctx.pty_ahead)
             in_r, in_w = os.pipe()
             child_fds, client_fds = (in_r,), (in_w,)
             out_r, out_w = os.pipe()

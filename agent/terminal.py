@@ -3,6 +3,9 @@
 The slave is chowned to the user and the `tty` group with mode 0620 (like login and sshd, so
 `write`/`wall` work and nobody else can read it), the initial window size is set, and both fds
 are close-on-exec: the session's child gets the slave only through its stdio.
+
+A spare supervisor opens its session's PTY ahead (open_pty_ahead): until a session takes it,
+its slave is root's alone (mode 0600), and a session that needs none closes it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
     from agent.accounts import Account
 
 TTY_MODE = 0o620
+AHEAD_MODE = 0o600  # a PTY opened ahead of its session: nobody but root may open its slave
 MAX_DIMENSION = 10000
 
 
@@ -48,29 +52,105 @@ def open_pty(account: Account, rows: int, cols: int, *, tty_gid: Optional[int] =
     with the window size set. Raises BadRequest for a bad size, SpawnFailed when no PTY can be
     allocated or set up."""
     _check_size(rows, cols)
+    _check_account(account)
+    gid = tty_group_gid(account.gid) if tty_gid is None else tty_gid
+    return _give(_open_pair(None), account, gid, rows, cols)
+
+
+class PtyAhead:
+    """A PTY opened before its session is known (open_pty_ahead): take() gives it to the
+    session's account as open_pty() would have made it; release() closes it if nobody took it.
+    Either happens once."""
+
+    __slots__ = ("_pty", "_tty_gid")
+
+    def __init__(self, pty: Pty, tty_gid: Optional[int]) -> None:
+        self._pty: Optional[Pty] = pty
+        self._tty_gid = tty_gid
+
+    def take(self, account: Account, rows: int, cols: int) -> Pty:
+        """The PTY, its slave now ACCOUNT's (see open_pty); raises as open_pty does, and then the
+        PTY is closed."""
+        pty, self._pty = self._pty, None
+        if pty is None:
+            raise SpawnFailed("pty: the terminal opened ahead was taken already")
+        try:
+            _check_size(rows, cols)
+            _check_account(account)
+        except BaseException:
+            _close(pty)
+            raise
+        gid = account.gid if self._tty_gid is None else self._tty_gid
+        return _give(pty, account, gid, rows, cols)
+
+    def release(self) -> None:
+        pty, self._pty = self._pty, None
+        if pty is not None:
+            _close(pty)
+
+
+def open_pty_ahead() -> PtyAhead:
+    """A PTY for a session not yet known, its slave root's with mode 0600, and the tty group's
+    gid looked up now. Raises SpawnFailed when no PTY can be allocated."""
+    import grp
+
+    try:
+        tty_gid: Optional[int] = grp.getgrnam("tty").gr_gid
+    except KeyError:
+        tty_gid = None
+    return PtyAhead(_open_pair(AHEAD_MODE), tty_gid)
+
+
+def _check_account(account: Account) -> None:
     if account.uid == 0:
         raise SpawnFailed("refusing to give a terminal to uid 0")
-    gid = tty_group_gid(account.gid) if tty_gid is None else tty_gid
+
+
+def _open_pair(mode: Optional[int]) -> Pty:
+    """A new PTY pair, both ends close-on-exec; the slave's mode set to MODE if given."""
     try:
         master, slave = os.openpty()
     except OSError as exc:
         raise SpawnFailed(f"pty: cannot allocate a terminal: [Errno {exc.errno}] "
                           f"{exc.strerror}") from exc
+    pty = Pty(master, slave, "")
     try:
         os.set_inheritable(master, False)
         os.set_inheritable(slave, False)
-        path = os.ttyname(slave)
-        os.fchown(slave, account.uid, gid)
-        os.fchmod(slave, TTY_MODE)
-        set_window_size(master, rows, cols)
-    except BaseException as exc:
-        os.close(master)
-        os.close(slave)
-        if isinstance(exc, OSError):
-            raise SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] "
-                              f"{exc.strerror}") from exc
+        if mode is not None:
+            os.fchmod(slave, mode)
+        return Pty(master, slave, os.ttyname(slave))
+    except OSError as exc:
+        _close(pty)
+        raise _setup_failed(exc) from exc
+    except BaseException:
+        _close(pty)
         raise
-    return Pty(master, slave, path)
+
+
+def _give(pty: Pty, account: Account, gid: int, rows: int, cols: int) -> Pty:
+    """PTY's slave given to ACCOUNT (and GID), mode 0620, with the window size set; on failure
+    the PTY is closed."""
+    try:
+        os.fchown(pty.slave, account.uid, gid)
+        os.fchmod(pty.slave, TTY_MODE)
+        set_window_size(pty.master, rows, cols)
+    except OSError as exc:
+        _close(pty)
+        raise _setup_failed(exc) from exc
+    except BaseException:
+        _close(pty)
+        raise
+    return pty
+
+
+def _setup_failed(exc: OSError) -> SpawnFailed:
+    return SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] {exc.strerror}")
+
+
+def _close(pty: Pty) -> None:
+    os.close(pty.master)
+    os.close(pty.slave)
 
 
 def set_window_size(fd: int, rows: int, cols: int) -> None:

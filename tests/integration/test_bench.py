@@ -51,7 +51,8 @@ def test_quick_bench_reports_everything(isolated: Isolated) -> None:
         assert r["n"] >= 10, how
         assert 0 < r["p50_ms"] <= r["p99_ms"], how
     live = res["live-200"]
-    assert (live["held"], live["failed"], live["left_after_hangup"]) == (200, 0, 0)
+    assert (live["held"], live["failed"], live["left_after_hangup"]) == (200, 0, 0), \
+        live["failures"]
     assert 0 < live["uss_per_session_mb"] < 50
     assert 0 < res["daemon-idle"]["rss_mb"] < 200
     assert set(report["targets"]) == {

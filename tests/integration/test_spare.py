@@ -4,15 +4,18 @@ Real daemon, real accounts and shells in the isolated namespace. What is checked
 at a time, reachable by nothing but the daemon; a session it takes over runs exactly as one the
 daemon forks for itself; a spare that dies, is stopped or outlives its daemon never costs a
 session or stays behind. Each spare forks its session's shell process ahead too: the shell is
-that process, one that died is replaced by a fork, and it never outlives its spare.
+that process, one that died is replaced by a fork, and it never outlives its spare. It also
+opens its session's PTY ahead, which nobody but root can open until a PTY session takes it.
 """
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import signal
 import socket
+import stat
 import subprocess
 from collections.abc import Iterator
 
@@ -304,6 +307,59 @@ def test_a_denied_start_lets_the_process_forked_ahead_go(daemon: DaemonProc,
         _start(daemon, users.missing, "ahead-denied", "true")
     assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)
     assert daemon.events("ahead-denied") == ["session.requested", "session.denied"]
+
+
+def _pty_ahead_of(spare: int) -> str:
+    """The terminal SPARE opened ahead, once it has (its set-up may still be under way)."""
+    assert load.wait_until(lambda: len(_ptys_of(spare)) == 1, 10), _ptys_of(spare)
+    (tty,) = _ptys_of(spare)
+    return tty
+
+
+def _ptys_of(pid: int) -> list[str]:
+    """The terminals (/dev/pts/N) PID holds open."""
+    held = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/pts/"):
+            held.append(target)
+    return held
+
+
+def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonProc,
+                                                               users: Users) -> None:
+    """A spare holds the next session's PTY: until a session takes it, its slave is root's
+    alone (mode 0600: no account can open it or write to it). A PTY session gets that very
+    terminal, given to its account as a PTY opened at the start is; a session without a
+    terminal closes it."""
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    st = os.stat(tty)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    opened = subprocess.run(["runuser", "-u", users.bob, "--", "sh", "-c", f"exec 3<>{tty}"],
+                            capture_output=True, text=True, check=False)
+    assert opened.returncode != 0
+    assert "Permission denied" in opened.stderr
+    sess = load.start(daemon.client, users.bob, "pty-ahead", "sleep 30", ("xterm", 24, 80))
+    try:
+        assert sess.info["tty"] == tty
+        st = os.stat(tty)
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (
+            pwd.getpwnam(users.bob).pw_uid, grp.getgrnam("tty").gr_gid, 0o620)
+    finally:
+        sess.close()
+    # The next spare has a PTY of its own; a session without a terminal closes it at once.
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    sess = load.start(daemon.client, users.bob, "pty-ahead-pipes", "sleep 30")
+    try:
+        assert sess.info["tty"] is None
+        assert _ptys_of(spare) == []  # the session's supervisor, live
+    finally:
+        sess.close()
 
 
 def test_a_stopped_spare_exits_without_a_trace(daemon: DaemonProc, users: Users) -> None:

@@ -365,9 +365,18 @@ def test_pty_is_the_users_and_the_controlling_terminal(extra_users: Users, who: 
     assert int(fields[4]) == os.makedev(major, minor)  # cat's controlling terminal: the PTY
 
 
-def test_pty_slave_ownership_mode_size_and_cloexec(extra_users: Users) -> None:
+def _pty(way: str, acct: Account, rows: int, cols: int) -> terminal.Pty:
+    """A session's PTY as the agent makes it: opened now, or opened ahead (by a spare) and
+    taken."""
+    if way == "now":
+        return terminal.open_pty(acct, rows, cols)
+    return terminal.open_pty_ahead().take(acct, rows, cols)
+
+
+@pytest.mark.parametrize("way", ["now", "ahead"])
+def test_pty_slave_ownership_mode_size_and_cloexec(extra_users: Users, way: str) -> None:
     acct = account("alice")
-    pty = terminal.open_pty(acct, 40, 132)
+    pty = _pty(way, acct, 40, 132)
     try:
         st = os.stat(pty.slave_path)
         assert st.st_uid == acct.uid
@@ -390,13 +399,15 @@ def test_the_session_sees_the_window_size(extra_users: Users) -> None:
     assert ran.out.strip() == "33 101"
 
 
+@pytest.mark.parametrize("way", ["now", "ahead"])
 @pytest.mark.parametrize(("rows", "cols"), [(0, 80), (24, 0), (10001, 80), (24, 10001),
                                             (-1, 80), (True, 80), ("24", 80), (24.0, 80)])
-def test_bad_window_sizes_are_refused(extra_users: Users, rows: object, cols: object) -> None:
+def test_bad_window_sizes_are_refused(extra_users: Users, rows: object, cols: object,
+                                      way: str) -> None:
     acct = account("alice")
     before = set(os.listdir("/proc/self/fd"))
     with pytest.raises(BadRequest):
-        terminal.open_pty(acct, rows, cols)  # type: ignore[arg-type]
+        _pty(way, acct, rows, cols)  # type: ignore[arg-type]
     assert set(os.listdir("/proc/self/fd")) == before
     pty = terminal.open_pty(acct, 24, 80)
     try:
@@ -407,7 +418,37 @@ def test_bad_window_sizes_are_refused(extra_users: Users, rows: object, cols: ob
         os.close(pty.slave)
 
 
-def test_no_tty_group_falls_back_to_the_accounts_group(extra_users: Users) -> None:
+def test_a_pty_opened_ahead_is_roots_alone_until_taken_once(extra_users: Users) -> None:
+    def terminals() -> list[str]:
+        held = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                held.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except FileNotFoundError:  # listdir's own descriptor
+                continue
+        return [p for p in held if p.startswith("/dev/pts/")]
+
+    before = set(os.listdir("/proc/self/fd"))
+    known = terminals()
+    ahead = terminal.open_pty_ahead()
+    (path,) = set(terminals()) - set(known)
+    st = os.stat(path)
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    with pytest.raises(SpawnFailed, match="uid 0"):  # root: refused, and the PTY closed
+        ahead.take(Account("toor", 0, 0, "/root", "/bin/sh", (0,), "local"), 24, 80)
+    assert set(os.listdir("/proc/self/fd")) == before
+    with pytest.raises(SpawnFailed, match="taken already"):
+        ahead.take(account("alice"), 24, 80)
+    ahead.release()  # nothing left to close
+    assert set(os.listdir("/proc/self/fd")) == before
+    unused = terminal.open_pty_ahead()
+    unused.release()
+    unused.release()
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("way", ["now", "ahead"])
+def test_no_tty_group_falls_back_to_the_accounts_group(extra_users: Users, way: str) -> None:
     tty_gid = grp.getgrnam("tty").gr_gid
     with open("/etc/group") as fh:
         saved = fh.read()
@@ -415,7 +456,7 @@ def test_no_tty_group_falls_back_to_the_accounts_group(extra_users: Users) -> No
         with open("/etc/group", "w") as fh:
             fh.write("".join(ln for ln in saved.splitlines(True) if not ln.startswith("tty:")))
         acct = account("alice")
-        pty = terminal.open_pty(acct, 24, 80)
+        pty = _pty(way, acct, 24, 80)
         try:
             assert os.stat(pty.slave_path).st_gid == acct.gid
         finally:
