@@ -20,7 +20,7 @@ from agent.errors import BadRequest, SpawnFailed
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Callable, Optional
 
     from agent.accounts import Account
 
@@ -114,38 +114,41 @@ def _open_pair(mode: Optional[int]) -> Pty:
         raise SpawnFailed(f"pty: cannot allocate a terminal: [Errno {exc.errno}] "
                           f"{exc.strerror}") from exc
     pty = Pty(master, slave, "")
-    try:
+
+    def set_up() -> Pty:
         os.set_inheritable(master, False)
         os.set_inheritable(slave, False)
         if mode is not None:
             os.fchmod(slave, mode)
         return Pty(master, slave, os.ttyname(slave))
-    except OSError as exc:
-        _close(pty)
-        raise _setup_failed(exc) from exc
-    except BaseException:
-        _close(pty)
-        raise
+
+    return _closed_on_failure(pty, set_up)
 
 
 def _give(pty: Pty, account: Account, gid: int, rows: int, cols: int) -> Pty:
     """PTY's slave given to ACCOUNT (and GID), mode 0620, with the window size set; on failure
     the PTY is closed."""
-    try:
+
+    def give() -> Pty:
         os.fchown(pty.slave, account.uid, gid)
         os.fchmod(pty.slave, TTY_MODE)
         set_window_size(pty.master, rows, cols)
+        return pty
+
+    return _closed_on_failure(pty, give)
+
+
+def _closed_on_failure(pty: Pty, step: Callable[[], Pty]) -> Pty:
+    """STEP's result; if it raises, PTY is closed first (an OSError becomes SpawnFailed)."""
+    try:
+        return step()
     except OSError as exc:
         _close(pty)
-        raise _setup_failed(exc) from exc
+        raise SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] "
+                          f"{exc.strerror}") from exc
     except BaseException:
         _close(pty)
         raise
-    return pty
-
-
-def _setup_failed(exc: OSError) -> SpawnFailed:
-    return SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] {exc.strerror}")
 
 
 def _close(pty: Pty) -> None:

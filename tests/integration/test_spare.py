@@ -62,16 +62,19 @@ def _stat(pid: int) -> list[str]:
         return fh.read().rsplit(")", 1)[1].split()
 
 
-def _socket_inodes(pid: int) -> list[int]:
+def _fd_targets(pid: int) -> list[str]:
+    """What PID's descriptors refer to (their /proc links)."""
     out = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:
             continue
-        if target.startswith("socket:["):
-            out.append(int(target[8:-1]))
     return out
+
+
+def _socket_inodes(pid: int) -> list[int]:
+    return [int(t[8:-1]) for t in _fd_targets(pid) if t.startswith("socket:[")]
 
 
 def _unix_peers() -> dict[int, int]:
@@ -318,15 +321,7 @@ def _pty_ahead_of(spare: int) -> str:
 
 def _ptys_of(pid: int) -> list[str]:
     """The terminals (/dev/pts/N) PID holds open."""
-    held = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/dev/pts/"):
-            held.append(target)
-    return held
+    return [t for t in _fd_targets(pid) if t.startswith("/dev/pts/")]
 
 
 def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonProc,
