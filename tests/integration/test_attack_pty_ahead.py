@@ -1,0 +1,259 @@
+"""Attacks on the PTY a spare supervisor opens ahead of its session, replayed for real: real
+accounts, the real daemon, real sessions in the test namespace.
+
+The spare holds the next session's terminal while it waits, possibly for hours. Nothing but the
+spare may hold either end of it meanwhile (no process forked ahead, no PAM process, no other
+session's process), nobody but root may open its slave, and every way a spare ends without a PTY
+session (a session without a terminal, a refused start, a reload, a stop) closes it: no end of
+it outlives the spare's use for it, so its number and its slave are never handed on open.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from agent.errors import AgentError
+from tests.conftest import Users
+from tests.support import load
+from tests.support.daemon import DaemonProc, running
+
+pytestmark = pytest.mark.privileged
+
+
+@pytest.fixture
+def daemon(users: Users) -> Iterator[DaemonProc]:
+    with running() as d:
+        yield d
+
+
+def _pid(d: DaemonProc) -> int:
+    assert d.proc is not None
+    return d.proc.pid
+
+
+def _spare(d: DaemonProc, timeout: float = 10, *, not_: int = 0) -> int:
+    """The daemon's one idle spare (not NOT_, a spare that is gone or going)."""
+    def one() -> bool:
+        spares = load.spares_of(_pid(d))
+        return len(spares) == 1 and spares[0] != not_
+    assert load.wait_until(one, timeout), load.all_children_of(_pid(d))
+    (pid,) = load.spares_of(_pid(d))
+    return pid
+
+
+def _slaves_of(pid: int) -> list[str]:
+    out: list[str] = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("/dev/pts/") and target[9:].split(" ")[0].isdigit():
+            out.append(target.split(" ")[0])
+    return out
+
+
+def _pty_ahead_of(spare: int) -> str:
+    assert load.wait_until(lambda: len(_slaves_of(spare)) == 1, 10), _slaves_of(spare)
+    (tty,) = _slaves_of(spare)
+    return tty
+
+
+def _holders(tty: str) -> dict[int, set[str]]:
+    """Every process holding TTY's slave or its master (a ptmx fd whose tty-index is TTY's)."""
+    index = tty.rsplit("/", 1)[1]
+    held: dict[int, set[str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.split(" ")[0] == tty:
+                held.setdefault(pid, set()).add("slave")
+            elif target.split(" ")[0] in ("/dev/ptmx", "/dev/pts/ptmx"):
+                try:
+                    with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
+                        info = fh.read()
+                except OSError:
+                    continue
+                if f"tty-index:\t{index}\n" in info:
+                    held.setdefault(pid, set()).add("master")
+    return held
+
+
+def _freed(d: DaemonProc, tty: str, was: int, timeout: float = 10) -> bool:
+    """No process holds TTY but a new spare of D (its number, free again, is the next
+    spare's): WAS, the spare that had it, holds it no more, and nor does anything else."""
+    def freed() -> bool:
+        alive = d.proc is not None and d.proc.poll() is None
+        spares = set(load.spares_of(_pid(d))) if alive else set()
+        held = set(_holders(tty))
+        return was not in held and held <= spares - {was}
+    return load.wait_until(freed, timeout)
+
+
+def test_nobody_but_the_spare_holds_its_pty_ahead(daemon: DaemonProc, users: Users) -> None:
+    """The shell's process and the PAM process are forked ahead before the PTY is opened:
+    while the spare waits, it alone holds either end."""
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    assert _holders(tty) == {spare: {"master", "slave"}}
+    for flags in ("<", ">", "<>"):
+        opened = subprocess.run(["runuser", "-u", users.bob, "--", "sh", "-c",
+                                 f"exec 3{flags}{tty}"], capture_output=True, text=True,
+                                check=False)
+        assert opened.returncode != 0, flags
+
+
+def test_a_pty_session_s_terminal_is_its_own(daemon: DaemonProc, users: Users) -> None:
+    """Taken by a PTY session: its master is the supervisor's alone (and the client's), its
+    slave the supervisor's and the session's processes' only (no process forked ahead for
+    another use keeps it)."""
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    sess = load.start(daemon.client, users.bob, "pty-own", "sleep 30", ("xterm", 24, 80))
+    try:
+        assert sess.info["tty"] == tty
+        held = _holders(tty)
+        me = os.getpid()
+        masters = {pid for pid, ends in held.items() if "master" in ends}
+        assert masters <= {spare, me}, held
+        bob = pwd.getpwnam(users.bob).pw_uid
+        for pid, ends in held.items():
+            if pid in (spare, me):
+                continue
+            assert ends == {"slave"}, (pid, ends)
+            assert os.stat(f"/proc/{pid}").st_uid == bob, pid
+    finally:
+        sess.close()
+    assert _freed(daemon, tty, spare)
+
+
+def test_a_session_without_a_terminal_frees_the_pty_ahead(daemon: DaemonProc,
+                                                           users: Users) -> None:
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    sess = load.start(daemon.client, users.bob, "pipes", "sleep 30")
+    try:
+        assert sess.info["tty"] is None
+        assert _freed(daemon, tty, spare), _holders(tty)  # while the session runs
+    finally:
+        sess.close()
+
+
+def test_a_refused_start_frees_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    for target, terminal in ((users.toor, ("xterm", 24, 80)), (users.missing, ("xterm", 24, 80)),
+                             (users.nolog, None)):
+        with pytest.raises(AgentError):
+            load.start(daemon.client, target, f"refused-{target}", "true", terminal).close()
+        assert _freed(daemon, tty, spare), _holders(tty)
+        spare = _spare(daemon, not_=spare)
+        tty = _pty_ahead_of(spare)
+
+
+def test_a_reload_and_a_stop_free_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
+    """A spare let go (a reload), stopped, killed, or whose daemon stops: its PTY is closed."""
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGHUP)
+    assert _freed(daemon, tty, spare), _holders(tty)
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        spare = _spare(daemon, not_=spare)
+        tty = _pty_ahead_of(spare)
+        os.kill(spare, how)
+        assert _freed(daemon, tty, spare), _holders(tty)
+        sess = load.start(daemon.client, users.bob, f"after-{how}", "true")  # a spare again
+        try:
+            sess.wait()
+        finally:
+            sess.close()
+    spare = _spare(daemon, not_=spare)
+    tty = _pty_ahead_of(spare)
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert _freed(daemon, tty, spare), _holders(tty)
+
+
+HOLD = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_NOCTTY)
+print("open", flush=True)
+sys.stdin.readline()
+for what, act in (("write", lambda: os.write(fd, b"INJECTED\\n")),
+                  ("read", lambda: os.read(fd, 64))):
+    try:
+        print(what, "ok", repr(act()), flush=True)
+    except OSError as exc:
+        print(what, exc.errno, flush=True)
+"""
+
+
+def test_a_terminal_an_account_keeps_open_is_never_the_next_sessions(daemon: DaemonProc,
+                                                                   users: Users) -> None:
+    """An account that keeps its session's slave open after the session (opened by path while
+    it was the account's) holds a hung-up terminal: its number is not the next spare's, and
+    nothing it writes or reads reaches the next session on a PTY."""
+    spare = _spare(daemon)
+    tty = _pty_ahead_of(spare)
+    sess = load.start(daemon.client, users.bob, "kept", "sleep 30", ("xterm", 24, 80))
+    holder = subprocess.Popen(["runuser", "-u", users.bob, "--", "python3", "-c", HOLD, tty],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        assert holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+        sess.close()
+        assert load.wait_until(lambda: _holders(tty).keys() <= {holder.pid, *_kids(holder.pid)},
+                               10), _holders(tty)
+        spare = _spare(daemon, not_=spare)
+        nxt = _pty_ahead_of(spare)
+        assert nxt != tty
+        alice = load.start(daemon.client, users.alice, "next", "sleep 30", ("xterm", 24, 80))
+        try:
+            assert alice.info["tty"] == nxt
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+            out = holder.stdout.read()
+            # hung up: writing fails (EIO), reading finds the end of file
+            assert out == "write 5\nread ok b''\n", out
+        finally:
+            alice.close()
+    finally:
+        holder.kill()
+        holder.wait()
+        subprocess.run(["setpriv", f"--reuid={pwd.getpwnam(users.bob).pw_uid}",
+                        f"--regid={pwd.getpwnam(users.bob).pw_gid}", "--clear-groups",
+                        "kill", "-9", "-1"], check=False)
+
+
+def _kids(pid: int) -> set[int]:
+    out = set()
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as fh:
+                    if int(fh.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.add(int(name))
+            except OSError:
+                continue
+    return out
