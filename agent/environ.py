@@ -135,6 +135,9 @@ def _validated(env: Mapping[str, str], where: str) -> dict[str, str]:
     return out
 
 
+_ENV_PATH = "ENV_PATH"
+
+
 def env_path(login_defs: str = "/etc/login.defs", *, default: str = DEFAULT_PATH) -> str:
     """PATH from login.defs' ENV_PATH, or DEFAULT when it is absent or not a list of
     absolute directories (an empty or relative entry would search the working directory)."""
@@ -144,16 +147,20 @@ def env_path(login_defs: str = "/etc/login.defs", *, default: str = DEFAULT_PATH
     except OSError:
         return default
     value: Optional[str] = None
-    # Only the lines that name the key are split (the file is mostly comments, and this runs
-    # on every session's start).
-    at = text.find("ENV_PATH")
+    # Only the lines that name the key are looked at (the file is mostly comments, and this
+    # runs on every session's start). As shadow's getdef reads a line: lines end at a newline
+    # only, the key is its first field after spaces and tabs, and ends at a space or a tab.
+    at = text.find(_ENV_PATH)
     while at != -1:
         start = text.rfind("\n", 0, at) + 1
         end = text.find("\n", at)
-        parts = text[start:end if end != -1 else len(text)].strip().split(None, 1)
-        if len(parts) == 2 and parts[0] == "ENV_PATH":
-            value = parts[1].strip()  # the last one wins, as in shadow's getdef
-        at = text.find("ENV_PATH", at + 1) if end == -1 else text.find("ENV_PATH", end)
+        line_end = end if end != -1 else len(text)
+        after = at + len(_ENV_PATH)
+        if not text[start:at].strip(" \t") and text[after:after + 1] in (" ", "\t"):
+            rest = text[after:line_end].strip()
+            if rest:
+                value = rest  # the last one wins, as in shadow's getdef
+        at = text.find(_ENV_PATH, at + 1) if end == -1 else text.find(_ENV_PATH, end)
     if value is None:
         return default
     if len(value) >= 2 and value[0] == value[-1] == '"':

@@ -152,6 +152,13 @@ def test_non_string_values_are_refused() -> None:
         ("ENV_PATHS PATH=/no\nXENV_PATH PATH=/no\n", DEFAULT_PATH),
         ("UMASK 022 # ENV_PATH PATH=/no\n", DEFAULT_PATH),
         ("ENV_PATH PATH=/a\nENV_PATH PATH=relative\n", DEFAULT_PATH),  # the last one counts
+        # getdef's fields: the key ends at a space or a tab, after spaces and tabs only; a line
+        # ends at a newline only
+        ("ENV_PATH\r\t/b\n", DEFAULT_PATH),
+        ("ENV_PATH\x0bPATH=/b\n", DEFAULT_PATH),
+        ("\x0cENV_PATH PATH=/b\n", DEFAULT_PATH),
+        ("X\rENV_PATH PATH=/b\n", DEFAULT_PATH),
+        ("ENV_PATH PATH=/a\nENV_PATH\r\n", "/a"),
     ],
 )
 def test_env_path_from_login_defs(tmp_path: Path, text: str, expected: str) -> None:
