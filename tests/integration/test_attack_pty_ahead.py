@@ -257,3 +257,27 @@ def _kids(pid: int) -> set[int]:
             except OSError:
                 continue
     return out
+
+
+BROKEN = "attk-brokensh"  # an account whose shell cannot be exec'd (a missing interpreter)
+
+
+def test_a_pty_start_refused_after_the_take_frees_the_terminal(users: Users) -> None:
+    """A PTY session refused once its terminal was given to the account (its shell cannot be
+    exec'd), with PAM on (the PAM process forked ahead runs its session): nothing keeps either
+    end of that terminal, not the PAM process, not the process forked for the shell."""
+    os.makedirs("/var/lib/runas-test", exist_ok=True)
+    shell = "/var/lib/runas-test/attk-broken-shell"
+    with open(shell, "w") as fh:
+        fh.write("#!/nonexistent/interpreter\n")
+    os.chmod(shell, 0o755)
+    try:
+        pwd.getpwnam(BROKEN)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", shell, "--", BROKEN], check=True)
+    with running({"session": {"pam": True}}) as d:
+        spare = _spare(d)
+        tty = _pty_ahead_of(spare)
+        with pytest.raises(AgentError):
+            load.start(d.client, BROKEN, "refused-after-take", "true", ("xterm", 24, 80)).close()
+        assert _freed(d, tty, spare), _holders(tty)
