@@ -15,6 +15,7 @@ import pwd
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -281,3 +282,32 @@ def test_a_pty_start_refused_after_the_take_frees_the_terminal(users: Users) -> 
         with pytest.raises(AgentError):
             load.start(d.client, BROKEN, "refused-after-take", "true", ("xterm", 24, 80)).close()
         assert _freed(d, tty, spare), _holders(tty)
+
+
+@pytest.mark.parametrize("planted", ["account's", "symlink", "group-writable"])
+def test_a_planted_state_directory_gets_no_record(daemon: DaemonProc, users: Users,
+                                                  planted: str, tmp_path: Path) -> None:
+    """The registry's directory replaced while the daemon runs (by someone who could write
+    its parent): one an account owns, a link to a directory of root's, or one others may
+    write. A start is refused there, and no record (whole or partial) is written into it."""
+    bob = pwd.getpwnam(users.bob)
+    state = daemon.state_dir
+    if os.path.isdir(state):
+        os.rmdir(state)
+    target = state
+    if planted == "symlink":
+        target = str(tmp_path / "elsewhere")
+        os.symlink(target, state)
+    os.mkdir(target, 0o700)
+    if planted == "account's":
+        os.chown(target, bob.pw_uid, bob.pw_gid)
+    elif planted == "group-writable":
+        os.chmod(target, 0o770)
+    try:
+        with pytest.raises(AgentError, match="must be a directory of the agent's user"):
+            load.start(daemon.client, users.bob, "planted", "true", ("xterm", 24, 80)).close()
+        assert os.listdir(target) == []
+    finally:
+        if os.path.islink(state):
+            os.unlink(state)
+        os.rmdir(target)
