@@ -6,6 +6,10 @@ spare may hold either end of it meanwhile (no process forked ahead, no PAM proce
 session's process), nobody but root may open its slave, and every way a spare ends without a PTY
 session (a session without a terminal, a refused start, a reload, a stop) closes it: no end of
 it outlives the spare's use for it, so its number and its slave are never handed on open.
+
+What else a spare prepares while it waits is attacked here too: the registry directory its
+records go to (planted by someone who could write its parent), and the shell's process forked
+ahead, which ignores every signal while it waits and must hand none of that to the shell.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from agent.errors import AgentError
 from tests.conftest import Users
 from tests.support import load
 from tests.support.daemon import DaemonProc, running
+from tests.support.procio import drain
 
 pytestmark = pytest.mark.privileged
 
@@ -311,3 +316,20 @@ def test_a_planted_state_directory_gets_no_record(daemon: DaemonProc, users: Use
         if os.path.islink(state):
             os.unlink(state)
         os.rmdir(target)
+
+
+def test_the_shell_forked_ahead_starts_with_every_signal_default(daemon: DaemonProc,
+                                                                 users: Users) -> None:
+    """Every signal number, the real-time ones among them, is neither ignored nor blocked in
+    the session's shell (the process forked ahead ignored them all while it waited),
+    so nothing the daemon set up leaks into how the account's processes take signals."""
+    _spare(daemon)
+    sess = load.start(daemon.client, users.bob, "signals-default",
+                      "grep -E '^Sig(Ign|Blk):' /proc/$$/status")
+    try:
+        assert sess.stdout is not None
+        (out,) = drain([sess.stdout])
+        assert out == b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+        assert sess.wait()["code"] == 0
+    finally:
+        sess.close()
