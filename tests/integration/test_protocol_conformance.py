@@ -319,10 +319,13 @@ def test_cli_returns_promptly_after_ctrl_c(daemon: DaemonProc, users: Users) -> 
     import pty
 
     master, slave = pty.openpty()
+    # `exec sleep`, not a fork of it: a ^C that arrived while sh was forking sleep would reach
+    # sh alone (the new child is not sent a signal generated before it existed), and sh, waiting
+    # for a child that never got it, would wait the whole 30 s. A user's ^C has the same race.
     proc = subprocess.Popen(
         [sys.executable, "-m", "agent", "session", "--socket", daemon.socket, "-t",
          "--run-as", "--tag", f"{TAG}={users.bob}", "--",
-         "sh", "-c", "echo ready; sleep 30; echo never"],
+         "sh", "-c", "echo ready; exec sleep 30"],
         stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
         env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "TERM": "xterm"}, cwd=REPO)
     os.close(slave)
