@@ -70,6 +70,27 @@ def sh(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
+BROKEN_SHELL_ACCOUNT = "attk-brokensh"
+
+
+def broken_shell_account() -> str:
+    """BROKEN_SHELL_ACCOUNT, made if missing: an account whose shell cannot be exec'd (a script
+    whose interpreter does not exist), so a start fails at the exec, after everything before it
+    succeeded."""
+    import pwd
+
+    os.makedirs("/var/lib/runas-test", exist_ok=True)
+    shell = "/var/lib/runas-test/attk-broken-shell"
+    with open(shell, "w") as fh:
+        fh.write("#!/nonexistent/interpreter\n")
+    os.chmod(shell, 0o755)
+    try:
+        pwd.getpwnam(BROKEN_SHELL_ACCOUNT)
+    except KeyError:
+        sh("useradd", "-m", "-s", shell, "--", BROKEN_SHELL_ACCOUNT)
+    return BROKEN_SHELL_ACCOUNT
+
+
 @dataclass(frozen=True)
 class Users:
     alice: str = "alice"  # local, bash, supplementary group devs

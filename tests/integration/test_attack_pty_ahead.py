@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import AgentError
-from tests.conftest import Users
+from tests.conftest import Users, broken_shell_account
 from tests.support import load
 from tests.support.daemon import DaemonProc, running
 from tests.support.procio import drain
@@ -44,35 +44,7 @@ def _pid(d: DaemonProc) -> int:
 
 
 def _spare(d: DaemonProc, timeout: float = 10, *, not_: int = 0) -> int:
-    """The daemon's one idle spare (not NOT_, a spare that is gone or going)."""
-    def one() -> bool:
-        spares = load.spares_of(_pid(d))
-        return len(spares) == 1 and spares[0] != not_
-    assert load.wait_until(one, timeout), load.all_children_of(_pid(d))
-    (pid,) = load.spares_of(_pid(d))
-    return pid
-
-
-def _slaves_of(pid: int) -> list[str]:
-    out: list[str] = []
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("/dev/pts/") and target[9:].split(" ")[0].isdigit():
-            out.append(target.split(" ")[0])
-    return out
-
-
-def _pty_ahead_of(spare: int) -> str:
-    assert load.wait_until(lambda: len(_slaves_of(spare)) == 1, 10), _slaves_of(spare)
-    (tty,) = _slaves_of(spare)
-    return tty
+    return load.the_spare(_pid(d), timeout, not_=not_)
 
 
 def _holders(tty: str) -> dict[int, set[str]]:
@@ -120,7 +92,7 @@ def test_nobody_but_the_spare_holds_its_pty_ahead(daemon: DaemonProc, users: Use
     """The shell's process and the PAM process are forked ahead before the PTY is opened:
     while the spare waits, it alone holds either end."""
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     assert _holders(tty) == {spare: {"master", "slave"}}
     for flags in ("<", ">", "<>"):
         opened = subprocess.run(["runuser", "-u", users.bob, "--", "sh", "-c",
@@ -134,7 +106,7 @@ def test_a_pty_session_s_terminal_is_its_own(daemon: DaemonProc, users: Users) -
     slave the supervisor's and the session's processes' only (no process forked ahead for
     another use keeps it)."""
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pty-own", "sleep 30", ("xterm", 24, 80))
     try:
         assert sess.info["tty"] == tty
@@ -156,7 +128,7 @@ def test_a_pty_session_s_terminal_is_its_own(daemon: DaemonProc, users: Users) -
 def test_a_session_without_a_terminal_frees_the_pty_ahead(daemon: DaemonProc,
                                                            users: Users) -> None:
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pipes", "sleep 30")
     try:
         assert sess.info["tty"] is None
@@ -167,26 +139,26 @@ def test_a_session_without_a_terminal_frees_the_pty_ahead(daemon: DaemonProc,
 
 def test_a_refused_start_frees_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     for target, terminal in ((users.toor, ("xterm", 24, 80)), (users.missing, ("xterm", 24, 80)),
                              (users.nolog, None)):
         with pytest.raises(AgentError):
             load.start(daemon.client, target, f"refused-{target}", "true", terminal).close()
         assert _freed(daemon, tty, spare), _holders(tty)
         spare = _spare(daemon, not_=spare)
-        tty = _pty_ahead_of(spare)
+        tty = load.pty_ahead_of(spare)
 
 
 def test_a_reload_and_a_stop_free_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
     """A spare let go (a reload), stopped, killed, or whose daemon stops: its PTY is closed."""
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
     assert _freed(daemon, tty, spare), _holders(tty)
     for how in (signal.SIGTERM, signal.SIGKILL):
         spare = _spare(daemon, not_=spare)
-        tty = _pty_ahead_of(spare)
+        tty = load.pty_ahead_of(spare)
         os.kill(spare, how)
         assert _freed(daemon, tty, spare), _holders(tty)
         sess = load.start(daemon.client, users.bob, f"after-{how}", "true")  # a spare again
@@ -195,7 +167,7 @@ def test_a_reload_and_a_stop_free_the_pty_ahead(daemon: DaemonProc, users: Users
         finally:
             sess.close()
     spare = _spare(daemon, not_=spare)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     daemon.proc.send_signal(signal.SIGTERM)
     assert _freed(daemon, tty, spare), _holders(tty)
 
@@ -220,7 +192,7 @@ def test_a_terminal_an_account_keeps_open_is_never_the_next_sessions(daemon: Dae
     it was the account's) holds a hung-up terminal: its number is not the next spare's, and
     nothing it writes or reads reaches the next session on a PTY."""
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "kept", "sleep 30", ("xterm", 24, 80))
     holder = subprocess.Popen(["runuser", "-u", users.bob, "--", "python3", "-c", HOLD, tty],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -232,7 +204,7 @@ def test_a_terminal_an_account_keeps_open_is_never_the_next_sessions(daemon: Dae
         assert load.wait_until(lambda: _holders(tty).keys() <= {holder.pid, *_kids(holder.pid)},
                                10), _holders(tty)
         spare = _spare(daemon, not_=spare)
-        nxt = _pty_ahead_of(spare)
+        nxt = load.pty_ahead_of(spare)
         assert nxt != tty
         alice = load.start(daemon.client, users.alice, "next", "sleep 30", ("xterm", 24, 80))
         try:
@@ -265,27 +237,16 @@ def _kids(pid: int) -> set[int]:
     return out
 
 
-BROKEN = "attk-brokensh"  # an account whose shell cannot be exec'd (a missing interpreter)
-
-
 def test_a_pty_start_refused_after_the_take_frees_the_terminal(users: Users) -> None:
     """A PTY session refused once its terminal was given to the account (its shell cannot be
     exec'd), with PAM on (the PAM process forked ahead runs its session): nothing keeps either
     end of that terminal, not the PAM process, not the process forked for the shell."""
-    os.makedirs("/var/lib/runas-test", exist_ok=True)
-    shell = "/var/lib/runas-test/attk-broken-shell"
-    with open(shell, "w") as fh:
-        fh.write("#!/nonexistent/interpreter\n")
-    os.chmod(shell, 0o755)
-    try:
-        pwd.getpwnam(BROKEN)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", shell, "--", BROKEN], check=True)
+    broken = broken_shell_account()
     with running({"session": {"pam": True}}) as d:
         spare = _spare(d)
-        tty = _pty_ahead_of(spare)
+        tty = load.pty_ahead_of(spare)
         with pytest.raises(AgentError):
-            load.start(d.client, BROKEN, "refused-after-take", "true", ("xterm", 24, 80)).close()
+            load.start(d.client, broken, "refused-after-take", "true", ("xterm", 24, 80)).close()
         assert _freed(d, tty, spare), _holders(tty)
 
 

@@ -38,7 +38,7 @@ from agent.environ import build_env
 from agent.errors import AgentError, SpawnFailed
 from agent.platform.linux import Linux
 from agent.spawn import SpawnPlan
-from tests.conftest import Users, sh
+from tests.conftest import BROKEN_SHELL_ACCOUNT, Users, broken_shell_account
 from tests.support import spawning
 from tests.support.daemon import REPO, DaemonProc, running
 
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.privileged
 
 TAG = "SSMSessionRunAs"
 SERVICE_FILE = os.path.join(REPO, "packaging", "pam", "runas-agent")
-BROKEN = "attk-brokensh"  # an account whose shell cannot be exec'd (a missing interpreter)
+BROKEN = BROKEN_SHELL_ACCOUNT  # its shell cannot be exec'd (a missing interpreter)
 CLOSE_SLOW = ("/bin/sleep", "3.25")  # its PAM session's close takes this long (pam_exec)
 
 
@@ -71,15 +71,7 @@ def _slow_closes() -> list[psutil.Process]:
 
 @pytest.fixture
 def slow_close(users: Users) -> Iterator[DaemonProc]:
-    os.makedirs("/var/lib/runas-test", exist_ok=True)
-    shell = "/var/lib/runas-test/attk-broken-shell"
-    with open(shell, "w") as fh:
-        fh.write("#!/nonexistent/interpreter\n")
-    os.chmod(shell, 0o755)
-    try:
-        pwd.getpwnam(BROKEN)
-    except KeyError:
-        sh("useradd", "-m", "-s", shell, "--", BROKEN)
+    broken_shell_account()
     try:
         with _pam_daemon(
                 f"session [success=1 default=ignore] pam_succeed_if.so quiet user != {BROKEN}\n",

@@ -60,12 +60,27 @@ def daemon(request: pytest.FixtureRequest, users: Users) -> Iterator[DaemonProc]
                 os.unlink(path)
 
 
+def _start_as_alice(d: DaemonProc, users: Users, sid: str) -> Any:
+    """A session as alice running PROBE (its shell prints READY, then waits for input)."""
+    return d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
+                          tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+
+
+def _ends_with_pam_closed(d: DaemonProc, sess: Any, sid: str) -> None:
+    """SESS's shell printed READY; once it is closed, the session's end says PAM was closed."""
+    try:
+        assert sess.stdout is not None
+        read_until(sess.stdout, b"READY\n")
+    finally:
+        sess.close()
+    assert d.wait_event(sid, "session.ended")["pam_closed"] is True
+
+
 def _session(d: DaemonProc, users: Users, sid: str, *,
              kill_pam: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """A live session as alice; with KILL_PAM its PAM process is killed (SIGKILL) while the
     session runs. Then the session ends (stdin closed): its exit and its session.ended."""
-    sess = d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
-                          tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    sess = _start_as_alice(d, users, sid)
     try:
         assert sess.stdout is not None
         assert sess.stdin is not None
@@ -272,8 +287,7 @@ def _blocked(pid: int) -> int:
 def _live_with_pam(d: DaemonProc, users: Users, sid: str) -> tuple[Any, dict[str, Any], int]:
     """A live session as alice (its shell has printed READY): the session, its registry record
     and its PAM process's pid (the supervisor's child that is not the shell)."""
-    sess = d.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
-                          tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    sess = _start_as_alice(d, users, sid)
     try:
         assert sess.stdout is not None
         read_until(sess.stdout, b"READY\n")
@@ -310,15 +324,8 @@ def test_a_pam_process_forked_ahead_that_died_is_replaced(daemon: DaemonProc,
                                                           users: Users) -> None:
     (pam_ahead,) = [p for p in _spare_children(daemon) if _blocked(p) == 0]
     os.kill(pam_ahead, signal.SIGKILL)
-    sess = daemon.client.start(session_id="pam-ahead-died", principal_arn="arn:aws:iam::1:role/A",
-                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
-    try:
-        assert sess.stdout is not None
-        read_until(sess.stdout, b"READY\n")
-    finally:
-        sess.close()
-    ended = daemon.wait_event("pam-ahead-died", "session.ended")
-    assert ended["pam_closed"] is True
+    _ends_with_pam_closed(daemon, _start_as_alice(daemon, users, "pam-ahead-died"),
+                          "pam-ahead-died")
     assert not os.path.exists(f"/proc/{pam_ahead}")  # reaped, not left a zombie
 
 
@@ -369,8 +376,7 @@ def test_a_signalled_pam_process_forked_ahead_neither_stalls_nor_fails_a_start(
         assert load.wait_until(lambda: psutil.Process(pam_ahead).status() == "stopped", 10)
     sid = f"pam-ahead-sig{int(signum)}"
     started = time.monotonic()
-    sess = daemon.client.start(session_id=sid, principal_arn="arn:aws:iam::1:role/A",
-                               tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+    sess = _start_as_alice(daemon, users, sid)
     try:
         assert sess.stdout is not None
         read_until(sess.stdout, b"READY\n")
@@ -413,9 +419,7 @@ def test_a_pam_process_forked_ahead_killed_as_its_start_takes_it_is_replaced(
 
         def start() -> None:
             try:
-                got["sess"] = daemon.client.start(
-                    session_id="pam-ahead-raced", principal_arn="arn:aws:iam::1:role/A",
-                    tags={TAG: users.alice}, run_as_enabled=True, command=PROBE)
+                got["sess"] = _start_as_alice(daemon, users, "pam-ahead-raced")
             except BaseException as exc:
                 got["error"] = exc
 
@@ -429,14 +433,7 @@ def test_a_pam_process_forked_ahead_killed_as_its_start_takes_it_is_replaced(
             fh.write("THAWED")
         thread.join(30)
         assert "error" not in got, got.get("error")
-        sess = got["sess"]
-        try:
-            assert sess.stdout is not None
-            read_until(sess.stdout, b"READY\n")
-        finally:
-            sess.close()
-        ended = daemon.wait_event("pam-ahead-raced", "session.ended")
-        assert ended["pam_closed"] is True
+        _ends_with_pam_closed(daemon, got["sess"], "pam-ahead-raced")
         assert not os.path.exists(f"/proc/{pam_ahead}")
     finally:
         with open(os.path.join(frozen, "freezer.state"), "w") as fh:

@@ -45,11 +45,7 @@ def _pid(d: DaemonProc) -> int:
 
 
 def _spare(d: DaemonProc, timeout: float = 10) -> int:
-    """The daemon's one idle spare, once there is one."""
-    assert load.wait_until(lambda: len(load.spares_of(_pid(d))) == 1, timeout), \
-        load.all_children_of(_pid(d))
-    (pid,) = load.spares_of(_pid(d))
-    return pid
+    return load.the_spare(_pid(d), timeout)
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -62,19 +58,8 @@ def _stat(pid: int) -> list[str]:
         return fh.read().rsplit(")", 1)[1].split()
 
 
-def _fd_targets(pid: int) -> list[str]:
-    """What PID's descriptors refer to (their /proc links)."""
-    out = []
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            continue
-    return out
-
-
 def _socket_inodes(pid: int) -> list[int]:
-    return [int(t[8:-1]) for t in _fd_targets(pid) if t.startswith("socket:[")]
+    return [int(t[8:-1]) for t in load.fd_targets(pid) if t.startswith("socket:[")]
 
 
 def _unix_peers() -> dict[int, int]:
@@ -312,18 +297,6 @@ def test_a_denied_start_lets_the_process_forked_ahead_go(daemon: DaemonProc,
     assert daemon.events("ahead-denied") == ["session.requested", "session.denied"]
 
 
-def _pty_ahead_of(spare: int) -> str:
-    """The terminal SPARE opened ahead, once it has (its set-up may still be under way)."""
-    assert load.wait_until(lambda: len(_ptys_of(spare)) == 1, 10), _ptys_of(spare)
-    (tty,) = _ptys_of(spare)
-    return tty
-
-
-def _ptys_of(pid: int) -> list[str]:
-    """The terminals (/dev/pts/N) PID holds open."""
-    return [t for t in _fd_targets(pid) if t.startswith("/dev/pts/")]
-
-
 def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonProc,
                                                                users: Users) -> None:
     """A spare holds the next session's PTY: until a session takes it, its slave is root's
@@ -331,7 +304,7 @@ def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonPro
     terminal, given to its account as a PTY opened at the start is; a session without a
     terminal closes it."""
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     st = os.stat(tty)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
     opened = subprocess.run(["runuser", "-u", users.bob, "--", "sh", "-c", f"exec 3<>{tty}"],
@@ -348,11 +321,11 @@ def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonPro
         sess.close()
     # The next spare has a PTY of its own; a session without a terminal closes it at once.
     spare = _spare(daemon)
-    tty = _pty_ahead_of(spare)
+    tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pty-ahead-pipes", "sleep 30")
     try:
         assert sess.info["tty"] is None
-        assert _ptys_of(spare) == []  # the session's supervisor, live
+        assert load.terminals_of(spare) == []  # the session's supervisor, live
     finally:
         sess.close()
 

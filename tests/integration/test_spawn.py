@@ -30,7 +30,7 @@ from agent.errors import BadRequest, RootRefused, SpawnFailed
 from agent.platform.linux import Linux
 from agent.spawn import CHDIR_WARNING, SpawnPlan, StageFailed, Syscalls, describe_status, spawn
 from tests.conftest import Users, sh
-from tests.support import spawning
+from tests.support import load, spawning
 from tests.support.procio import drain, wait_exit, write_all
 
 pytestmark = pytest.mark.privileged
@@ -419,19 +419,10 @@ def test_bad_window_sizes_are_refused(extra_users: Users, rows: object, cols: ob
 
 
 def test_a_pty_opened_ahead_is_roots_alone_until_taken_once(extra_users: Users) -> None:
-    def terminals() -> list[str]:
-        held = []
-        for fd in os.listdir("/proc/self/fd"):
-            try:
-                held.append(os.readlink(f"/proc/self/fd/{fd}"))
-            except FileNotFoundError:  # listdir's own descriptor
-                continue
-        return [p for p in held if p.startswith("/dev/pts/")]
-
     before = set(os.listdir("/proc/self/fd"))
-    known = terminals()
+    known = load.terminals_of(os.getpid())
     ahead = terminal.open_pty_ahead()
-    (path,) = set(terminals()) - set(known)
+    (path,) = set(load.terminals_of(os.getpid())) - set(known)
     st = os.stat(path)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
     with pytest.raises(SpawnFailed, match="uid 0"):  # root: refused, and the PTY closed

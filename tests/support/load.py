@@ -53,6 +53,46 @@ def all_children_of(pid: int) -> list[int]:
         return []
 
 
+def the_spare(daemon_pid: int, timeout: float = 10, *, not_: int = 0) -> int:
+    """The daemon's one idle spare, once there is one (not NOT_: a spare that is gone or
+    going)."""
+    def one() -> bool:
+        spares = spares_of(daemon_pid)
+        return len(spares) == 1 and spares[0] != not_
+
+    assert wait_until(one, timeout), all_children_of(daemon_pid)
+    (pid,) = spares_of(daemon_pid)
+    return pid
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What PID's descriptors refer to (their /proc links); none once PID is gone."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return []
+    out = []
+    for fd in fds:
+        try:
+            out.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed since (listdir's own descriptor, for one)
+            continue
+    return out
+
+
+def terminals_of(pid: int) -> list[str]:
+    """The PTY slaves (/dev/pts/N) PID holds open."""
+    paths = (t.split(" ")[0] for t in fd_targets(pid))  # without a " (deleted)"
+    return [p for p in paths if p.startswith("/dev/pts/") and p[9:].isdigit()]
+
+
+def pty_ahead_of(spare: int, timeout: float = 10) -> str:
+    """The terminal SPARE opened ahead, once it has (its set-up may still be under way)."""
+    assert wait_until(lambda: len(terminals_of(spare)) == 1, timeout), terminals_of(spare)
+    (tty,) = terminals_of(spare)
+    return tty
+
+
 def _comm(pid: int) -> Optional[str]:
     try:
         with open(f"/proc/{pid}/comm") as fh:
