@@ -967,27 +967,28 @@ def _unread(fd: int) -> int:
 
 def _params(service: str, user: str, gid: int, *, tty: Optional[str], ruser: Optional[str],
             rhost: Optional[str], groups: Optional[Sequence[int]]) -> bytes:
-    """What a PAM process forked ahead is to open, length-prefixed (its word to begin)."""
-    import json
+    """What a PAM process forked ahead is to open, one protocol frame (its word to begin)."""
+    from agent import protocol
 
-    body = json.dumps([service, user, gid, tty, ruser, rhost,
-                       None if groups is None else list(groups)]).encode()
-    return len(body).to_bytes(4, "big") + body
+    return protocol.encode({"open": [service, user, gid, tty, ruser, rhost,
+                                     None if groups is None else list(groups)]})
 
 
 def _read_params(fd: int) -> Optional[tuple[Any, ...]]:
     """In a PAM process forked ahead: what to open, or None at the pipe's end (let go)."""
-    import json
+    from agent import protocol
 
-    data = b""
-    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
+    frames = protocol.FrameDecoder()
+    msg = frames.pop()
+    while msg is None:
         chunk = os.read(fd, 65536)
         if not chunk:
             return None
-        data += chunk
-    if len(data) != 4 + int.from_bytes(data[:4], "big"):
+        frames.push(chunk)
+        msg = frames.pop()
+    if frames.pending:  # nothing follows the one frame
         return None
-    service, user, gid, tty, ruser, rhost, groups = json.loads(data[4:])
+    service, user, gid, tty, ruser, rhost, groups = msg["open"]
     return service, user, gid, tty, ruser, rhost, groups
 
 

@@ -623,8 +623,7 @@ def _pam_login(ctx: Context, account: Account, tty: Optional[str], *,
 
     service = ctx.cfg.session.pam_service
     if not pam.wanted(ctx.cfg.session.pam, service, sys_platform=ctx.sys_platform):
-        if ctx.pam_ahead is not None:
-            ctx.pam_ahead.release()
+        release_ahead(ctx.pam_ahead)
         return None
     return pam.open_login(service, account.name, account.gid, tty=tty, ruser=ruser,
                           groups=account.groups, wake=sig.wake_r,
