@@ -4,15 +4,20 @@ The slave is chowned to the user and the `tty` group with mode 0620 (like login 
 `write`/`wall` work and nobody else can read it), the initial window size is set, and both fds
 are close-on-exec: the session's child gets the slave only through its stdio.
 
-A spare supervisor opens its session's PTY ahead (open_pty_ahead): until a session takes it,
-its slave is root's alone (mode 0600), and a session that needs none closes it.
+Every PTY starts root's alone (mode 0600): on Linux its slave is set so while still locked, before
+anyone could open it, whatever devpts gives new slaves. A spare supervisor opens its session's
+PTY ahead (open_pty_ahead): it stays so until a session takes it, and a session that needs none
+closes it.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
+import stat
 import struct
+import sys
 import termios
 from dataclasses import dataclass
 
@@ -27,6 +32,14 @@ if TYPE_CHECKING:
 TTY_MODE = 0o620
 AHEAD_MODE = 0o600  # a PTY opened ahead of its session: nobody but root may open its slave
 MAX_DIMENSION = 10000
+_PTMX = "/dev/ptmx"
+# The PTY ioctls termios does not name, as the generic Linux ABI numbers them (alpha, mips,
+# powerpc and sparc number them otherwise; there the portable path is taken).
+_TIOCGPTN = 0x80045430
+_TIOCSPTLCK = 0x40045431
+_TIOCGPTPEER = 0x5441
+_GENERIC_IOCTLS = frozenset(("x86_64", "i386", "i486", "i586", "i686", "aarch64", "armv6l",
+                             "armv7l", "armv8l", "riscv64", "s390x", "loongarch64"))
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ def open_pty(account: Account, rows: int, cols: int, *, tty_gid: Optional[int] =
     _check_size(rows, cols)
     _check_account(account)
     gid = tty_group_gid(account.gid) if tty_gid is None else tty_gid
-    return _give(_open_pair(None), account, gid, rows, cols)
+    return _give(_open_pair(), account, gid, rows, cols)
 
 
 class PtyAhead:
@@ -98,7 +111,7 @@ def open_pty_ahead() -> PtyAhead:
         tty_gid: Optional[int] = grp.getgrnam("tty").gr_gid
     except KeyError:
         tty_gid = None
-    return PtyAhead(_open_pair(AHEAD_MODE), tty_gid)
+    return PtyAhead(_open_pair(), tty_gid)
 
 
 def _check_account(account: Account) -> None:
@@ -106,23 +119,81 @@ def _check_account(account: Account) -> None:
         raise SpawnFailed("refusing to give a terminal to uid 0")
 
 
-def _open_pair(mode: Optional[int]) -> Pty:
-    """A new PTY pair, both ends close-on-exec; the slave's mode set to MODE if given."""
+def _open_pair() -> Pty:
+    """A new PTY pair, both ends close-on-exec, its slave root's with mode 0600 (AHEAD_MODE)
+    before anyone but root can open it."""
+    if sys.platform == "linux" and os.uname().machine in _GENERIC_IOCTLS:
+        return _open_pair_linux()
+    return _open_pair_portable()
+
+
+def _open_pair_linux() -> Pty:
+    """The master from /dev/ptmx; its slave, still locked (an open of a locked slave fails with
+    EIO), is made root's with mode 0600 and only then unlocked, whatever mode and owner devpts
+    gives new slaves (`mode=620,gid=5` on many hosts: group tty could otherwise open it for
+    writing before its mode is set); the slave is then opened through the master (TIOCGPTPEER)
+    and checked to be the node just set up."""
+    try:
+        master = os.open(_PTMX, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _cannot_allocate(exc) from exc
+    try:
+        (number,) = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))
+        path = f"/dev/pts/{number}"
+        os.chown(path, 0, 0, follow_symlinks=False)
+        os.chmod(path, AHEAD_MODE)
+        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
+        slave = _open_slave(master, path)
+    except OSError as exc:
+        os.close(master)
+        raise SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] "
+                          f"{exc.strerror}") from exc
+    except BaseException:
+        os.close(master)
+        raise
+    pty = Pty(master, slave, path)
+
+    def check() -> Pty:
+        st = os.fstat(slave)
+        if not (os.path.samestat(st, os.stat(path)) and st.st_uid == 0
+                and stat.S_IMODE(st.st_mode) == AHEAD_MODE):
+            raise SpawnFailed(f"pty: {path} is not the terminal just opened, or not root's "
+                              f"with mode 0600")
+        return pty
+
+    return _closed_on_failure(pty, check)
+
+
+def _open_slave(master: int, path: str) -> int:
+    """The slave of MASTER, close-on-exec and not made a controlling terminal: through the
+    master where the kernel can (Linux 4.13 and later), else by PATH (root's alone by now)."""
+    try:
+        return fcntl.ioctl(master, _TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTTY):
+            raise
+    return os.open(path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+
+
+def _open_pair_portable() -> Pty:
+    """openpty(3), then the slave made 0600 (here devpts' own mode applies until then)."""
     try:
         master, slave = os.openpty()
     except OSError as exc:
-        raise SpawnFailed(f"pty: cannot allocate a terminal: [Errno {exc.errno}] "
-                          f"{exc.strerror}") from exc
+        raise _cannot_allocate(exc) from exc
     pty = Pty(master, slave, "")
 
     def set_up() -> Pty:
         os.set_inheritable(master, False)
         os.set_inheritable(slave, False)
-        if mode is not None:
-            os.fchmod(slave, mode)
+        os.fchmod(slave, AHEAD_MODE)
         return Pty(master, slave, os.ttyname(slave))
 
     return _closed_on_failure(pty, set_up)
+
+
+def _cannot_allocate(exc: OSError) -> SpawnFailed:
+    return SpawnFailed(f"pty: cannot allocate a terminal: [Errno {exc.errno}] {exc.strerror}")
 
 
 def _give(pty: Pty, account: Account, gid: int, rows: int, cols: int) -> Pty:

@@ -297,3 +297,72 @@ def test_the_shell_forked_ahead_starts_with_every_signal_default(daemon: DaemonP
         assert sess.wait()["code"] == 0
     finally:
         sess.close()
+
+
+# Run in a mount namespace of its own, on a devpts instance that gives new slaves root:tty 0620
+# (as `mode=620,gid=5` does on many hosts): every change the agent makes to a new slave's owner
+# or mode is preceded by a real open of that slave for writing by an account in group tty, which
+# must fail. Prints one JSON object: what each attempt saw, and the slave's final state.
+_DEVPTS_620 = r"""
+import errno, grp, json, os, stat, subprocess, sys
+from agent import accounts, terminal
+
+attacker = int(sys.argv[1])
+tty = grp.getgrnam("tty").gr_gid
+subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,mode=620,gid={tty},ptmxmode=666",
+                "devpts", "/dev/pts"], check=True)
+seen = []
+
+def attack(target):
+    path = target if isinstance(target, str) else os.ttyname(target)
+    st = os.stat(path)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
+        os.setresuid(attacker, attacker, attacker)
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_NOCTTY))
+            result = 0
+        except OSError as exc:
+            result = exc.errno
+        os.write(w, str(result).encode()); os._exit(0)
+    os.close(w)
+    result = int(os.read(r, 16)); os.close(r); os.waitpid(pid, 0)
+    seen.append({"path": path, "mode": oct(stat.S_IMODE(st.st_mode)), "gid": st.st_gid,
+                 "open": errno.errorcode.get(result, "ok")})
+
+for name in ("chown", "chmod", "fchown", "fchmod"):
+    def spy(target, *args, _real=getattr(os, name), **kwargs):
+        attack(target)
+        return _real(target, *args, **kwargs)
+    setattr(os, name, spy)
+
+ahead = terminal.open_pty_ahead()
+pty = ahead._pty
+final_ahead = oct(stat.S_IMODE(os.fstat(pty.slave).st_mode)), os.fstat(pty.slave).st_uid
+now = terminal.open_pty(accounts.Account("x", 4242, 4242, "/", "/bin/sh", (4242,), "local"), 24, 80)
+print(json.dumps({"seen": seen, "tty": tty, "ahead": final_ahead, "ahead_path": pty.slave_path,
+                  "ttyname": os.ttyname(pty.slave),
+                  "now": oct(stat.S_IMODE(os.fstat(now.slave).st_mode))}))
+"""
+
+
+def test_a_new_slave_is_never_open_to_group_tty_before_its_mode_is_set(users: Users) -> None:
+    import json
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _DEVPTS_620,
+         str(pwd.getpwnam(users.bob).pw_uid)],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=60, check=True).stdout
+    got = json.loads(out)
+    seen = got["seen"]
+    assert seen, "the agent changed no slave's owner or mode"
+    # This devpts really hands out slaves that group tty could open, had they been unlocked.
+    assert (seen[0]["mode"], seen[0]["gid"]) == ("0o620", got["tty"])
+    assert all(s["open"] in ("EIO", "EACCES") for s in seen), seen
+    assert got["ahead"] == ["0o600", 0]
+    assert got["ttyname"] == got["ahead_path"]
+    assert got["now"] == "0o620"

@@ -173,6 +173,15 @@ MUTANTS: tuple[Mutant, ...] = (
            (f"{_SPAWN_IT}::test_a_pty_opened_ahead_is_roots_alone_until_taken_once",
             "tests/integration/test_spare.py::"
             "test_the_spare_opens_its_sessions_pty_ahead_for_root_alone")),
+    Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
+           "        os.chown(path, 0, 0, follow_symlinks=False)\n"
+           "        os.chmod(path, AHEAD_MODE)\n"
+           "        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack(\"i\", 0))\n",
+           "        fcntl.ioctl(master, _TIOCSPTLCK, struct.pack(\"i\", 0))\n"
+           "        os.chown(path, 0, 0, follow_symlinks=False)\n"
+           "        os.chmod(path, AHEAD_MODE)\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_a_new_slave_is_never_open_to_group_tty_before_its_mode_is_set",)),
     # -- who may use the socket ------------------------------------------------------------------
     Mutant("peer-any-uid", "agent/peer.py",
            "    if peer.uid == 0 or peer.uid in set(allowed_uids):\n",
