@@ -50,7 +50,7 @@ from agent.proclimits import ProcessLimits
 
 TYPE_CHECKING = False  # typing is not imported at run time: start-up cost matters on the CLI
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
     from typing import Any, Callable, NoReturn, Optional
 
     from agent.accounts import Account
@@ -514,6 +514,10 @@ def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
         gc.disable()
         os.closerange(3, chan)
         os.closerange(chan + 1, bound)
+        # Every disposition to its default now, while every signal stays blocked (nothing is
+        # delivered): the steps need not do it when the plan comes.
+        idle_default = _settable_signals()
+        _set_default(idle_default)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, fileno=chan)
         data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 3)
         while 4 <= len(data) < 4 + int.from_bytes(data[:4], "big"):
@@ -528,17 +532,20 @@ def _await_plan(chan: int, ops: Syscalls, bound: int) -> NoReturn:
          rlimits, umask, nice, loginuid, gated) = marshal.loads(data[4:])  # noqa: S302
         # What was sent to this process while it waited is pending (blocked, a signal is kept
         # even where its disposition ignores it) but was sent to no session's process: setting
-        # each disposition to ignore discards it, so the steps start without any, as a child
-        # forked now would (fork clears pending signals).
-        for signum in signals:
+        # its disposition to ignore discards it, so the steps start without any, as a child
+        # forked now would (fork clears pending signals); then back to the default.
+        for signum in signal.sigpending():
             try:
                 signal.signal(signum, signal.SIG_IGN)
             except (OSError, ValueError):
-                pass  # signals the C library reserves for itself
+                continue  # reserved by the C library (only root can signal this process)
+            signal.signal(signum, signal.SIG_DFL)
+        signals = tuple(signals)
         prep = _Prepared(Identity(name, uid, gid, tuple(groups), darwin), path, tuple(argv),
-                         env, home, (fds[0], fds[1], fds[2]), tty, tuple(signals), warning,
+                         env, home, (fds[0], fds[1], fds[2]), tty, signals, warning,
                          ProcessLimits(tuple(rlimits), umask, nice), loginuid)
-        _child(prep, ops, chan, max(chan, *fds) + 4, chan if gated else -1)
+        _child(prep, ops, chan, max(chan, *fds) + 4, chan if gated else -1,
+               defaults_set=signals == idle_default)
     except BaseException as exc:  # nothing may escape the child
         _report(chan, stage, exc)
     finally:
@@ -605,11 +612,7 @@ def _prepare(plan: SpawnPlan) -> _Prepared:
     if plan.tty and not os.isatty(plan.stdin):
         raise SpawnFailed("a terminal session needs a terminal on stdin")
     home = os.fsencode(account.home)
-    # Every signal number but SIGKILL and SIGSTOP, as plain ints (signal.valid_signals() makes
-    # an enum of each, raising and catching an error for every real-time one, on every start);
-    # the child skips the few the C library reserves for itself.
-    signals = tuple(s for s in range(1, signal.NSIG)
-                    if s not in (signal.SIGKILL, signal.SIGSTOP))
+    signals = _settable_signals()
     warning = CHDIR_WARNING + b" (" + home + b": "
     limits = ProcessLimits() if plan.limits is None else plan.limits
     if not isinstance(limits, ProcessLimits):
@@ -619,6 +622,23 @@ def _prepare(plan: SpawnPlan) -> _Prepared:
         raise SpawnFailed(f"the session's login uid {loginuid!r} is not a uid")
     return _Prepared(ident, path, argv, env, home, stdio, bool(plan.tty), signals, warning,
                      limits, None if loginuid is None else str(loginuid).encode())
+
+
+def _settable_signals() -> tuple[int, ...]:
+    """Every signal number but SIGKILL and SIGSTOP, as plain ints (signal.valid_signals() makes
+    an enum of each, raising and catching an error for every real-time one); the child skips
+    the few the C library reserves for itself."""
+    return tuple(s for s in range(1, signal.NSIG) if s not in (signal.SIGKILL, signal.SIGSTOP))
+
+
+def _set_default(signals: Iterable[int]) -> None:
+    """Each of SIGNALS back to its default disposition (those the C library reserves for itself
+    are skipped)."""
+    for sig in signals:
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
 
 
 def _require_single_thread() -> None:
@@ -736,14 +756,14 @@ def _controlling_tty(ops: Syscalls, fd: int) -> None:
         _step("controlling tty", fcntl.ioctl, fd, termios.TIOCSCTTY, 0)
 
 
-def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int) -> NoReturn:
+def _child(p: _Prepared, ops: Syscalls, report: int, bound: int, gate: int, *,
+           defaults_set: bool = False) -> NoReturn:
+    """The checklist, from every signal's default disposition (set here unless DEFAULTS_SET:
+    they are already) to the exec; any failure is reported on REPORT, and nothing runs."""
     stage = "signals"
     try:
-        for sig in p.signals:
-            try:
-                signal.signal(sig, signal.SIG_DFL)
-            except (OSError, ValueError):
-                pass  # signals the C library reserves for itself
+        if not defaults_set:
+            _set_default(p.signals)
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
         stage = "stdio"
         high = tuple(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in p.stdio)

@@ -173,6 +173,16 @@ MUTANTS: tuple[Mutant, ...] = (
            (f"{_SPAWN_IT}::test_a_pty_opened_ahead_is_roots_alone_until_taken_once",
             "tests/integration/test_spare.py::"
             "test_the_spare_opens_its_sessions_pty_ahead_for_root_alone")),
+    Mutant("ahead-keeps-pending-signals", "agent/spawn.py",
+           "        for signum in signal.sigpending():\n",
+           "        for signum in ():\n",
+           ("tests/integration/test_spare.py::"
+            "test_signals_the_process_forked_ahead_got_while_waiting_never_reach_its_session",)),
+    Mutant("ahead-signals-not-default", "agent/spawn.py",
+           "        _set_default(idle_default)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_the_shell_forked_ahead_starts_with_every_signal_default",)),
     Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
            "        os.chown(path, 0, 0, follow_symlinks=False)\n"
            "        os.chmod(path, AHEAD_MODE)\n"
