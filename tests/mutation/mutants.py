@@ -121,8 +121,8 @@ MUTANTS: tuple[Mutant, ...] = (
            "        pass\n",
            (f"{_SPAWN_IT}::test_only_stdio_is_open",)),
     Mutant("process-forked-ahead-skips-the-gate", "agent/spawn.py",
-           "chan if gated else -1)",
-           "-1)",
+           "chan if gated else -1,\n",
+           "-1,\n",
            ("tests/integration/test_spawn_gate.py",)),
     Mutant("chdir-as-root", "agent/spawn.py",
            '        become(ops, p.ident)\n'
