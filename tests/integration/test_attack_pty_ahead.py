@@ -366,3 +366,109 @@ def test_a_new_slave_is_never_open_to_group_tty_before_its_mode_is_set(users: Us
     assert got["ahead"] == ["0o600", 0]
     assert got["ttyname"] == got["ahead_path"]
     assert got["now"] == "0o620"
+
+
+# The open of a slave is checked against its mode when its path is opened, and against its lock
+# only later, in the tty driver: an open that passed the mode devpts gave the new slave can find
+# it unlocked once the agent has made it root's 0600 and unlocked it. Run in a mount namespace of
+# its own, on a devpts instance as given: attackers (the account given, in group tty) open every
+# slave in a loop and keep what they get, while the agent opens PTYs ahead, PER at a time; once
+# a batch is set up, each attacker counts the slaves it holds that still work (not hung up).
+# Prints one JSON object: how many slaves the attackers opened, and how many still worked.
+_RACE = r"""
+import fcntl, json, os, shutil, subprocess, sys, tempfile, termios, time
+from agent import terminal
+
+attacker, options, access = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+tty = int(sys.argv[4])
+subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,ptmxmode=666,{options}",
+                "devpts", "/dev/pts"], check=True)
+flags = (os.O_RDWR if access == "rw" else os.O_WRONLY) | os.O_NOCTTY | os.O_NONBLOCK
+PER, ROUNDS, ATTACKERS = 4, 2500, 2
+flagdir = tempfile.mkdtemp(prefix="runas-agent-pty-race-")
+os.chmod(flagdir, 0o1777)
+phase = os.path.join(flagdir, "phase")
+
+def write_phase(text):
+    with open(phase + ".new", "w") as fh:
+        fh.write(text)
+    os.rename(phase + ".new", phase)
+
+write_phase("run0")
+r, w = os.pipe()
+kids = []
+for k in range(ATTACKERS):
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
+        os.setresuid(attacker, attacker, attacker)
+        opened = live = 0
+        for rd in range(ROUNDS):
+            held = []
+            while True:
+                try:
+                    with open(phase) as fh:
+                        if fh.read() == f"check{rd}":
+                            break
+                except OSError:
+                    pass
+                for i in range(PER):
+                    try:
+                        held.append(os.open(f"/dev/pts/{i}", flags))
+                    except OSError:
+                        pass
+            for fd in held:
+                opened += 1
+                try:
+                    fcntl.ioctl(fd, termios.TCGETS, b"\0" * 64)
+                    live += 1
+                except OSError:
+                    pass
+                os.close(fd)
+            open(os.path.join(flagdir, f"done{k}.{rd}"), "w").close()
+        os.write(w, json.dumps([opened, live]).encode() + b"\n")
+        os._exit(0)
+    kids.append(pid)
+os.close(w)
+try:
+    for rd in range(ROUNDS):
+        ahead = [terminal.open_pty_ahead() for _ in range(PER)]
+        write_phase(f"check{rd}")
+        for k in range(ATTACKERS):
+            done = os.path.join(flagdir, f"done{k}.{rd}")
+            while not os.path.exists(done):
+                time.sleep(0.0005)
+            os.unlink(done)
+        for a in ahead:
+            a.release()
+        write_phase(f"run{rd + 1}")
+    for pid in kids:
+        os.waitpid(pid, 0)
+    got = [json.loads(line) for line in os.fdopen(r).read().splitlines()]
+finally:
+    shutil.rmtree(flagdir, ignore_errors=True)
+print(json.dumps({"opened": sum(g[0] for g in got), "live": sum(g[1] for g in got)}))
+"""
+
+
+@pytest.mark.parametrize(("options", "access"), [("mode=620,gid={tty}", "w"),
+                                                ("mode=600,uid={attacker}", "rw")],
+                         ids=["group-tty-writes", "devpts-uid-owner-reads"])
+def test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked(
+        users: Users, options: str, access: str) -> None:
+    import grp
+    import json
+    import sys
+
+    attacker = pwd.getpwnam(users.bob).pw_uid
+    tty = grp.getgrnam("tty").gr_gid
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _RACE,
+         str(attacker), options.format(tty=tty, attacker=attacker), access, str(tty)],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["live"] == 0, (f"{got['live']} slaves held ahead (root's, 0600) opened by uid "
+                              f"{attacker}, {got['opened']} in all")
