@@ -4,10 +4,11 @@ The slave is chowned to the user and the `tty` group with mode 0620 (like login 
 `write`/`wall` work and nobody else can read it), the initial window size is set, and both fds
 are close-on-exec: the session's child gets the slave only through its stdio.
 
-Every PTY starts root's alone (mode 0600): on Linux its slave is set so while still locked, before
-anyone could open it, whatever devpts gives new slaves. A spare supervisor opens its session's
-PTY ahead (open_pty_ahead): it stays so until a session takes it, and a session that needs none
-closes it.
+Every PTY starts root's alone (mode 0600): on Linux its slave is set so while still locked,
+whatever devpts gives new slaves, and any open that got past devpts' own mode meanwhile is hung
+up; the slave stays in exclusive mode (nobody but root may open it) until given to an account.
+A spare supervisor opens its session's PTY ahead (open_pty_ahead): it stays so until a session
+takes it, and a session that needs none closes it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ _PTMX = "/dev/ptmx"
 _TIOCGPTN = 0x80045430
 _TIOCSPTLCK = 0x40045431
 _TIOCGPTPEER = 0x5441
+_TIOCVHANGUP = 0x5437  # vhangup(2) of one terminal, through a descriptor of it
 _GENERIC_IOCTLS = frozenset(("x86_64", "i386", "i486", "i586", "i686", "aarch64", "armv6l",
                              "armv7l", "armv8l", "riscv64", "s390x", "loongarch64"))
 
@@ -165,6 +167,22 @@ def _open_pair_linux() -> Pty:
 
 
 def _open_slave(master: int, path: str) -> int:
+    """The slave of MASTER, in exclusive mode, once every other open of it was hung up: an open
+    checked against the mode devpts gave the new slave (its permission is checked when its path
+    is opened, its lock only later, in the tty driver) may find it unlocked. Such an open either
+    ended before the hang-up, which cuts it off, or reaches the driver after exclusive mode was
+    set, which refuses it (EBUSY; the driver checks both under the tty's lock). Root is not
+    refused: the slave is opened again for use. _give clears exclusive mode."""
+    first = _open_slave_once(master, path)
+    try:
+        fcntl.ioctl(first, termios.TIOCEXCL)
+        fcntl.ioctl(first, _TIOCVHANGUP)
+    finally:
+        os.close(first)
+    return _open_slave_once(master, path)
+
+
+def _open_slave_once(master: int, path: str) -> int:
     """The slave of MASTER, close-on-exec and not made a controlling terminal: through the
     master where the kernel can (Linux 4.13 and later), else by PATH (root's alone by now)."""
     try:
@@ -203,6 +221,7 @@ def _give(pty: Pty, account: Account, gid: int, rows: int, cols: int) -> Pty:
     def give() -> Pty:
         os.fchown(pty.slave, account.uid, gid)
         os.fchmod(pty.slave, TTY_MODE)
+        fcntl.ioctl(pty.slave, termios.TIOCNXCL)
         set_window_size(pty.master, rows, cols)
         return pty
 

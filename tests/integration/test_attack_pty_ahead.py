@@ -472,3 +472,49 @@ def test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked(
     got = json.loads(out.stdout)
     assert got["live"] == 0, (f"{got['live']} slaves held ahead (root's, 0600) opened by uid "
                               f"{attacker}, {got['opened']} in all")
+
+
+def _open_as(uid: int, groups: list[int], path: str) -> int:
+    """0 if UID with GROUPS opens PATH for writing, else the errno."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        result = 0
+        try:
+            os.setgroups(groups)
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            os.close(os.open(path, os.O_WRONLY | os.O_NOCTTY))
+        except OSError as exc:
+            result = exc.errno or -1
+        os.write(w, str(result).encode())
+        os._exit(0)
+    os.close(w)
+    try:
+        return int(os.read(r, 16))
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+
+
+def test_a_pty_given_to_its_account_is_open_to_group_tty_again(users: Users) -> None:
+    """The exclusive mode a PTY is held in ahead ends when the account is given it: its group
+    tty may write to it (write, wall), as to any login's terminal."""
+    import errno
+    import grp
+
+    from agent import terminal
+    from agent.accounts import Account
+
+    tty = grp.getgrnam("tty").gr_gid
+    bob = pwd.getpwnam(users.bob).pw_uid
+    alice = pwd.getpwnam(users.alice)
+    pty = terminal.open_pty_ahead().take(
+        Account(alice.pw_name, alice.pw_uid, alice.pw_gid, alice.pw_dir, alice.pw_shell,
+                (alice.pw_gid,), "local"), 24, 80)
+    try:
+        assert _open_as(bob, [tty], pty.slave_path) == 0
+        assert _open_as(bob, [], pty.slave_path) == errno.EACCES
+    finally:
+        os.close(pty.master)
+        os.close(pty.slave)

@@ -183,6 +183,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        pass\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_the_shell_forked_ahead_starts_with_every_signal_default",)),
+    Mutant("pty-opens-in-the-window-kept", "agent/terminal.py",
+           "        fcntl.ioctl(first, _TIOCVHANGUP)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
+    Mutant("pty-given-still-exclusive", "agent/terminal.py",
+           "        fcntl.ioctl(pty.slave, termios.TIOCNXCL)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_a_pty_given_to_its_account_is_open_to_group_tty_again",)),
     Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
            "        os.chown(path, 0, 0, follow_symlinks=False)\n"
            "        os.chmod(path, AHEAD_MODE)\n"
