@@ -518,3 +518,76 @@ def test_a_pty_given_to_its_account_is_open_to_group_tty_again(users: Users) -> 
     finally:
         os.close(pty.master)
         os.close(pty.slave)
+
+
+# The hang-up cuts off an open that won the race above, but not what it did before: its writes to
+# the slave wait in the master's input (the session's output, read once a session takes the PTY,
+# possibly hours later), and its TCOOFF (tcflow) leaves the slave's output stopped. Run in a
+# mount namespace of its own, on a devpts instance as `mode=620,gid=tty` gives: right after the
+# slave is unlocked, an open that won the race (opened here by root, then dropped to the account
+# given in group tty, as the open that passed devpts' mode would be) writes a fake prompt and
+# stops the slave's output. Prints what the PTY held ahead then holds.
+_WON_RACE = r"""
+import json, os, subprocess, sys, termios
+from agent import terminal
+
+attacker, tty = int(sys.argv[1]), int(sys.argv[2])
+subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,mode=620,gid={tty},ptmxmode=666",
+                "devpts", "/dev/pts"], check=True)
+subprocess.run(["mount", "--bind", "/dev/pts/ptmx", "/dev/ptmx"], check=True)
+real = terminal._open_slave
+kid = []
+
+def won_race(master, path):
+    done_r, done_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(hold_w)
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+        os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
+        os.setresuid(attacker, attacker, attacker)
+        os.write(fd, b"root@host:~# planted\r\n")
+        termios.tcflow(fd, termios.TCOOFF)
+        os.write(done_w, b"x")
+        os.read(hold_r, 1)
+        os._exit(0)
+    os.close(hold_r)
+    os.read(done_r, 1)
+    kid.append((pid, hold_w))
+    return real(master, path)
+
+terminal._open_slave = won_race
+pty = terminal.open_pty_ahead()._pty
+pid, hold_w = kid[0]
+os.close(hold_w)
+os.waitpid(pid, 0)
+os.set_blocking(pty.master, False)
+os.set_blocking(pty.slave, False)
+try:
+    pending = os.read(pty.master, 4096).decode(errors="replace")
+except BlockingIOError:
+    pending = ""
+try:
+    stopped = os.write(pty.slave, b"x") == 0
+except BlockingIOError:
+    stopped = True
+print(json.dumps({"pending": pending, "stopped": stopped}))
+"""
+
+
+def test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead(
+        users: Users) -> None:
+    import grp
+    import json
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _WON_RACE,
+         str(pwd.getpwnam(users.bob).pw_uid), str(grp.getgrnam("tty").gr_gid)],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["pending"] == "", f"output planted in the next session's terminal: {got}"
+    assert not got["stopped"], "the next session's terminal has its output stopped"
