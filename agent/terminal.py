@@ -179,7 +179,18 @@ def _open_slave(master: int, path: str) -> int:
         fcntl.ioctl(first, _TIOCVHANGUP)
     finally:
         os.close(first)
-    return _open_slave_once(master, path)
+    slave = _open_slave_once(master, path)
+    try:
+        # What such an open did before it was cut off must not wait for the session: output it
+        # wrote (the master's input, read by the session's client as its terminal's first
+        # output), input it queued, and output stopped (TCOOFF).
+        fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)
+        fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)
+        fcntl.ioctl(slave, termios.TCFLSH, termios.TCIFLUSH)
+    except BaseException:
+        os.close(slave)
+        raise
+    return slave
 
 
 def _open_slave_once(master: int, path: str) -> int:

@@ -20,6 +20,7 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -299,6 +300,21 @@ def test_the_shell_forked_ahead_starts_with_every_signal_default(daemon: DaemonP
         sess.close()
 
 
+def _in_own_mount_namespace(script: str, *args: object, timeout: float) -> Any:
+    """What SCRIPT (Python, run from this checkout with ARGS, in a mount namespace of its own, so
+    the devpts it mounts is its own) printed, as JSON."""
+    import json
+    import sys
+
+    out = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", script,
+         *(str(a) for a in args)],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 # Run in a mount namespace of its own, on a devpts instance that gives new slaves root:tty 0620
 # (as `mode=620,gid=5` does on many hosts): every change the agent makes to a new slave's owner
 # or mode is preceded by a real open of that slave for writing by an account in group tty, which
@@ -349,15 +365,7 @@ print(json.dumps({"seen": seen, "tty": tty, "ahead": final_ahead, "ahead_path": 
 
 
 def test_a_new_slave_is_never_open_to_group_tty_before_its_mode_is_set(users: Users) -> None:
-    import json
-    import sys
-
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _DEVPTS_620,
-         str(pwd.getpwnam(users.bob).pw_uid)],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        capture_output=True, text=True, timeout=60, check=True).stdout
-    got = json.loads(out)
+    got = _in_own_mount_namespace(_DEVPTS_620, pwd.getpwnam(users.bob).pw_uid, timeout=60)
     seen = got["seen"]
     assert seen, "the agent changed no slave's owner or mode"
     # This devpts really hands out slaves that group tty could open, had they been unlocked.
@@ -458,18 +466,11 @@ print(json.dumps({"opened": sum(g[0] for g in got), "live": sum(g[1] for g in go
 def test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked(
         users: Users, options: str, access: str) -> None:
     import grp
-    import json
-    import sys
 
     attacker = pwd.getpwnam(users.bob).pw_uid
     tty = grp.getgrnam("tty").gr_gid
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _RACE,
-         str(attacker), options.format(tty=tty, attacker=attacker), access, str(tty)],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
+    got = _in_own_mount_namespace(_RACE, attacker, options.format(tty=tty, attacker=attacker),
+                                  access, tty, timeout=240)
     assert got["live"] == 0, (f"{got['live']} slaves held ahead (root's, 0600) opened by uid "
                               f"{attacker}, {got['opened']} in all")
 
@@ -579,15 +580,8 @@ print(json.dumps({"pending": pending, "stopped": stopped}))
 def test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead(
         users: Users) -> None:
     import grp
-    import json
-    import sys
 
-    out = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", _WON_RACE,
-         str(pwd.getpwnam(users.bob).pw_uid), str(grp.getgrnam("tty").gr_gid)],
-        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-        capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    got = json.loads(out.stdout)
+    got = _in_own_mount_namespace(_WON_RACE, pwd.getpwnam(users.bob).pw_uid,
+                                  grp.getgrnam("tty").gr_gid, timeout=60)
     assert got["pending"] == "", f"output planted in the next session's terminal: {got}"
     assert not got["stopped"], "the next session's terminal has its output stopped"

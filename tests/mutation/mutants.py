@@ -193,6 +193,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        pass\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_a_pty_given_to_its_account_is_open_to_group_tty_again",)),
+    Mutant("pty-planted-output-kept", "agent/terminal.py",
+           "        fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead",)),
+    Mutant("pty-output-left-stopped", "agent/terminal.py",
+           "        fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead",)),
     Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
            "        os.chown(path, 0, 0, follow_symlinks=False)\n"
            "        os.chmod(path, AHEAD_MODE)\n"
