@@ -585,3 +585,125 @@ def test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead(
                                   grp.getgrnam("tty").gr_gid, timeout=60)
     assert got["pending"] == "", f"output planted in the next session's terminal: {got}"
     assert not got["stopped"], "the next session's terminal has its output stopped"
+
+
+# The hang-up cuts off an open that won the race, and the flushes empty its queues, but the slave's
+# termios and its line discipline belong to the tty, not to the open: both outlive the hang-up
+# (a tty hung up keeps its termios; its line discipline is made again, from termios' c_line, when
+# the agent reopens the slave). Run in a mount namespace of its own, on a devpts instance as
+# `mode=620,gid=tty` gives: right after the slave is unlocked, an open that won the race (opened
+# here by root, then dropped to the account given in group tty) sets the slave's modes as the
+# variant says: no echo, no signals, carriage returns ignored (the client's Enter lost) and 'e'
+# as the interrupt character; or the n_null line discipline (every read and write of the
+# session's terminal fails). Prints the termios and the line discipline of the PTY taken, those
+# of a PTY nobody raced, or the error the agent raised.
+_WON_RACE_MODES = r"""
+import fcntl, json, os, struct, subprocess, sys, termios
+from agent import accounts, terminal
+
+attacker, tty, variant = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,mode=620,gid={tty},ptmxmode=666",
+                "devpts", "/dev/pts"], check=True)
+subprocess.run(["mount", "--bind", "/dev/pts/ptmx", "/dev/ptmx"], check=True)
+TIOCGETD, TIOCSETD, N_NULL = 0x5424, 0x5423, 27
+real = terminal._open_slave
+kid = []
+
+def won_race(master, path):
+    done_r, done_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(hold_w)
+        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
+        os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
+        os.setresuid(attacker, attacker, attacker)
+        if variant == "termios":
+            modes = termios.tcgetattr(fd)
+            modes[0] |= termios.IGNCR
+            modes[3] &= ~(termios.ECHO | termios.ISIG)
+            modes[6][termios.VINTR] = b"e"
+            termios.tcsetattr(fd, termios.TCSANOW, modes)
+        else:
+            fcntl.ioctl(fd, TIOCSETD, struct.pack("i", N_NULL))
+        os.write(done_w, b"x")
+        os.read(hold_r, 1)
+        os._exit(0)
+    os.close(hold_r)
+    os.read(done_r, 1)
+    kid.append((pid, hold_w))
+    return real(master, path)
+
+def state(slave):
+    modes = termios.tcgetattr(slave)
+    modes[6] = [c if isinstance(c, int) else ord(c) for c in modes[6]]
+    (disc,) = struct.unpack("i", fcntl.ioctl(slave, TIOCGETD, b"\0" * 4))
+    return {"termios": modes, "ldisc": disc}
+
+account = accounts.Account("x", 4242, 4242, "/", "/bin/sh", (4242,), "local")
+terminal._open_slave = won_race
+try:
+    got = state(terminal.open_pty_ahead().take(account, 24, 80).slave)
+except Exception as exc:
+    got = {"error": repr(exc)}
+terminal._open_slave = real
+for pid, hold_w in kid:
+    os.close(hold_w)
+    os.waitpid(pid, 0)
+print(json.dumps({"raced": got, "fresh": state(terminal.open_pty_ahead().take(account, 24, 80).slave)}))
+"""
+
+
+@pytest.mark.parametrize("variant", ["termios", "ldisc"])
+def test_an_open_cut_off_by_the_hang_up_leaves_no_modes_in_the_pty_held_ahead(
+        users: Users, variant: str) -> None:
+    import grp
+
+    if variant == "ldisc":
+        with open("/proc/tty/ldiscs") as fh:
+            if "n_null" not in fh.read().split():
+                pytest.skip("no n_null line discipline loaded here")
+    got = _in_own_mount_namespace(_WON_RACE_MODES, pwd.getpwnam(users.bob).pw_uid,
+                                  grp.getgrnam("tty").gr_gid, variant, timeout=60)
+    assert got["fresh"]["ldisc"] == 0
+    assert got["raced"] == got["fresh"], f"the next session's terminal has modes set by {variant}"
+
+
+# The hang-up (TIOCVHANGUP) and the reopen of a slave in exclusive mode need CAP_SYS_ADMIN, which a
+# root daemon does not always have: a container's default capabilities (Docker's, Podman's) leave
+# it out, as can a unit's CapabilityBoundingSet. Run in a mount namespace of its own, on a devpts
+# instance as `mode=620,gid=tty` gives, with CAP_SYS_ADMIN out of the bounding set (so out of the
+# agent's capabilities): a PTY opened ahead and taken, and one opened for a session at once.
+# Prints what each gave: "ok", or the error the agent raised.
+_WITHOUT_SYS_ADMIN = r"""
+import json, sys
+from agent import accounts, terminal
+
+account = accounts.Account("x", 4242, 4242, "/", "/bin/sh", (4242,), "local")
+got = {}
+for name, how in (("ahead", lambda: terminal.open_pty_ahead().take(account, 24, 80)),
+                  ("now", lambda: terminal.open_pty(account, 24, 80))):
+    try:
+        how()
+        got[name] = "ok"
+    except Exception as exc:
+        got[name] = repr(exc)
+print(json.dumps(got))
+"""
+
+
+def test_a_daemon_without_cap_sys_admin_still_opens_ptys() -> None:
+    import grp
+    import json
+    import sys
+
+    tty = grp.getgrnam("tty").gr_gid
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = (f"mount -t devpts -o newinstance,mode=620,gid={tty},ptmxmode=666 devpts /dev/pts"
+              " && mount --bind /dev/pts/ptmx /dev/ptmx"
+              ' && exec setpriv --bounding-set=-sys_admin "$0" -c "$1"')
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                          sys.executable, _WITHOUT_SYS_ADMIN], cwd=here, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"ahead": "ok", "now": "ok"}
