@@ -118,6 +118,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         _warn_unknown_groups(self.cfg, self.log)
+        _warn_unguarded_ptys(self.log)
         self.listener.setblocking(False)
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ, "listen")
@@ -898,6 +899,20 @@ def _warn_unknown_groups(cfg: Config, log: Any) -> None:
                        ("peers.admin_groups", cfg.peers.admin_groups)):
         for _ in _group_ids(names, log, key):
             pass
+
+
+def _warn_unguarded_ptys(log: Any) -> None:
+    """Warn at start-up when a PTY's set-up cannot keep every account off a new slave here
+    (agent.terminal.unguarded_reason), or when no PTY can be opened at all."""
+    from agent import terminal
+
+    try:
+        reason = terminal.unguarded_reason()
+    except AgentError as exc:
+        log.warning("pty.unavailable", error=str(exc))
+        return
+    if reason is not None:
+        log.warning("pty.setup_unguarded", reason=reason)
 
 
 # -- the listening socket -------------------------------------------------------------------

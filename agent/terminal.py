@@ -125,16 +125,32 @@ def _open_pair() -> Pty:
     """A new PTY pair, both ends close-on-exec, its slave root's with mode 0600 (AHEAD_MODE)
     before anyone but root can open it."""
     if sys.platform == "linux" and os.uname().machine in _GENERIC_IOCTLS:
-        return _open_pair_linux()
+        return _open_pair_linux()[0]
     return _open_pair_portable()
 
 
-def _open_pair_linux() -> Pty:
+def unguarded_reason() -> Optional[str]:
+    """None when a PTY set up here is root's alone from its start (see _open_pair_linux); else
+    why an account may hold a new slave from its set-up on, and the fix. Opens one PTY."""
+    if sys.platform != "linux" or os.uname().machine not in _GENERIC_IOCTLS:
+        return None
+    pty, unguarded = _open_pair_linux()
+    _close(pty)
+    if not unguarded:
+        return None
+    return ("devpts gives new PTY slaves a mode or owner that lets an account other than root "
+            "open them, and this process may not hang up a terminal (it lacks CAP_SYS_ADMIN): an "
+            "open that races a PTY's set-up can keep the slave, as with any openpty(); mount "
+            "devpts with mode=600 (and no uid=), or grant the agent CAP_SYS_ADMIN")
+
+
+def _open_pair_linux() -> tuple[Pty, bool]:
     """The master from /dev/ptmx; its slave, still locked (an open of a locked slave fails with
     EIO), is made root's with mode 0600 and only then unlocked, whatever mode and owner devpts
-    gives new slaves (`mode=620,gid=5` on many hosts: group tty could otherwise open it for
-    writing before its mode is set); the slave is then opened through the master (TIOCGPTPEER)
-    and checked to be the node just set up."""
+    gives new slaves (`mode=620,gid=5` on many hosts); the slave is then opened through the
+    master (TIOCGPTPEER) and checked to be the node just set up. With it, whether an open that
+    raced the set-up may hold the slave (see _open_slave: only where devpts' own mode let an
+    account open it and this process could not hang it up)."""
     try:
         master = os.open(_PTMX, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
@@ -142,10 +158,12 @@ def _open_pair_linux() -> Pty:
     try:
         (number,) = struct.unpack("I", fcntl.ioctl(master, _TIOCGPTN, b"\0" * 4))
         path = f"/dev/pts/{number}"
+        first = os.lstat(path)  # as devpts made it: only its uid= owner could change it since
+        exposed = first.st_uid != 0 or first.st_mode & 0o077 != 0
         os.chown(path, 0, 0, follow_symlinks=False)
         os.chmod(path, AHEAD_MODE)
         fcntl.ioctl(master, _TIOCSPTLCK, struct.pack("i", 0))
-        slave = _open_slave(master, path)
+        slave, unguarded = _open_slave(master, path, exposed)
     except OSError as exc:
         os.close(master)
         raise SpawnFailed(f"pty: cannot set up the terminal: [Errno {exc.errno}] "
@@ -163,34 +181,44 @@ def _open_pair_linux() -> Pty:
                               f"with mode 0600")
         return pty
 
-    return _closed_on_failure(pty, check)
+    return _closed_on_failure(pty, check), unguarded
 
 
-def _open_slave(master: int, path: str) -> int:
-    """The slave of MASTER, in exclusive mode, once every other open of it was hung up: an open
-    checked against the mode devpts gave the new slave (its permission is checked when its path
-    is opened, its lock only later, in the tty driver) may find it unlocked. Such an open either
-    ended before the hang-up, which cuts it off, or reaches the driver after exclusive mode was
-    set, which refuses it (EBUSY; the driver checks both under the tty's lock). Root is not
-    refused: the slave is opened again for use. _give clears exclusive mode."""
-    first = _open_slave_once(master, path)
-    try:
-        fcntl.ioctl(first, termios.TIOCEXCL)
-        fcntl.ioctl(first, _TIOCVHANGUP)
-    finally:
-        os.close(first)
+def _open_slave(master: int, path: str, exposed: bool) -> tuple[int, bool]:
+    """The slave of MASTER, in exclusive mode (nobody but root may open it: EBUSY), and whether
+    an open that raced its set-up may still hold it.
+
+    EXPOSED: devpts gave the new slave a mode or owner that let an account open it. Its
+    permission is checked when its path is opened and its lock only later, in the tty driver, so
+    such an open may find it unlocked. The slave is then hung up: an open that ended before
+    cuts off, one that reaches the driver after meets exclusive mode (the driver checks both
+    under the tty's lock), and root opens it again. Whatever such an open did meanwhile is
+    undone: the output it wrote (the master's input, else read as the session's first output)
+    and the input it queued are flushed, and output it stopped is restarted. Hanging up a
+    terminal takes CAP_SYS_ADMIN: without it, the slave is used as first opened, and an open
+    that raced its set-up may hold it (as with any openpty() on such a devpts; see
+    unguarded_reason). _give clears exclusive mode."""
     slave = _open_slave_once(master, path)
+    unguarded = False
     try:
-        # What such an open did before it was cut off must not wait for the session: output it
-        # wrote (the master's input, read by the session's client as its terminal's first
-        # output), input it queued, and output stopped (TCOOFF).
-        fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)
-        fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)
-        fcntl.ioctl(slave, termios.TCFLSH, termios.TCIFLUSH)
+        fcntl.ioctl(slave, termios.TIOCEXCL)
+        if exposed:
+            try:
+                fcntl.ioctl(slave, _TIOCVHANGUP)
+            except PermissionError:
+                unguarded = True
+            else:
+                os.close(slave)
+                slave = -1
+                slave = _open_slave_once(master, path)
+            fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)
+            fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)
+            fcntl.ioctl(slave, termios.TCFLSH, termios.TCIFLUSH)
     except BaseException:
-        os.close(slave)
+        if slave != -1:
+            os.close(slave)
         raise
-    return slave
+    return slave, unguarded
 
 
 def _open_slave_once(master: int, path: str) -> int:

@@ -539,7 +539,7 @@ subprocess.run(["mount", "--bind", "/dev/pts/ptmx", "/dev/ptmx"], check=True)
 real = terminal._open_slave
 kid = []
 
-def won_race(master, path):
+def won_race(master, path, *rest):
     done_r, done_w = os.pipe()
     hold_r, hold_w = os.pipe()
     pid = os.fork()
@@ -556,7 +556,7 @@ def won_race(master, path):
     os.close(hold_r)
     os.read(done_r, 1)
     kid.append((pid, hold_w))
-    return real(master, path)
+    return real(master, path, *rest)
 
 terminal._open_slave = won_race
 pty = terminal.open_pty_ahead()._pty
@@ -609,7 +609,7 @@ TIOCGETD, TIOCSETD, N_NULL = 0x5424, 0x5423, 27
 real = terminal._open_slave
 kid = []
 
-def won_race(master, path):
+def won_race(master, path, *rest):
     done_r, done_w = os.pipe()
     hold_r, hold_w = os.pipe()
     pid = os.fork()
@@ -632,7 +632,7 @@ def won_race(master, path):
     os.close(hold_r)
     os.read(done_r, 1)
     kid.append((pid, hold_w))
-    return real(master, path)
+    return real(master, path, *rest)
 
 def state(slave):
     modes = termios.tcgetattr(slave)
@@ -650,7 +650,8 @@ terminal._open_slave = real
 for pid, hold_w in kid:
     os.close(hold_w)
     os.waitpid(pid, 0)
-print(json.dumps({"raced": got, "fresh": state(terminal.open_pty_ahead().take(account, 24, 80).slave)}))
+fresh = state(terminal.open_pty_ahead().take(account, 24, 80).slave)
+print(json.dumps({"raced": got, "fresh": fresh}))
 """
 
 
@@ -672,9 +673,9 @@ def test_an_open_cut_off_by_the_hang_up_leaves_no_modes_in_the_pty_held_ahead(
 # The hang-up (TIOCVHANGUP) and the reopen of a slave in exclusive mode need CAP_SYS_ADMIN, which a
 # root daemon does not always have: a container's default capabilities (Docker's, Podman's) leave
 # it out, as can a unit's CapabilityBoundingSet. Run in a mount namespace of its own, on a devpts
-# instance as `mode=620,gid=tty` gives, with CAP_SYS_ADMIN out of the bounding set (so out of the
-# agent's capabilities): a PTY opened ahead and taken, and one opened for a session at once.
-# Prints what each gave: "ok", or the error the agent raised.
+# instance mounted with the options given, with or without CAP_SYS_ADMIN in the bounding set (so
+# in the agent's capabilities): a PTY opened ahead and taken, one opened for a session at once,
+# and what terminal.unguarded_reason() says. Prints what each gave: "ok" or the error raised.
 _WITHOUT_SYS_ADMIN = r"""
 import json, sys
 from agent import accounts, terminal
@@ -688,22 +689,38 @@ for name, how in (("ahead", lambda: terminal.open_pty_ahead().take(account, 24, 
         got[name] = "ok"
     except Exception as exc:
         got[name] = repr(exc)
+got["reason"] = terminal.unguarded_reason()
 print(json.dumps(got))
 """
 
 
-def test_a_daemon_without_cap_sys_admin_still_opens_ptys() -> None:
+@pytest.mark.parametrize(("options", "bounding", "unguarded"), [
+    ("mode=620,gid={tty}", "-sys_admin", True),
+    ("mode=620,gid={tty}", "+sys_admin", False),
+    ("mode=600", "-sys_admin", False),
+], ids=["exposed-without-sys-admin", "exposed-with-sys-admin", "root-only-without-sys-admin"])
+def test_ptys_open_with_or_without_cap_sys_admin_and_say_when_unguarded(
+        options: str, bounding: str, unguarded: bool) -> None:
+    """Without CAP_SYS_ADMIN a PTY is still set up (as with any openpty()); where devpts' own
+    mode let an account open a new slave, unguarded_reason() names that and the fix, which the
+    daemon logs at start-up."""
     import grp
     import json
     import sys
 
     tty = grp.getgrnam("tty").gr_gid
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = (f"mount -t devpts -o newinstance,mode=620,gid={tty},ptmxmode=666 devpts /dev/pts"
-              " && mount --bind /dev/pts/ptmx /dev/ptmx"
-              ' && exec setpriv --bounding-set=-sys_admin "$0" -c "$1"')
+    script = (f"mount -t devpts -o newinstance,{options.format(tty=tty)},ptmxmode=666 devpts"
+              " /dev/pts && mount --bind /dev/pts/ptmx /dev/ptmx"
+              f' && exec setpriv --bounding-set={bounding} "$0" -c "$1"')
     out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
                           sys.executable, _WITHOUT_SYS_ADMIN], cwd=here, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"ahead": "ok", "now": "ok"}
+    got = json.loads(out.stdout)
+    assert (got["ahead"], got["now"]) == ("ok", "ok")
+    if unguarded:
+        assert "CAP_SYS_ADMIN" in got["reason"]
+        assert "mode=600" in got["reason"]
+    else:
+        assert got["reason"] is None

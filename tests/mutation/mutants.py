@@ -184,8 +184,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_the_shell_forked_ahead_starts_with_every_signal_default",)),
     Mutant("pty-opens-in-the-window-kept", "agent/terminal.py",
-           "        fcntl.ioctl(first, _TIOCVHANGUP)\n",
-           "        pass\n",
+           "                fcntl.ioctl(slave, _TIOCVHANGUP)\n",
+           "                pass\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
     Mutant("pty-given-still-exclusive", "agent/terminal.py",
@@ -194,15 +194,20 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_a_pty_given_to_its_account_is_open_to_group_tty_again",)),
     Mutant("pty-planted-output-kept", "agent/terminal.py",
-           "        fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)\n",
-           "        pass\n",
+           "            fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)\n",
+           "            pass\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead",)),
     Mutant("pty-output-left-stopped", "agent/terminal.py",
-           "        fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)\n",
-           "        pass\n",
+           "            fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)\n",
+           "            pass\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead",)),
+    Mutant("pty-exposure-not-seen", "agent/terminal.py",
+           "        exposed = first.st_uid != 0 or first.st_mode & 0o077 != 0\n",
+           "        exposed = False\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
     Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
            "        os.chown(path, 0, 0, follow_symlinks=False)\n"
            "        os.chmod(path, AHEAD_MODE)\n"
