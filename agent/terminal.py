@@ -208,8 +208,8 @@ def _open_slave(master: int, path: str, exposed: bool) -> tuple[int, bool]:
             except PermissionError:
                 unguarded = True
             else:
-                os.close(slave)
-                slave = -1
+                hung_up, slave = slave, -1
+                os.close(hung_up)
                 slave = _open_slave_once(master, path)
             fcntl.ioctl(slave, termios.TCXONC, termios.TCOON)
             fcntl.ioctl(master, termios.TCFLSH, termios.TCIFLUSH)

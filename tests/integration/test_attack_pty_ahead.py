@@ -392,8 +392,9 @@ tty = int(sys.argv[4])
 subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,ptmxmode=666,{options}",
                 "devpts", "/dev/pts"], check=True)
 flags = (os.O_RDWR if access == "rw" else os.O_WRONLY) | os.O_NOCTTY | os.O_NONBLOCK
-PER, ROUNDS, ATTACKERS = 4, 2500, 2
-flagdir = tempfile.mkdtemp(prefix="runas-agent-pty-race-")
+# At most ROUNDS rounds, for at most SECONDS: on a loaded machine fewer rounds run.
+PER, ROUNDS, ATTACKERS, SECONDS = 4, 2500, 2, 12.0
+flagdir = tempfile.mkdtemp(prefix="runas-agent-pty-race-", dir="/run")  # the test's overlay
 os.chmod(flagdir, 0o1777)
 phase = os.path.join(flagdir, "phase")
 
@@ -412,15 +413,18 @@ for k in range(ATTACKERS):
         os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
         os.setresuid(attacker, attacker, attacker)
         opened = live = 0
-        for rd in range(ROUNDS):
+        rd = 0
+        while True:
             held = []
+            now = ""
             while True:
                 try:
                     with open(phase) as fh:
-                        if fh.read() == f"check{rd}":
-                            break
+                        now = fh.read()
                 except OSError:
                     pass
+                if now in (f"check{rd}", "stop"):
+                    break
                 for i in range(PER):
                     try:
                         held.append(os.open(f"/dev/pts/{i}", flags))
@@ -434,13 +438,19 @@ for k in range(ATTACKERS):
                 except OSError:
                     pass
                 os.close(fd)
+            if now == "stop":
+                break
             open(os.path.join(flagdir, f"done{k}.{rd}"), "w").close()
+            rd += 1
         os.write(w, json.dumps([opened, live]).encode() + b"\n")
         os._exit(0)
     kids.append(pid)
 os.close(w)
 try:
+    deadline = time.monotonic() + SECONDS
     for rd in range(ROUNDS):
+        if time.monotonic() > deadline:
+            break
         ahead = [terminal.open_pty_ahead() for _ in range(PER)]
         write_phase(f"check{rd}")
         for k in range(ATTACKERS):
@@ -451,6 +461,7 @@ try:
         for a in ahead:
             a.release()
         write_phase(f"run{rd + 1}")
+    write_phase("stop")
     for pid in kids:
         os.waitpid(pid, 0)
     got = [json.loads(line) for line in os.fdopen(r).read().splitlines()]
