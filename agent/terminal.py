@@ -53,12 +53,17 @@ class Pty:
 
 def tty_group_gid(default: int) -> int:
     """The gid of the `tty` group, or DEFAULT when this host has none."""
+    gid = _tty_gid()
+    return default if gid is None else gid
+
+
+def _tty_gid() -> Optional[int]:
     import grp
 
     try:
         return grp.getgrnam("tty").gr_gid
     except KeyError:
-        return default
+        return None
 
 
 def open_pty(account: Account, rows: int, cols: int, *, tty_gid: Optional[int] = None) -> Pty:
@@ -107,13 +112,7 @@ class PtyAhead:
 def open_pty_ahead() -> PtyAhead:
     """A PTY for a session not yet known, its slave root's with mode 0600, and the tty group's
     gid looked up now. Raises SpawnFailed when no PTY can be allocated."""
-    import grp
-
-    try:
-        tty_gid: Optional[int] = grp.getgrnam("tty").gr_gid
-    except KeyError:
-        tty_gid = None
-    return PtyAhead(_open_pair(), tty_gid)
+    return PtyAhead(_open_pair(), _tty_gid())
 
 
 def _check_account(account: Account) -> None:
@@ -124,15 +123,20 @@ def _check_account(account: Account) -> None:
 def _open_pair() -> Pty:
     """A new PTY pair, both ends close-on-exec, its slave root's with mode 0600 (AHEAD_MODE)
     before anyone but root can open it."""
-    if sys.platform == "linux" and os.uname().machine in _GENERIC_IOCTLS:
+    if _generic_linux():
         return _open_pair_linux()[0]
     return _open_pair_portable()
+
+
+def _generic_linux() -> bool:
+    """Linux, with the PTY ioctls numbered as _TIOCGPTN and the others are."""
+    return sys.platform == "linux" and os.uname().machine in _GENERIC_IOCTLS
 
 
 def unguarded_reason() -> Optional[str]:
     """None when a PTY set up here is root's alone from its start (see _open_pair_linux); else
     why an account may hold a new slave from its set-up on, and the fix. Opens one PTY."""
-    if sys.platform != "linux" or os.uname().machine not in _GENERIC_IOCTLS:
+    if not _generic_linux():
         return None
     pty, unguarded = _open_pair_linux()
     _close(pty)
