@@ -39,13 +39,6 @@ def daemon(users: Users) -> Iterator[DaemonProc]:
         yield d
 
 
-def _pid(d: DaemonProc) -> int:
-    assert d.proc is not None
-    return d.proc.pid
-
-
-def _spare(d: DaemonProc, timeout: float = 10, *, not_: int = 0) -> int:
-    return load.the_spare(_pid(d), timeout, not_=not_)
 
 
 def _holders(tty: str) -> dict[int, set[str]]:
@@ -83,7 +76,7 @@ def _freed(d: DaemonProc, tty: str, was: int, timeout: float = 10) -> bool:
     spare's): WAS, the spare that had it, holds it no more, and nor does anything else."""
     def freed() -> bool:
         alive = d.proc is not None and d.proc.poll() is None
-        spares = set(load.spares_of(_pid(d))) if alive else set()
+        spares = set(load.spares_of(d.pid)) if alive else set()
         held = set(_holders(tty))
         return was not in held and held <= spares - {was}
     return load.wait_until(freed, timeout)
@@ -92,7 +85,7 @@ def _freed(d: DaemonProc, tty: str, was: int, timeout: float = 10) -> bool:
 def test_nobody_but_the_spare_holds_its_pty_ahead(daemon: DaemonProc, users: Users) -> None:
     """The shell's process and the PAM process are forked ahead before the PTY is opened:
     while the spare waits, it alone holds either end."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     assert _holders(tty) == {spare: {"master", "slave"}}
     for flags in ("<", ">", "<>"):
@@ -106,7 +99,7 @@ def test_a_pty_session_s_terminal_is_its_own(daemon: DaemonProc, users: Users) -
     """Taken by a PTY session: its master is the supervisor's alone (and the client's), its
     slave the supervisor's and the session's processes' only (no process forked ahead for
     another use keeps it)."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pty-own", "sleep 30", ("xterm", 24, 80))
     try:
@@ -128,7 +121,7 @@ def test_a_pty_session_s_terminal_is_its_own(daemon: DaemonProc, users: Users) -
 
 def test_a_session_without_a_terminal_frees_the_pty_ahead(daemon: DaemonProc,
                                                            users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pipes", "sleep 30")
     try:
@@ -139,26 +132,26 @@ def test_a_session_without_a_terminal_frees_the_pty_ahead(daemon: DaemonProc,
 
 
 def test_a_refused_start_frees_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     for target, terminal in ((users.toor, ("xterm", 24, 80)), (users.missing, ("xterm", 24, 80)),
                              (users.nolog, None)):
         with pytest.raises(AgentError):
             load.start(daemon.client, target, f"refused-{target}", "true", terminal).close()
         assert _freed(daemon, tty, spare), _holders(tty)
-        spare = _spare(daemon, not_=spare)
+        spare = daemon.spare(not_=spare)
         tty = load.pty_ahead_of(spare)
 
 
 def test_a_reload_and_a_stop_free_the_pty_ahead(daemon: DaemonProc, users: Users) -> None:
     """A spare let go (a reload), stopped, killed, or whose daemon stops: its PTY is closed."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
     assert _freed(daemon, tty, spare), _holders(tty)
     for how in (signal.SIGTERM, signal.SIGKILL):
-        spare = _spare(daemon, not_=spare)
+        spare = daemon.spare(not_=spare)
         tty = load.pty_ahead_of(spare)
         os.kill(spare, how)
         assert _freed(daemon, tty, spare), _holders(tty)
@@ -167,7 +160,7 @@ def test_a_reload_and_a_stop_free_the_pty_ahead(daemon: DaemonProc, users: Users
             sess.wait()
         finally:
             sess.close()
-    spare = _spare(daemon, not_=spare)
+    spare = daemon.spare(not_=spare)
     tty = load.pty_ahead_of(spare)
     daemon.proc.send_signal(signal.SIGTERM)
     assert _freed(daemon, tty, spare), _holders(tty)
@@ -192,7 +185,7 @@ def test_a_terminal_an_account_keeps_open_is_never_the_next_sessions(daemon: Dae
     """An account that keeps its session's slave open after the session (opened by path while
     it was the account's) holds a hung-up terminal: its number is not the next spare's, and
     nothing it writes or reads reaches the next session on a PTY."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "kept", "sleep 30", ("xterm", 24, 80))
     holder = subprocess.Popen(["runuser", "-u", users.bob, "--", "python3", "-c", HOLD, tty],
@@ -204,7 +197,7 @@ def test_a_terminal_an_account_keeps_open_is_never_the_next_sessions(daemon: Dae
         sess.close()
         assert load.wait_until(lambda: _holders(tty).keys() <= {holder.pid, *_kids(holder.pid)},
                                10), _holders(tty)
-        spare = _spare(daemon, not_=spare)
+        spare = daemon.spare(not_=spare)
         nxt = load.pty_ahead_of(spare)
         assert nxt != tty
         alice = load.start(daemon.client, users.alice, "next", "sleep 30", ("xterm", 24, 80))
@@ -244,7 +237,7 @@ def test_a_pty_start_refused_after_the_take_frees_the_terminal(users: Users) -> 
     end of that terminal, not the PAM process, not the process forked for the shell."""
     broken = broken_shell_account()
     with running({"session": {"pam": True}}) as d:
-        spare = _spare(d)
+        spare = d.spare()
         tty = load.pty_ahead_of(spare)
         with pytest.raises(AgentError):
             load.start(d.client, broken, "refused-after-take", "true", ("xterm", 24, 80)).close()
@@ -285,7 +278,7 @@ def test_the_shell_forked_ahead_starts_with_every_signal_default(daemon: DaemonP
     """Every signal number, the real-time ones among them, is neither ignored nor blocked in
     the session's shell (the process forked ahead ignored them all while it waited),
     so nothing the daemon set up leaks into how the account's processes take signals."""
-    _spare(daemon)
+    daemon.spare()
     # grep exec'd in the shell's place reads the mask and dispositions the shell was started
     # with (reading the shell's own status from a forked grep races dash, which blocks every
     # signal around each fork).
@@ -532,83 +525,19 @@ def test_a_pty_given_to_its_account_is_open_to_group_tty_again(users: Users) -> 
         os.close(pty.slave)
 
 
-# The hang-up cuts off an open that won the race above, but not what it did before: its writes to
-# the slave wait in the master's input (the session's output, read once a session takes the PTY,
-# possibly hours later), and its TCOOFF (tcflow) leaves the slave's output stopped. Run in a
+# The hang-up cuts off an open that won the race above, but not what it did before it. Run in a
 # mount namespace of its own, on a devpts instance as `mode=620,gid=tty` gives: right after the
 # slave is unlocked, an open that won the race (opened here by root, then dropped to the account
-# given in group tty, as the open that passed devpts' mode would be) writes a fake prompt and
-# stops the slave's output. Prints what the PTY held ahead then holds.
+# given in group tty, as the open that passed devpts' mode would be) does what the variant says:
+# - "output": writes a fake prompt (it waits in the master's input: the session's output, read
+#   once a session takes the PTY, possibly hours later) and stops the slave's output (TCOOFF);
+# - "termios": no echo, no signals, carriage returns ignored (the client's Enter lost) and 'e' as
+#   the interrupt character;
+# - "ldisc": the n_null line discipline (every read and write of the session's terminal fails).
+# Prints whether the attack took effect, what the PTY held ahead then holds (pending output,
+# output stopped), the termios and line discipline of that PTY once taken, and those of a PTY
+# nobody raced (or the error the agent raised).
 _WON_RACE = r"""
-import json, os, subprocess, sys, termios
-from agent import terminal
-
-attacker, tty = int(sys.argv[1]), int(sys.argv[2])
-subprocess.run(["mount", "-t", "devpts", "-o", f"newinstance,mode=620,gid={tty},ptmxmode=666",
-                "devpts", "/dev/pts"], check=True)
-subprocess.run(["mount", "--bind", "/dev/pts/ptmx", "/dev/ptmx"], check=True)
-real = terminal._open_slave
-kid = []
-
-def won_race(master, path, *rest):
-    done_r, done_w = os.pipe()
-    hold_r, hold_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(hold_w)
-        fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
-        os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
-        os.setresuid(attacker, attacker, attacker)
-        os.write(fd, b"root@host:~# planted\r\n")
-        termios.tcflow(fd, termios.TCOOFF)
-        os.write(done_w, b"x")
-        os.read(hold_r, 1)
-        os._exit(0)
-    os.close(hold_r)
-    os.read(done_r, 1)
-    kid.append((pid, hold_w))
-    return real(master, path, *rest)
-
-terminal._open_slave = won_race
-pty = terminal.open_pty_ahead()._pty
-pid, hold_w = kid[0]
-os.close(hold_w)
-os.waitpid(pid, 0)
-os.set_blocking(pty.master, False)
-os.set_blocking(pty.slave, False)
-try:
-    pending = os.read(pty.master, 4096).decode(errors="replace")
-except BlockingIOError:
-    pending = ""
-try:
-    stopped = os.write(pty.slave, b"x") == 0
-except BlockingIOError:
-    stopped = True
-print(json.dumps({"pending": pending, "stopped": stopped}))
-"""
-
-
-def test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead(
-        users: Users) -> None:
-    import grp
-
-    got = _in_own_mount_namespace(_WON_RACE, pwd.getpwnam(users.bob).pw_uid,
-                                  grp.getgrnam("tty").gr_gid, timeout=60)
-    assert got["pending"] == "", f"output planted in the next session's terminal: {got}"
-    assert not got["stopped"], "the next session's terminal has its output stopped"
-
-
-# The hang-up cuts off an open that won the race, and the flushes empty its queues, but the slave's
-# termios and its line discipline belong to the tty, not to the open: both outlive the hang-up
-# (a tty hung up keeps its termios; its line discipline is made again, from termios' c_line, when
-# the agent reopens the slave). Run in a mount namespace of its own, on a devpts instance as
-# `mode=620,gid=tty` gives: right after the slave is unlocked, an open that won the race (opened
-# here by root, then dropped to the account given in group tty) sets the slave's modes as the
-# variant says: no echo, no signals, carriage returns ignored (the client's Enter lost) and 'e'
-# as the interrupt character; or the n_null line discipline (every read and write of the
-# session's terminal fails). Prints the termios and the line discipline of the PTY taken, those
-# of a PTY nobody raced, or the error the agent raised.
-_WON_RACE_MODES = r"""
 import fcntl, json, os, struct, subprocess, sys, termios
 from agent import accounts, terminal
 
@@ -620,6 +549,19 @@ TIOCGETD, TIOCSETD, N_NULL = 0x5424, 0x5423, 27
 real = terminal._open_slave
 kid = []
 
+def attack(fd):
+    if variant == "output":
+        os.write(fd, b"root@host:~# planted\r\n")
+        termios.tcflow(fd, termios.TCOOFF)
+    elif variant == "termios":
+        modes = termios.tcgetattr(fd)
+        modes[0] |= termios.IGNCR
+        modes[3] &= ~(termios.ECHO | termios.ISIG)
+        modes[6][termios.VINTR] = b"e"
+        termios.tcsetattr(fd, termios.TCSANOW, modes)
+    else:
+        fcntl.ioctl(fd, TIOCSETD, struct.pack("i", N_NULL))
+
 def won_race(master, path, *rest):
     done_r, done_w = os.pipe()
     hold_r, hold_w = os.pipe()
@@ -629,20 +571,15 @@ def won_race(master, path, *rest):
         fd = os.open(path, os.O_WRONLY | os.O_NOCTTY)
         os.setgroups([tty]); os.setresgid(attacker, attacker, attacker)
         os.setresuid(attacker, attacker, attacker)
-        if variant == "termios":
-            modes = termios.tcgetattr(fd)
-            modes[0] |= termios.IGNCR
-            modes[3] &= ~(termios.ECHO | termios.ISIG)
-            modes[6][termios.VINTR] = b"e"
-            termios.tcsetattr(fd, termios.TCSANOW, modes)
-        else:
-            fcntl.ioctl(fd, TIOCSETD, struct.pack("i", N_NULL))
-        os.write(done_w, b"x")
+        try:
+            attack(fd)
+            os.write(done_w, b"y")
+        except Exception as exc:
+            os.write(done_w, repr(exc).encode())
         os.read(hold_r, 1)
         os._exit(0)
     os.close(hold_r)
-    os.read(done_r, 1)
-    kid.append((pid, hold_w))
+    kid.append((pid, hold_w, os.read(done_r, 4096).decode()))
     return real(master, path, *rest)
 
 def state(slave):
@@ -653,30 +590,55 @@ def state(slave):
 
 account = accounts.Account("x", 4242, 4242, "/", "/bin/sh", (4242,), "local")
 terminal._open_slave = won_race
+got = {}
 try:
-    got = state(terminal.open_pty_ahead().take(account, 24, 80).slave)
+    ahead = terminal.open_pty_ahead()
+    pty = ahead._pty
+    os.set_blocking(pty.master, False)
+    try:
+        got["pending"] = os.read(pty.master, 4096).decode(errors="replace")
+    except BlockingIOError:
+        got["pending"] = ""
+    os.set_blocking(pty.slave, False)
+    try:
+        got["stopped"] = os.write(pty.slave, b"x") == 0
+    except BlockingIOError:
+        got["stopped"] = True
+    os.set_blocking(pty.slave, True)
+    got["raced"] = state(ahead.take(account, 24, 80).slave)
 except Exception as exc:
-    got = {"error": repr(exc)}
+    got["raced"] = {"error": repr(exc)}
 terminal._open_slave = real
-for pid, hold_w in kid:
+for pid, hold_w, _ in kid:
     os.close(hold_w)
     os.waitpid(pid, 0)
-fresh = state(terminal.open_pty_ahead().take(account, 24, 80).slave)
-print(json.dumps({"raced": got, "fresh": fresh}))
+got["attacked"] = [done for _, _, done in kid]
+got["fresh"] = state(terminal.open_pty_ahead().take(account, 24, 80).slave)
+print(json.dumps(got))
 """
+
+
+def _won_race(users: Users, variant: str) -> Any:
+    """What _WON_RACE printed for VARIANT, once its attack took effect."""
+    import grp
+
+    got = _in_own_mount_namespace(_WON_RACE, pwd.getpwnam(users.bob).pw_uid,
+                                  grp.getgrnam("tty").gr_gid, variant, timeout=60)
+    assert got["attacked"] == ["y"], f"the {variant} attack did not take effect: {got}"
+    return got
+
+
+def test_an_open_cut_off_by_the_hang_up_leaves_nothing_in_the_pty_held_ahead(
+        users: Users) -> None:
+    got = _won_race(users, "output")
+    assert got["pending"] == "", f"output planted in the next session's terminal: {got}"
+    assert not got["stopped"], "the next session's terminal has its output stopped"
 
 
 @pytest.mark.parametrize("variant", ["termios", "ldisc"])
 def test_an_open_cut_off_by_the_hang_up_leaves_no_modes_in_the_pty_held_ahead(
         users: Users, variant: str) -> None:
-    import grp
-
-    if variant == "ldisc":
-        with open("/proc/tty/ldiscs") as fh:
-            if "n_null" not in fh.read().split():
-                pytest.skip("no n_null line discipline loaded here")
-    got = _in_own_mount_namespace(_WON_RACE_MODES, pwd.getpwnam(users.bob).pw_uid,
-                                  grp.getgrnam("tty").gr_gid, variant, timeout=60)
+    got = _won_race(users, variant)
     assert got["fresh"]["ldisc"] == 0
     assert got["raced"] == got["fresh"], f"the next session's terminal has modes set by {variant}"
 

@@ -39,13 +39,6 @@ def daemon(users: Users) -> Iterator[DaemonProc]:
         yield d
 
 
-def _pid(d: DaemonProc) -> int:
-    assert d.proc is not None
-    return d.proc.pid
-
-
-def _spare(d: DaemonProc, timeout: float = 10) -> int:
-    return load.the_spare(_pid(d), timeout)
 
 
 def _status(pid: int) -> dict[str, str]:
@@ -113,16 +106,16 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
     idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     idle.connect(daemon.socket)
     try:
-        first = _spare(daemon)
+        first = daemon.spare()
         assert _start(daemon, users.bob, "spare-1", "true")["code"] == 0
-        assert load.wait_until(lambda: load.spares_of(_pid(daemon)) not in ([], [first]), 10)
-        spare = _spare(daemon)
+        assert load.wait_until(lambda: load.spares_of(daemon.pid) not in ([], [first]), 10)
+        spare = daemon.spare()
         assert spare != first
         st = _status(spare)
         assert st["Name"] == SPARE_NAME
         assert st["Uid"].split() == ["0"] * 4  # root, as any supervisor, and nothing else
         fields = _stat(spare)
-        assert int(fields[1]) == _pid(daemon)  # ppid: the daemon's child (it reaps it)
+        assert int(fields[1]) == daemon.pid  # ppid: the daemon's child (it reaps it)
         assert int(fields[3]) == spare  # its own session
         assert int(fields[2]) == spare  # and process group
         # Two sockets, both connected and unnamed: one to the daemon, one to the next shell's
@@ -132,7 +125,7 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
         peers = _unix_peers()
         mine = sorted(_socket_inodes(spare))
         assert len(mine) == 2
-        assert sorted(peers.get(inode) in set(_socket_inodes(_pid(daemon))) for inode in mine) \
+        assert sorted(peers.get(inode) in set(_socket_inodes(daemon.pid)) for inode in mine) \
             == [False, True]
         # The child: root, in the spare's session, every signal blocked, holding only stdio and
         # its end of the pair, whose peer is the spare's.
@@ -145,20 +138,20 @@ def test_one_idle_spare_reachable_only_by_the_daemon(daemon: DaemonProc, users: 
         standard = (1 << 31) - 1  # signals 1-31; KILL and STOP cannot be blocked
         assert int(cst["SigBlk"], 16) & standard == standard & ~(1 << 8) & ~(1 << 18)
         assert int(_stat(child)[3]) == spare
-        assert load.spares_of(_pid(daemon)) == [spare]
+        assert load.spares_of(daemon.pid) == [spare]
         # Its rehearsal ran on this configuration without an error.
         assert "spare.rehearsal_failed" not in daemon.log()
         # (the session's supervisor is gone once it has recorded the end; the spare stays and
         # is not counted as a session)
-        assert load.wait_until(lambda: load.children_of(_pid(daemon)) == [], 10)
-        assert load.spares_of(_pid(daemon)) == [spare]
+        assert load.wait_until(lambda: load.children_of(daemon.pid) == [], 10)
+        assert load.spares_of(daemon.pid) == [spare]
     finally:
         idle.close()
 
 
 def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
                                                               users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     (ahead,) = _preforked_of(spare)
     sess = load.start(daemon.client, users.alice, "spare-held", "sleep 30")
     try:
@@ -171,7 +164,7 @@ def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
         # child, its process name back to the daemon's.
         assert rec["pid"] == spare
         # (the next spare, just forked, has the daemon's name until it renames itself)
-        assert load.wait_until(lambda: load.children_of(_pid(daemon)) == [spare], 10)
+        assert load.wait_until(lambda: load.children_of(daemon.pid) == [spare], 10)
         assert _status(spare)["Name"] != SPARE_NAME
         assert started["user"] == users.alice
         # The connection it was handed is close-on-exec, as accept() makes it.
@@ -187,7 +180,7 @@ def test_a_handed_over_session_runs_as_one_the_daemon_forks(daemon: DaemonProc,
         sess.close()
     assert daemon.events("spare-held") == ["session.requested", "session.started",
                                            "session.terminate_requested", "session.ended"]
-    assert load.wait_until(lambda: not load.children_of(_pid(daemon)), 10)
+    assert load.wait_until(lambda: not load.children_of(daemon.pid), 10)
 
 
 def test_control_frames_sent_with_the_start_reach_the_spare(daemon: DaemonProc,
@@ -196,7 +189,7 @@ def test_control_frames_sent_with_the_start_reach_the_spare(daemon: DaemonProc,
     a terminate written in the same send as the start ends the session before its shell."""
     from agent import protocol
 
-    _spare(daemon)
+    daemon.spare()
     start = {"v": protocol.VERSION, "type": "start", "session_id": "spare-early",
              "principal": {"arn": "arn:spare", "tags": {TAG: users.bob}},
              "preferences": {"run_as_enabled": True}, "command": "touch /tmp/spare-early",
@@ -223,14 +216,14 @@ def test_control_frames_sent_with_the_start_reach_the_spare(daemon: DaemonProc,
 
 def test_a_spare_that_dies_is_replaced_and_sessions_still_start(daemon: DaemonProc,
                                                                  users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     os.kill(spare, signal.SIGKILL)
-    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) == [], 10)
+    assert load.wait_until(lambda: load.spares_of(daemon.pid) == [], 10)
     # Logged when the daemon reaps it, which may come just after the test sees it gone.
     assert load.wait_until(lambda: "spare.died" in daemon.log(), 10), daemon.log()
     # The next start forks its own supervisor; a new spare follows it.
     assert _start(daemon, users.bob, "after-death", "true")["code"] == 0
-    assert _spare(daemon) != spare
+    assert daemon.spare() != spare
     assert _start(daemon, users.bob, "after-death-2", "true")["code"] == 0
     for sid in ("after-death", "after-death-2"):
         assert daemon.events(sid) == ["session.requested", "session.started", "session.ended"]
@@ -242,7 +235,7 @@ def test_a_process_forked_ahead_that_died_or_stopped_is_replaced_by_a_fork(
         daemon: DaemonProc, users: Users, how: str, signum: int, state: str) -> None:
     """A process that died, or is stopped (it would never read its plan), is not waited on:
     the start forks the shell's process as if none had been forked ahead, and lets it go."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     (ahead,) = _preforked_of(spare)
     os.kill(ahead, signum)
     assert load.wait_until(lambda: _stat(ahead)[0] == state, 10)
@@ -267,7 +260,7 @@ def test_signals_the_process_forked_ahead_got_while_waiting_never_reach_its_sess
     """Signals sent to the waiting process (blocked there, so kept pending even where its
     disposition was to ignore them) were sent before it was any session's: the session starts
     without them, as a process forked at the start would."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     (ahead,) = _preforked_of(spare)
     sent = (signal.SIGHUP, signal.SIGTERM, signal.SIGUSR1, signal.SIGRTMIN + 2)
     for signum in sent:
@@ -289,7 +282,7 @@ def test_signals_the_process_forked_ahead_got_while_waiting_never_reach_its_sess
 
 def test_a_denied_start_lets_the_process_forked_ahead_go(daemon: DaemonProc,
                                                          users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     (ahead,) = _preforked_of(spare)
     with pytest.raises(AgentError):
         _start(daemon, users.missing, "ahead-denied", "true")
@@ -303,7 +296,7 @@ def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonPro
     alone (mode 0600: no account can open it or write to it). A PTY session gets that very
     terminal, given to its account as a PTY opened at the start is; a session without a
     terminal closes it."""
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     st = os.stat(tty)
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
@@ -320,7 +313,7 @@ def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonPro
     finally:
         sess.close()
     # The next spare has a PTY of its own; a session without a terminal closes it at once.
-    spare = _spare(daemon)
+    spare = daemon.spare()
     tty = load.pty_ahead_of(spare)
     sess = load.start(daemon.client, users.bob, "pty-ahead-pipes", "sleep 30")
     try:
@@ -331,11 +324,11 @@ def test_the_spare_opens_its_sessions_pty_ahead_for_root_alone(daemon: DaemonPro
 
 
 def test_a_stopped_spare_exits_without_a_trace(daemon: DaemonProc, users: Users) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     (ahead,) = _preforked_of(spare)
     audit_before = len(daemon.audit())
     os.kill(spare, signal.SIGTERM)
-    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) == [], 10)
+    assert load.wait_until(lambda: load.spares_of(daemon.pid) == [], 10)
     assert load.wait_until(lambda: not os.path.exists(f"/proc/{ahead}"), 10)
     assert len(daemon.audit()) == audit_before
     assert not os.path.exists(daemon.state_dir) or os.listdir(daemon.state_dir) == []
@@ -343,10 +336,10 @@ def test_a_stopped_spare_exits_without_a_trace(daemon: DaemonProc, users: Users)
 
 
 def test_a_reload_replaces_the_spare(daemon: DaemonProc) -> None:
-    spare = _spare(daemon)
+    spare = daemon.spare()
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGHUP)
-    assert load.wait_until(lambda: load.spares_of(_pid(daemon)) not in ([], [spare]), 10)
+    assert load.wait_until(lambda: load.spares_of(daemon.pid) not in ([], [spare]), 10)
     assert load.wait_until(lambda: _gone(spare), 10)
 
 
@@ -356,9 +349,9 @@ def test_the_spare_does_not_outlive_its_daemon(users: Users, how: int) -> None:
     d.start()
     try:
         sess = load.start(d.client, users.bob, "outlive", "sleep 30")
-        spare = _spare(d)
+        spare = d.spare()
         (ahead,) = _preforked_of(spare)
-        supervisor = load.children_of(_pid(d))
+        supervisor = load.children_of(d.pid)
         assert d.stop(how) is not None
         assert load.wait_until(lambda: _gone(spare), 10)
         assert load.wait_until(lambda: _gone(ahead), 10)

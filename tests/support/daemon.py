@@ -45,6 +45,17 @@ class DaemonProc:
     def client(self) -> Client:
         return Client(self.socket, timeout=20)
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spare(self, timeout: float = 10, *, not_: int = 0) -> int:
+        """The daemon's one idle spare supervisor (tests.support.load.the_spare)."""
+        from tests.support import load
+
+        return load.the_spare(self.pid, timeout, not_=not_)
+
     def start(self, extra_env: Optional[dict[str, str]] = None,
               pass_fds: tuple[int, ...] = (), prefix: tuple[str, ...] = ()) -> None:
         """PREFIX: a command that execs the daemon's argv given after it (same pid)."""
