@@ -656,6 +656,25 @@ def test_an_open_cut_off_by_the_hang_up_leaves_no_modes_in_the_pty_held_ahead(
     assert got["raced"] == got["fresh"], f"the next session's terminal has modes set by {variant}"
 
 
+# devpts options, CAP_SYS_ADMIN kept or not, and whether the PTYs are then unguarded.
+_CAP_CASES = pytest.mark.parametrize(("options", "bounding", "unguarded"), [
+    ("mode=620,gid={tty}", "-sys_admin", True),
+    ("mode=620,gid={tty}", "+sys_admin", False),
+    ("mode=600", "-sys_admin", False),
+], ids=["exposed-without-sys-admin", "exposed-with-sys-admin", "root-only-without-sys-admin"])
+
+
+def _devpts_without(options: str, bounding: str) -> str:
+    """A shell line that mounts a devpts instance with OPTIONS on /dev/pts (and its ptmx on
+    /dev/ptmx), then execs "$@" with the capability bounding set changed by BOUNDING."""
+    import grp
+
+    tty = grp.getgrnam("tty").gr_gid
+    return (f"mount -t devpts -o newinstance,{options.format(tty=tty)},ptmxmode=666 devpts"
+            " /dev/pts && mount --bind /dev/pts/ptmx /dev/ptmx"
+            f' && exec setpriv --bounding-set={bounding} "$@"')
+
+
 # The hang-up (TIOCVHANGUP) and the reopen of a slave in exclusive mode need CAP_SYS_ADMIN, which a
 # root daemon does not always have: a container's default capabilities (Docker's, Podman's) leave
 # it out, as can a unit's CapabilityBoundingSet. Run in a mount namespace of its own, on a devpts
@@ -680,28 +699,20 @@ print(json.dumps(got))
 """
 
 
-@pytest.mark.parametrize(("options", "bounding", "unguarded"), [
-    ("mode=620,gid={tty}", "-sys_admin", True),
-    ("mode=620,gid={tty}", "+sys_admin", False),
-    ("mode=600", "-sys_admin", False),
-], ids=["exposed-without-sys-admin", "exposed-with-sys-admin", "root-only-without-sys-admin"])
+@_CAP_CASES
 def test_ptys_open_with_or_without_cap_sys_admin_and_say_when_unguarded(
         options: str, bounding: str, unguarded: bool) -> None:
     """Without CAP_SYS_ADMIN a PTY is still set up (as with any openpty()); where devpts' own
     mode let an account open a new slave, unguarded_reason() names that and the fix, which the
     daemon logs at start-up."""
-    import grp
     import json
     import sys
 
-    tty = grp.getgrnam("tty").gr_gid
     here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    script = (f"mount -t devpts -o newinstance,{options.format(tty=tty)},ptmxmode=666 devpts"
-              " /dev/pts && mount --bind /dev/pts/ptmx /dev/ptmx"
-              f' && exec setpriv --bounding-set={bounding} "$0" -c "$1"')
-    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                          sys.executable, _WITHOUT_SYS_ADMIN], cwd=here, capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          _devpts_without(options, bounding), "sh", sys.executable, "-c",
+                          _WITHOUT_SYS_ADMIN], cwd=here, capture_output=True, text=True,
+                         timeout=60)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)
     assert (got["ahead"], got["now"]) == ("ok", "ok")
@@ -710,3 +721,47 @@ def test_ptys_open_with_or_without_cap_sys_admin_and_say_when_unguarded(
         assert "mode=600" in got["reason"]
     else:
         assert got["reason"] is None
+
+
+@_CAP_CASES
+def test_the_daemon_says_at_start_up_when_its_ptys_are_unguarded_and_still_serves_them(
+        users: Users, options: str, bounding: str, unguarded: bool) -> None:
+    """The real daemon, in a mount namespace of its own on a devpts instance mounted with the
+    options given, with or without CAP_SYS_ADMIN: its PTY sessions run on that devpts either way,
+    and it logs `pty.setup_unguarded` (naming the cause and the fix) at start-up exactly where an
+    account could open a new slave before its mode is set."""
+    import json
+
+    from tests.support.daemon import make_daemon, read_until
+
+    d = make_daemon()
+    d.start(prefix=("unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    _devpts_without(options, bounding), "sh"))
+    try:
+        with open(f"/proc/{d.pid}/status") as fh:
+            caps = int(next(ln for ln in fh if ln.startswith("CapEff:")).split()[1], 16)
+        assert bool(caps & (1 << 21)) == (bounding == "+sys_admin")  # CAP_SYS_ADMIN
+        sess = load.start(d.client, users.bob, "pty-unguarded", "tty; echo DONE",
+                          ("xterm", 24, 80))
+        try:
+            assert sess.master is not None
+            out = read_until(sess.master, b"DONE")
+            assert sess.wait()["code"] == 0
+        finally:
+            sess.close()
+        # The session's terminal is a slave of the daemon's own devpts instance, not the host's.
+        assert sess.info["tty"].encode() in out
+        assert os.stat(f"/proc/{d.pid}/root/dev/pts/ptmx").st_dev != os.stat("/dev/pts/ptmx").st_dev
+        logged = [json.loads(line) for line in d.log().splitlines() if line.startswith("{")]
+        warned = [r for r in logged if r.get("event") == "pty.setup_unguarded"]
+        assert [r.get("level") for r in logged if r.get("event") == "pty.unavailable"] == []
+        if unguarded:
+            assert len(warned) == 1, logged
+            assert "CAP_SYS_ADMIN" in warned[0]["reason"]
+            assert "mode=600" in warned[0]["reason"]
+            assert warned[0]["level"] == "warning"
+        else:
+            assert warned == [], warned
+    finally:
+        d.stop()
+        d.cleanup()

@@ -208,6 +208,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "        exposed = False\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
+    Mutant("pty-unguarded-not-logged", "agent/server.py",
+           "        log.warning(\"pty.setup_unguarded\", reason=reason)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_pty_ahead.py::"
+            "test_the_daemon_says_at_start_up_when_its_ptys_are_unguarded_and_still_serves_them",)),
     Mutant("pty-unlocked-before-its-mode", "agent/terminal.py",
            "        os.chown(path, 0, 0, follow_symlinks=False)\n"
            "        os.chmod(path, AHEAD_MODE)\n"
