@@ -42,8 +42,13 @@ def daemon(users: Users) -> Iterator[DaemonProc]:
 
 
 def _holders(tty: str) -> dict[int, set[str]]:
-    """Every process holding TTY's slave or its master (a ptmx fd whose tty-index is TTY's)."""
+    """Every process holding TTY's slave (that very node: its devpts instance and number) or its
+    master (a ptmx fd whose tty-index is TTY's, held by a process whose devpts is this one).
+    Terminals of other devpts instances (a container's) with the same number are not counted."""
     index = tty.rsplit("/", 1)[1]
+    devpts = os.stat("/dev/pts/ptmx").st_dev  # the devpts instance, its slaves' st_dev too
+    number = int(index)
+    want = (devpts, os.makedev(136 + number // 256, number % 256))  # Unix98 PTY slaves' majors
     held: dict[int, set[str]] = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -55,19 +60,19 @@ def _holders(tty: str) -> dict[int, set[str]]:
             continue
         for fd in fds:
             try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.split(" ")[0] == tty:
-                held.setdefault(pid, set()).add("slave")
-            elif target.split(" ")[0] in ("/dev/ptmx", "/dev/pts/ptmx"):
-                try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}").split(" ")[0]
+                if target in ("/dev/ptmx", "/dev/pts/ptmx"):
                     with open(f"/proc/{pid}/fdinfo/{fd}") as fh:
                         info = fh.read()
-                except OSError:
-                    continue
-                if f"tty-index:\t{index}\n" in info:
-                    held.setdefault(pid, set()).add("master")
+                    if (f"tty-index:\t{index}\n" in info
+                            and os.stat(f"/proc/{pid}/root/dev/pts/ptmx").st_dev == devpts):
+                        held.setdefault(pid, set()).add("master")
+                elif target.startswith("/dev/pts/"):
+                    st = os.stat(f"/proc/{pid}/fd/{fd}")
+                    if (st.st_dev, st.st_rdev) == want:
+                        held.setdefault(pid, set()).add("slave")
+            except OSError:
+                continue
     return held
 
 
