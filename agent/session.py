@@ -57,6 +57,10 @@ PROFILE_HEAD_START = 0.5  # seconds the shell profile may take to be typed befor
 # subreaper, where orphans go to init.
 END_RECHECK_SUBREAPER = 0.5
 END_RECHECK_OTHER = 0.02
+# How long the shell's exit status is waited for once it has been killed (SIGKILL), after a
+# tracer of the account's that held it back was killed: a process in uninterruptible sleep, or
+# a zombie that root's tracer holds, is then recorded as ended with its status unknown.
+KILLED_WAIT = 5.0
 PREWARM_NAME = "runas-agent-prewarm-none"  # an account name looked up to load NSS modules
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
@@ -759,6 +763,44 @@ def _killpg(pgid: int, signum: int) -> bool:
     return True
 
 
+def _kill_tracer(pid: int, sys_platform: str) -> Optional[int]:
+    """Kill the process that traces PID (the session's shell) unless it is root's: its pid,
+    or None when there was none, it was root's, or it is gone. Linux only (None elsewhere)."""
+    if sys_platform != "linux" or not hasattr(os, "pidfd_open"):
+        return None
+    tracer = _proc_status(pid, b"TracerPid:")
+    if not tracer or tracer[0] <= 0:
+        return None
+    try:
+        fd = os.pidfd_open(tracer[0])
+    except OSError:
+        return None
+    try:
+        # With FD open, PID's tracer is still that pid: FD names that very process, not one
+        # that took its pid since. It is killed only if none of its user ids is root's.
+        uids = _proc_status(tracer[0], b"Uid:")
+        if _proc_status(pid, b"TracerPid:") != tracer or not uids or 0 in uids:
+            return None
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return tracer[0]
+
+
+def _proc_status(pid: int, field: bytes) -> tuple[int, ...]:
+    """The numbers of FIELD's line (e.g. b"Uid:") in /proc/PID/status; () when unreadable."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return tuple(int(n) for n in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return ()
+
+
 def _tty_activity(path: str) -> float:
     try:
         st = os.stat(path)
@@ -977,13 +1019,24 @@ class _Supervision:
         if self.status is None:
             self._hang_up_group()
             self._wait_for(lambda: self.status is not None, deadline)
-        status = self.status
-        if status is None:
+        if self.status is None:
             _killpg(self.st.pid, signal.SIGKILL)
-            _, status = os.waitpid(self.st.pid, 0)
-            self.status = status
+            # A process that traces the shell and never waits keeps the dead shell's exit
+            # from this supervisor, its parent, for good: such a tracer of the account's is
+            # killed (its tracee is then released to us); no wait here is unbounded.
+            tracer = _kill_tracer(self.st.pid, self.ctx.sys_platform)
+            if tracer is not None:
+                self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
+                                  tracer_pid=tracer)
+            if not self._wait_for(lambda: self.status is not None,
+                                  time.monotonic() + KILLED_WAIT):
+                self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
+                                  detail="the shell was killed but its exit status never "
+                                         "came; the session ends with its status unknown")
+        status = self.status
         self._end_the_rest(deadline)
-        exit_status = spawn.describe_status(status)
+        exit_status = (spawn.describe_status(status) if status is not None
+                       else {"code": None, "signal": None})
         recorded: dict[str, Any] = {}
         if self.st.io_relay is not None:
             # What the session wrote last reaches the client (and the recording) before the
