@@ -764,29 +764,33 @@ def _killpg(pgid: int, signum: int) -> bool:
 
 
 def _kill_tracer(pid: int, sys_platform: str) -> Optional[int]:
-    """Kill the process that traces PID (the session's shell) unless it is root's: its pid,
-    or None when there was none, it was root's, or it is gone. Linux only (None elsewhere)."""
+    """Kill the process one of whose threads traces PID (the session's shell) unless it is
+    root's: its pid, or None when there was none, it was root's, or it is gone. Linux only
+    (None elsewhere)."""
     if sys_platform != "linux" or not hasattr(os, "pidfd_open"):
         return None
-    tracer = _proc_status(pid, b"TracerPid:")
-    if not tracer or tracer[0] <= 0:
+    tracer = _proc_status(pid, b"TracerPid:")  # the tracing thread
+    process = _proc_status(tracer[0], b"Tgid:") if tracer and tracer[0] > 0 else ()
+    if not process:
         return None
     try:
-        fd = os.pidfd_open(tracer[0])
+        fd = os.pidfd_open(process[0])
     except OSError:
         return None
     try:
-        # With FD open, PID's tracer is still that pid: FD names that very process, not one
-        # that took its pid since. It is killed only if none of its user ids is root's.
-        uids = _proc_status(tracer[0], b"Uid:")
-        if _proc_status(pid, b"TracerPid:") != tracer or not uids or 0 in uids:
+        # With FD open, PID's tracer is still that thread of that process: FD names that very
+        # process, not one that took its pid since. It is killed only if none of its user ids
+        # is root's.
+        uids = _proc_status(process[0], b"Uid:")
+        if (_proc_status(pid, b"TracerPid:") != tracer
+                or _proc_status(tracer[0], b"Tgid:") != process or not uids or 0 in uids):
             return None
         signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
         return None
     finally:
         os.close(fd)
-    return tracer[0]
+    return process[0]
 
 
 def _proc_status(pid: int, field: bytes) -> tuple[int, ...]:

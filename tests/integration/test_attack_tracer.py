@@ -41,8 +41,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter the test accounts can execu
 # Run as the session's shell (exec'd by `sh -c`): lets any process of the account trace it
 # (Yama's ptrace_scope 1 would allow only its ancestors), then forks a tracer outside its
 # process group (setsid, a double fork) that seizes it and never waits; prints "SEIZED <pid>"
-# (or "SEIZED -<errno>") and sleeps. SIGCHLD stays blocked: a traced process stops on any
-# signal delivered, and its tracer never lets it go on.
+# (or "SEIZED -<errno>") and sleeps; with the argument "thread", a thread of the tracer other
+# than its first seizes it (TracerPid then names that thread). SIGCHLD stays blocked: a traced
+# process stops on any signal delivered, and its tracer never lets it go on.
 HELD = r"""
 import ctypes, os, signal, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -55,14 +56,23 @@ if os.fork() == 0:
     os.setsid()
     if os.fork():
         os._exit(0)
-    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-    seized = libc.ptrace(0x4206, me, None, None) == 0  # PTRACE_SEIZE
-    os.write(w, str(os.getpid() if seized else -ctypes.get_errno()).encode())
-    os.close(w)
     for fd in (0, 1, 2):
         os.close(fd)
-    while True:
-        time.sleep(3600)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+
+    def seize():
+        seized = libc.ptrace(0x4206, me, None, None) == 0  # PTRACE_SEIZE
+        os.write(w, str(os.getpid() if seized else -ctypes.get_errno()).encode())
+        os.close(w)
+        while True:
+            time.sleep(3600)
+
+    if sys.argv[1:] == ["thread"]:  # a thread other than the process's first traces it
+        import threading
+        threading.Thread(target=seize, daemon=True).start()
+        while True:
+            time.sleep(3600)
+    seize()
 os.close(w)
 os.wait()
 print("SEIZED", int(os.read(r, 32) or b"0"), flush=True)
@@ -120,12 +130,13 @@ def _ends_within(sess: Session, seconds: float) -> dict[str, Any]:
     return sess.wait()
 
 
-@pytest.mark.parametrize("end_mode", ["process_group", "all"])
+@pytest.mark.parametrize(("end_mode", "how"), [("process_group", "process"), ("all", "process"),
+                                               ("process_group", "thread")])
 def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
-        users: Users, held_script: str, end_mode: str) -> None:
+        users: Users, held_script: str, end_mode: str, how: str) -> None:
     with running({"session": {"end_mode": end_mode, "grace_period": GRACE}}) as d:
         sess = load.start(d.client, users.bob, f"held-{end_mode}",
-                          f"exec {SYSTEM_PYTHON} -I {held_script}", None)
+                          f"exec {SYSTEM_PYTHON} -I {held_script} {how}", None)
         tracer = 0
         try:
             assert sess.stdout is not None
@@ -133,7 +144,10 @@ def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
             tracer = int(line.split()[1])
             assert tracer > 0, f"the account could not trace its shell: {line}"
             shell = int(sess.info["pid"])
-            assert _tracer_of(shell) == tracer  # the attack is in place
+            traced_by = _tracer_of(shell)  # the attack is in place
+            assert traced_by > 0
+            assert (traced_by == tracer) == (how == "process")
+            assert os.path.exists(f"/proc/{tracer}/task/{traced_by}")
             began = time.monotonic()
             sess.terminate()
             end = _ends_within(sess, GRACE + KILLED_WAIT + 10)

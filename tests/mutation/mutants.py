@@ -208,6 +208,19 @@ MUTANTS: tuple[Mutant, ...] = (
            "        exposed = False\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
+    # -- a session always ends -------------------------------------------------------------------
+    Mutant("shell-tracer-kept", "agent/session.py",
+           "        signal.pidfd_send_signal(fd, signal.SIGKILL)\n",
+           "        pass\n",
+           ("tests/integration/test_attack_tracer.py",)),
+    Mutant("killed-shell-waited-for-unbounded", "agent/session.py",
+           "            if not self._wait_for(lambda: self.status is not None,\n"
+           "                                  time.monotonic() + KILLED_WAIT):\n",
+           "            self.status = os.waitpid(self.st.pid, 0)[1]\n"
+           "            if not self._wait_for(lambda: self.status is not None,\n"
+           "                                  time.monotonic() + KILLED_WAIT):\n",
+           ("tests/integration/test_attack_tracer.py::"
+            "test_a_root_tracer_is_left_alone_and_the_end_waits_for_it_only_so_long",)),
     Mutant("pty-unguarded-not-logged", "agent/server.py",
            "        log.warning(\"pty.setup_unguarded\", reason=reason)\n",
            "        pass\n",
