@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 # {long tv_sec; int tv_usec;} at offset 0; p_pid follows p_vmspace, p_sigacts, p_flag and p_stat
 # at offset 40.
 CTL_KERN, KERN_PROC, KERN_PROC_PID = 1, 14, 1
+# A record keeps at most this much of its session's command, and `list` shows what it keeps:
+# every `list` reads every record, and a record's size is the start request's to choose.
+COMMAND_MAX = 1024
 KINFO_PROC_SIZE = 648
 P_STARTTIME = struct.Struct("<qi")
 P_PID = struct.Struct("<i")
@@ -70,6 +73,14 @@ def _proc_start_time(pid: int) -> Optional[float]:
         return float(fields[19]) / os.sysconf("SC_CLK_TCK") + btime
     except (ValueError, IndexError):
         return None
+
+
+def cut_command(command: object) -> object:
+    """COMMAND as a record keeps it and `list` shows it: a string longer than COMMAND_MAX
+    characters is cut there and ends in "..."; anything else is left as it is."""
+    if isinstance(command, str) and len(command) > COMMAND_MAX:
+        return command[:COMMAND_MAX] + "..."
+    return command
 
 
 def parse_kinfo_proc(raw: bytes, pid: int) -> Optional[float]:

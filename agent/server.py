@@ -69,7 +69,6 @@ class _Spare:
     chan: socket.socket  # the daemon's end of their socket pair
 
 
-LIST_COMMAND_MAX = 1024  # `list` shows at most this much of a session's command
 ACCEPT_PAUSE = 0.1  # seconds without accepting after running out of file descriptors
 HANDOVER_TIMEOUT = 2.0  # seconds a handover to the spare supervisor may take
 SPARE_EXIT_WAIT = 1.0  # seconds a stopping daemon waits for its spare to exit
@@ -871,9 +870,10 @@ def prepare_for_fork(*, end_mode_all: bool = False, sys_platform: str = sys.plat
 def _public(rec: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "user", "uid", "source", "pid", "shell_pid", "started_at", "principal", "tty",
             "command", "peer_uid")
+    from agent.registry import cut_command
+
     out = {k: rec.get(k) for k in keys}
-    if isinstance(out["command"], str) and len(out["command"]) > LIST_COMMAND_MAX:
-        out["command"] = out["command"][:LIST_COMMAND_MAX] + "..."
+    out["command"] = cut_command(out["command"])  # a record an older daemon's supervisor wrote
     return out
 
 

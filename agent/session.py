@@ -532,11 +532,13 @@ def _start(req: protocol.StartRequest, ctx: Context, account: Account, source: s
 def _publish(ctx: Context, req: protocol.StartRequest, account: Account, source: str, *,
              shell_pid: int, tty: Optional[str]) -> None:
     """The session's registry record, as started (raises InternalError)."""
+    from agent.registry import cut_command
+
     ctx.registry.publish({
         "id": req.session_id, "pid": os.getpid(), "pid_start": ctx.pid_start,
         "shell_pid": shell_pid, "user": account.name, "uid": account.uid, "source": source,
         "principal": req.principal.arn, "started_at": iso_now(), "tty": tty,
-        "command": req.command, "peer_uid": ctx.peer.uid, "state": "started",
+        "command": cut_command(req.command), "peer_uid": ctx.peer.uid, "state": "started",
     })
 
 

@@ -1205,3 +1205,25 @@ def test_large_paste_into_a_terminal(daemon: DaemonProc, users: Users) -> None:
     proc = run_as(daemon, users.alice, "wc", "-l", tty=True, input=lines)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == b"3000"
+
+
+def test_a_session_record_keeps_only_what_list_shows_of_a_long_command(
+        daemon: DaemonProc, users: Users) -> None:
+    """Every `sessions` request reads every live session's record: a record's size is not the
+    start request's to choose (a peer once made `sessions` take seconds for every peer with
+    commands of 64 KB, escaped to 190 KB each). The record keeps the first 1024 characters of
+    the command and "...", which `sessions` shows."""
+    command = "sleep 30 # " + "\U0001f600" * 4000  # each character 12 bytes as escaped JSON
+    sess = daemon.client.start(session_id="long-cmd", principal_arn="a",
+                               tags={TAG: users.bob}, run_as_enabled=True, command=command)
+    try:
+        listed = [r for r in daemon.client.sessions() if r["id"] == "long-cmd"]
+        assert [r["command"] for r in listed] == [command[:1024] + "..."]
+        with open(os.path.join(daemon.state_dir, "long-cmd.json")) as fh:
+            kept = fh.read()
+        assert json.loads(kept)["command"] == command[:1024] + "..."
+        assert len(kept) < 1024 * 12 + 1024
+    finally:
+        sess.terminate()
+        sess.wait()
+        sess.close()
