@@ -120,19 +120,24 @@ class SessionConfig(Frozen):
 
 
 class LimitsConfig(Frozen):
-    __slots__ = ("max_connections", "max_connections_per_peer", "max_frame", "read_timeout")
+    __slots__ = ("list_rate_per_peer", "max_connections", "max_connections_per_peer",
+                 "max_frame", "read_timeout")
     max_frame: int
     max_connections: int
     # Connections one peer uid (other than root) may have open at once; null: a quarter of
     # max_connections, at least 1.
     max_connections_per_peer: Optional[int]
     read_timeout: float
+    # `list` requests one peer uid (other than root) may make per second, in bursts of as many
+    # (at least 1); 0: no limit.
+    list_rate_per_peer: float
 
     def __init__(self, max_frame: int = 65536, max_connections: int = 128,
                  max_connections_per_peer: Optional[int] = None,
-                 read_timeout: float = 10.0) -> None:
+                 read_timeout: float = 10.0, list_rate_per_peer: float = 10.0) -> None:
         self._init(max_frame=max_frame, max_connections=max_connections,
-                   max_connections_per_peer=max_connections_per_peer, read_timeout=read_timeout)
+                   max_connections_per_peer=max_connections_per_peer, read_timeout=read_timeout,
+                   list_rate_per_peer=list_rate_per_peer)
 
     def peer_share(self) -> int:
         if self.max_connections_per_peer is not None:
@@ -243,6 +248,7 @@ _NON_NEGATIVE = (
     "session.idle_timeout",
     "session.grace_period",
     "recording.max_bytes",
+    "limits.list_rate_per_peer",
 )
 _POSITIVE = (
     "session.max_sessions",

@@ -101,6 +101,9 @@ class Daemon:
     _spare: Optional[_Spare] = None
     _want_spare: bool = False
     _retired: set[int] = field(default_factory=set)  # spares let go, not reaped yet
+    # `list` requests per peer uid: uid -> (what is left of its burst, when that was counted,
+    # whether its last one was refused).
+    _lists: dict[int, tuple[float, float, bool]] = field(default_factory=dict)
     _wake: tuple[int, ...] = ()
     _accept_paused_until: float = 0.0
     _stop: bool = False
@@ -405,6 +408,7 @@ class Daemon:
         if isinstance(req, protocol.PingRequest):
             msg = protocol.reply("pong", version=__version__, pid=os.getpid())
         elif isinstance(req, protocol.ListRequest):
+            self._count_list(conn.peer)
             admin = self._is_admin(conn.peer)
             msg = protocol.reply("sessions", sessions=[
                 _public(r) for r in self.registry.live() if may_see(conn.peer, r, admin)])
@@ -414,6 +418,25 @@ class Daemon:
         else:  # pragma: no cover - parse_request returns only the types above
             raise BadRequest("unsupported request")
         self._answer(sel, conn, msg)
+
+    def _count_list(self, peer: Peer) -> None:
+        """Raise LimitReached when PEER (root excepted) has made `list` requests faster than
+        limits.list_rate_per_peer a second, in bursts of as many: each one reads every live
+        session's record, so one peer's flood would delay every other peer's requests."""
+        rate = self.cfg.limits.list_rate_per_peer
+        if peer.uid == 0 or rate <= 0:
+            return
+        now = time.monotonic()
+        burst = max(1.0, rate)
+        tokens, at, refusing = self._lists.get(peer.uid, (burst, now, False))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._lists[peer.uid] = (tokens, now, True)
+            if not refusing:  # logged once per run of refusals: a flood floods no log
+                self.log.warning("connection.list_rate_reached", peer_uid=peer.uid, rate=rate)
+            raise LimitReached(f"uid {peer.uid} asked for the session list more than {rate:g} "
+                               "times a second; try again in a moment")
+        self._lists[peer.uid] = (tokens - 1.0, now, False)
 
     def _is_admin(self, peer: Peer) -> bool:
         """Resolved by name at each decision, never from ids kept since the last load: a group

@@ -579,3 +579,40 @@ def test_a_duplicate_group_entry_grants_admin_by_the_id_the_name_resolves_to(
             fh.write(before)
         with contextlib.suppress(subprocess.CalledProcessError):
             sh("groupdel", name)
+
+
+def test_a_peer_that_floods_list_is_refused_and_others_are_not(apeers: Peers) -> None:
+    """Each `list` reads every live session's record in the daemon's one loop: a peer that
+    asked for it in a tight loop from many connections delayed every other peer's requests by
+    seconds. A peer uid (root excepted) gets limits.list_rate_per_peer lists a second, in bursts
+    of as many; beyond, `limit_reached` at once; root and the other peers are not held back."""
+    p = apeers
+    with _running(p, limits={"list_rate_per_peer": 5, "max_connections": 8}) as d:
+        got = _as(p, p.a, CLIENT + f"""
+import time
+def lists(n):
+    out = []
+    for _ in range(n):
+        try:
+            Client({d.socket!r}).sessions()
+            out.append("ok")
+        except AgentError as e:
+            out.append(e.reason)
+    return out
+began = time.monotonic()
+out = lists(30)
+took = time.monotonic() - began
+time.sleep(1.1)  # a second later: five more
+print(json.dumps([took, out + lists(5)]))""")
+        took, got = got
+        assert set(got) == {"ok", "limit_reached"}
+        first, later = got[:30], got[30:]
+        # The burst, and what refilled while the thirty were asked for.
+        assert 5 <= first.count("ok") <= 5 + int(5 * took) + 1, (took, first)
+        assert first[:5] == ["ok"] * 5
+        assert later == ["ok"] * 5
+        assert _list(p, d, p.b) == []  # another peer's first list
+        for _ in range(30):
+            d.client.sessions()  # root is not limited
+        assert len([ln for ln in d.log().splitlines()
+                    if "connection.list_rate_reached" in ln]) == 1

@@ -208,6 +208,11 @@ MUTANTS: tuple[Mutant, ...] = (
            "        exposed = False\n",
            ("tests/integration/test_attack_pty_ahead.py::"
             "test_no_open_that_passed_devpts_mode_finds_a_slave_opened_ahead_unlocked",)),
+    Mutant("list-rate-not-counted", "agent/server.py",
+           "            self._count_list(conn.peer)\n",
+           "",
+           ("tests/integration/test_attack_peers.py::"
+            "test_a_peer_that_floods_list_is_refused_and_others_are_not",)),
     # -- a session always ends -------------------------------------------------------------------
     Mutant("shell-tracer-kept", "agent/session.py",
            "        signal.pidfd_send_signal(fd, signal.SIGKILL)\n",

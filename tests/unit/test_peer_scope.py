@@ -85,6 +85,12 @@ def test_the_per_peer_share_of_sessions_is_read() -> None:
                  ).session.peer_share() == 10
 
 
+def test_the_list_rate_per_peer_defaults_to_ten_and_takes_fractions() -> None:
+    assert parse("").limits.list_rate_per_peer == 10
+    assert parse("limits: {list_rate_per_peer: 0.5}").limits.list_rate_per_peer == 0.5
+    assert parse("limits: {list_rate_per_peer: 0}").limits.list_rate_per_peer == 0
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("session: {max_sessions_per_peer: 0}", "session.max_sessions_per_peer: must be"),
     ("session: {max_sessions: 4, max_sessions_per_peer: 5}",
@@ -98,6 +104,8 @@ def test_the_per_peer_share_of_sessions_is_read() -> None:
      "limits.max_connections_per_peer: must be between 1 and limits.max_connections (4)"),
     ("limits: {max_connections_per_peer: '3'}",
      "limits.max_connections_per_peer: expected integer or null, got str"),
+    ("limits: {list_rate_per_peer: -1}", "limits.list_rate_per_peer"),
+    ("limits: {list_rate_per_peer: fast}", "limits.list_rate_per_peer: expected number"),
 ])
 def test_bad_peer_settings_are_refused(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
