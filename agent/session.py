@@ -61,6 +61,8 @@ END_RECHECK_OTHER = 0.02
 # tracer of the account's that held it back was killed: a process in uninterruptible sleep, or
 # a zombie that root's tracer holds, is then recorded as ended with its status unknown.
 KILLED_WAIT = 5.0
+# How long a tracer of the killed shell has to let its exit through before it is killed.
+TRACER_GRACE = 0.5
 PREWARM_NAME = "runas-agent-prewarm-none"  # an account name looked up to load NSS modules
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
@@ -765,15 +767,28 @@ def _killpg(pgid: int, signum: int) -> bool:
     return True
 
 
-def _kill_tracer(pid: int, sys_platform: str) -> Optional[int]:
-    """Kill the process one of whose threads traces PID (the session's shell) unless it is
-    root's: its pid, or None when there was none, it was root's, or it is gone. Linux only
-    (None elsewhere)."""
-    if sys_platform != "linux" or not hasattr(os, "pidfd_open"):
-        return None
+def _kill_tracers(pid: int, sys_platform: str) -> list[int]:
+    """Kill the process that traces PID (the session's shell), that process's own tracer, and
+    so on, as long as they are not root's: the pids killed. A tracer stopped in its exit by
+    its own tracer (PTRACE_O_TRACEEXIT) still holds its tracee. Linux only (none elsewhere)."""
+    killed: list[int] = []
+    target = pid
+    while sys_platform == "linux" and len(killed) < 8:
+        tracer = _kill_tracer(target, killed)
+        if tracer is None:
+            break
+        killed.append(tracer)
+        target = tracer
+    return killed
+
+
+def _kill_tracer(pid: int, spared: list[int]) -> Optional[int]:
+    """Kill the process one of whose threads traces PID, unless it is in SPARED or started as
+    root (real uid 0: root's debugger; a process of the account's that has exec'd a setuid
+    program is the account's): its pid, or None when there was none or it is gone."""
     tracer = _proc_status(pid, b"TracerPid:")  # the tracing thread
     process = _proc_status(tracer[0], b"Tgid:") if tracer and tracer[0] > 0 else ()
-    if not process:
+    if not process or process[0] in spared or not hasattr(os, "pidfd_open"):
         return None
     try:
         fd = os.pidfd_open(process[0])
@@ -781,11 +796,10 @@ def _kill_tracer(pid: int, sys_platform: str) -> Optional[int]:
         return None
     try:
         # With FD open, PID's tracer is still that thread of that process: FD names that very
-        # process, not one that took its pid since. It is killed only if none of its user ids
-        # is root's.
+        # process, not one that took its pid since.
         uids = _proc_status(process[0], b"Uid:")
         if (_proc_status(pid, b"TracerPid:") != tracer
-                or _proc_status(tracer[0], b"Tgid:") != process or not uids or 0 in uids):
+                or _proc_status(tracer[0], b"Tgid:") != process or not uids or uids[0] == 0):
             return None
         signal.pidfd_send_signal(fd, signal.SIGKILL)
     except OSError:
@@ -1028,12 +1042,14 @@ class _Supervision:
         if self.status is None:
             _killpg(self.st.pid, signal.SIGKILL)
             # A process that traces the shell and never waits keeps the dead shell's exit
-            # from this supervisor, its parent, for good: such a tracer of the account's is
-            # killed (its tracee is then released to us); no wait here is unbounded.
-            tracer = _kill_tracer(self.st.pid, self.ctx.sys_platform)
-            if tracer is not None:
-                self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
-                                  tracer_pid=tracer)
+            # from this supervisor, its parent, for good: one not root's that has not let it
+            # go within a moment is killed, with any tracer of its own (the shell is then
+            # released to us); no wait here is unbounded.
+            if not self._wait_for(lambda: self.status is not None,
+                                  time.monotonic() + TRACER_GRACE):
+                for tracer in _kill_tracers(self.st.pid, self.ctx.sys_platform):
+                    self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
+                                      tracer_pid=tracer)
             if not self._wait_for(lambda: self.status is not None,
                                   time.monotonic() + KILLED_WAIT):
                 self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
@@ -1168,7 +1184,7 @@ class _Supervision:
             grace = max(0.0, deadline - time.monotonic())
             cg = self.st.cgroup
             if cg is None or not cg.end(grace):
-                _kill_descendants(grace, spare=self.st.pam)
+                _kill_descendants(grace, self._reaped, spare=self.st.pam)
         _reap_all(self._reaped)
         if self.st.cgroup is not None:
             _remove_cgroup(self.st.cgroup)
@@ -1197,17 +1213,27 @@ def _reap_all(reaped: Callable[[int, int], None]) -> None:
         reaped(pid, status)
 
 
-def _kill_descendants(grace: float, *, spare: Any = None) -> None:
+def _kill_descendants(grace: float, reaped: Callable[[int, int], None], *,
+                      spare: Any = None) -> None:
     """Kill every process left under this supervisor (it is their subreaper): SIGHUP first,
     SIGKILL for whatever is still there after GRACE. SPARE (agent.pam.Opened): its PAM process
-    is not the session's, and ends the PAM session after this."""
+    is not the session's, and ends the PAM session after this. Children that exit are reaped
+    (REAPED), never waited for: a dead child that a tracer holds cannot be reaped by its parent,
+    so a zombie counts as gone, and every wait here has its end."""
     import psutil
 
     me = psutil.Process()
     spared = {spare.pid} if spare is not None else set()
 
     def children() -> list[psutil.Process]:
-        return [p for p in me.children(recursive=True) if p.pid not in spared]
+        return [p for p in me.children(recursive=True) if p.pid not in spared and _running(p)]
+
+    def wait(until: float) -> None:
+        while True:
+            _reap_all(reaped)
+            if not children() or time.monotonic() >= until:
+                return
+            time.sleep(0.01)
 
     kids = children()
     for p in kids:
@@ -1217,7 +1243,7 @@ def _kill_descendants(grace: float, *, spare: Any = None) -> None:
         except psutil.Error:
             pass
     if kids:
-        psutil.wait_procs(kids, timeout=grace)
+        wait(time.monotonic() + grace)
     for _ in range(50):  # processes may fork while being killed; go until none is left
         left = children()
         if not left:
@@ -1227,4 +1253,14 @@ def _kill_descendants(grace: float, *, spare: Any = None) -> None:
                 p.kill()
             except psutil.Error:
                 pass
-        psutil.wait_procs(left, timeout=0.1)
+        wait(time.monotonic() + 0.1)
+
+
+def _running(p: Any) -> bool:
+    """Whether the psutil Process P is still there and not a zombie."""
+    import psutil
+
+    try:
+        return bool(p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

@@ -218,6 +218,16 @@ MUTANTS: tuple[Mutant, ...] = (
            "        signal.pidfd_send_signal(fd, signal.SIGKILL)\n",
            "        pass\n",
            ("tests/integration/test_attack_tracer.py",)),
+    Mutant("tracer-of-the-tracer-spared", "agent/session.py",
+           "        killed.append(tracer)\n        target = tracer\n",
+           "        killed.append(tracer)\n        break\n",
+           ("tests/integration/test_attack_tracer.py::"
+            "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
+    Mutant("setuid-tracer-spared", "agent/session.py",
+           "or not uids or uids[0] == 0):",
+           "or not uids or 0 in uids):",
+           ("tests/integration/test_attack_tracer.py::"
+            "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
     Mutant("killed-shell-waited-for-unbounded", "agent/session.py",
            "            if not self._wait_for(lambda: self.status is not None,\n"
            "                                  time.monotonic() + KILLED_WAIT):\n",
