@@ -277,21 +277,37 @@ def sweep(s: Setup) -> int:
         names = os.listdir(sessions)
     except OSError:
         return 0
-    swept = 0
+    left: list[SessionCgroup] = []
     for name in names:
         pid = supervisor_of(name)
         if pid is None:
             continue
-        left = SessionCgroup(s.kind, os.path.join(sessions, name), True)
-        if _is_supervisor(pid, left):
+        cg = SessionCgroup(s.kind, os.path.join(sessions, name), True)
+        if not _is_supervisor(pid, cg):
+            left.append(cg)
+            cg.end(0.0, settle=0.0)  # killed now, all waited for at once below
+    # At most SETTLE_TIMEOUT in all, however many there are: a member that cannot die (kept
+    # stopped in its exit by a tracer) keeps its cgroup, not the daemon's start waiting.
+    settled = time.monotonic() + SETTLE_TIMEOUT
+    while time.monotonic() < settled and any(_populated(cg) for cg in left):
+        time.sleep(_POLL)
+    swept = 0
+    for cg in left:
+        if _populated(cg):
             continue
-        if left.end(0.0):
-            try:
-                left.remove()
-            except OSError:
-                continue
-            swept += 1
+        try:
+            cg.remove()
+        except OSError:
+            continue
+        swept += 1
     return swept
+
+
+def _populated(cg: SessionCgroup) -> bool:
+    try:
+        return cg.populated()
+    except OSError:
+        return True
 
 
 def supervisor_of(name: str) -> Optional[int]:
@@ -375,16 +391,17 @@ class SessionCgroup:
             return "populated 1" in events.splitlines()
         return bool(self.members())
 
-    def end(self, grace: float) -> bool:
+    def end(self, grace: float, settle: float = SETTLE_TIMEOUT) -> bool:
         """SIGHUP and SIGCONT to every member; SIGKILL to whatever is still there after GRACE
-        seconds; True once the cgroup is empty (within SETTLE_TIMEOUT of the kill), False if
-        it is not (or cannot be used: the caller falls back to the process walk)."""
+        seconds; True once the cgroup is empty (within SETTLE seconds of the kill: 0 kills once
+        and does not wait), False if it is not (or cannot be used: the caller falls back to
+        the process walk)."""
         try:
-            return self._end(grace)
+            return self._end(grace, settle)
         except OSError:
             return False
 
-    def _end(self, grace: float) -> bool:
+    def _end(self, grace: float, settle: float) -> bool:
         if not self.populated():
             return True
         self._signal_all((signal.SIGHUP, signal.SIGCONT))
@@ -394,16 +411,17 @@ class SessionCgroup:
         if not self.populated():
             return True
         kill_file = os.path.join(self.path, "cgroup.kill")
-        settle = time.monotonic() + SETTLE_TIMEOUT
-        while self.populated() and time.monotonic() < settle:
+        settled = time.monotonic() + settle
+        while True:
             if self.kind == V2 and os.path.exists(kill_file):
                 _write(self.path, "cgroup.kill", "1")
             else:
                 self._signal_all((signal.SIGKILL,))
-            until = min(settle, time.monotonic() + 0.5)
+            until = min(settled, time.monotonic() + 0.5)
             while self.populated() and time.monotonic() < until:
                 time.sleep(_POLL)
-        return not self.populated()
+            if not self.populated() or time.monotonic() >= settled:
+                return not self.populated()
 
     def _signal_all(self, signals: tuple[int, ...]) -> None:
         """Signal every member while the cgroup is frozen: no member can fork, exit or be

@@ -767,46 +767,57 @@ def _killpg(pgid: int, signum: int) -> bool:
     return True
 
 
-def _kill_tracers(pid: int, sys_platform: str) -> list[int]:
-    """Kill the process that traces PID (the session's shell), that process's own tracer, and
-    so on, as long as they are not root's: the pids killed. A tracer stopped in its exit by
-    its own tracer (PTRACE_O_TRACEEXIT) still holds its tracee. Linux only (none elsewhere)."""
+def _kill_tracers(pid: int, uid: int, sys_platform: str) -> list[int]:
+    """Kill the process that traces PID (the session's shell), then the one that traces that
+    process's tracing thread (a tracer stopped in its exit by its own tracer, with
+    PTRACE_O_TRACEEXIT, still holds its tracee), and so on, each only if its real uid is UID
+    (the account's: whatever it runs, setuid programs included); the pids killed. Linux only
+    (none elsewhere)."""
+    if sys_platform != "linux" or not hasattr(os, "pidfd_open"):
+        return []
     killed: list[int] = []
-    target = pid
-    while sys_platform == "linux" and len(killed) < 8:
-        tracer = _kill_tracer(target, killed)
-        if tracer is None:
+    target = pid  # the thread whose tracer goes next
+    while len(killed) < 8:
+        found = _tracer_of(target, uid)
+        if found is None:
             break
-        killed.append(tracer)
-        target = tracer
+        thread, process, fd = found
+        try:
+            # TARGET is a thread of the process killed last: still so (its id not taken by
+            # another since it exited), what was read of its tracer is that thread's.
+            if killed and _proc_status(target, b"Tgid:") != (killed[-1],):
+                break
+            if process in killed:
+                break
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except OSError:
+            break
+        finally:
+            os.close(fd)
+        killed.append(process)
+        target = thread
     return killed
 
 
-def _kill_tracer(pid: int, spared: list[int]) -> Optional[int]:
-    """Kill the process one of whose threads traces PID, unless it is in SPARED or started as
-    root (real uid 0: root's debugger; a process of the account's that has exec'd a setuid
-    program is the account's): its pid, or None when there was none or it is gone."""
+def _tracer_of(pid: int, uid: int) -> Optional[tuple[int, int, int]]:
+    """(the thread that traces PID, its process, a pidfd of that process), when that process's
+    real uid is UID; None when PID is not traced, by such a process, or anything is gone."""
     tracer = _proc_status(pid, b"TracerPid:")  # the tracing thread
     process = _proc_status(tracer[0], b"Tgid:") if tracer and tracer[0] > 0 else ()
-    if not process or process[0] in spared or not hasattr(os, "pidfd_open"):
+    if not process:
         return None
     try:
         fd = os.pidfd_open(process[0])
     except OSError:
         return None
-    try:
-        # With FD open, PID's tracer is still that thread of that process: FD names that very
-        # process, not one that took its pid since.
-        uids = _proc_status(process[0], b"Uid:")
-        if (_proc_status(pid, b"TracerPid:") != tracer
-                or _proc_status(tracer[0], b"Tgid:") != process or not uids or uids[0] == 0):
-            return None
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-    except OSError:
-        return None
-    finally:
+    # With FD open, PID's tracer is still that thread of that process: FD names that very
+    # process, not one that took its pid since.
+    uids = _proc_status(process[0], b"Uid:")
+    if (_proc_status(pid, b"TracerPid:") != tracer
+            or _proc_status(tracer[0], b"Tgid:") != process or not uids or uids[0] != uid):
         os.close(fd)
-    return process[0]
+        return None
+    return tracer[0], process[0], fd
 
 
 def _proc_status(pid: int, field: bytes) -> tuple[int, ...]:
@@ -1042,12 +1053,13 @@ class _Supervision:
         if self.status is None:
             _killpg(self.st.pid, signal.SIGKILL)
             # A process that traces the shell and never waits keeps the dead shell's exit
-            # from this supervisor, its parent, for good: one not root's that has not let it
-            # go within a moment is killed, with any tracer of its own (the shell is then
-            # released to us); no wait here is unbounded.
+            # from this supervisor, its parent, for good: one of the account's that has not
+            # let it go within a moment is killed, with any tracer of its own (the shell is
+            # then released to us); no wait here is unbounded.
             if not self._wait_for(lambda: self.status is not None,
                                   time.monotonic() + TRACER_GRACE):
-                for tracer in _kill_tracers(self.st.pid, self.ctx.sys_platform):
+                for tracer in _kill_tracers(self.st.pid, self.st.account.uid,
+                                            self.ctx.sys_platform):
                     self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
                                       tracer_pid=tracer)
             if not self._wait_for(lambda: self.status is not None,

@@ -7,8 +7,9 @@ group and then waited for the shell without a bound: a tracer of the account's (
 group: setsid and a double fork) that never waits kept every end from completing. `terminate`,
 `max_duration` and a hang-up never reached `session.ended`, the session stayed listed and
 counted against the session limits, and in end mode `all` the cgroup's kill, which came after
-that wait, never ran. Now the shell's tracer, unless root started it, is killed (with the
-tracer of that tracer, which can keep it stopped in its exit), and no wait for the shell or for
+that wait, never ran. Now the shell's tracer, when it is the account's (real uid), is killed
+(with the tracer of its tracing thread, which can keep it stopped in its exit, and so on), and
+no wait for the shell or for
 anything the session left is unbounded: a zombie that root's tracer holds ends the session with
 its status unknown, and the process walk of end mode `all` without cgroups counts a zombie it
 cannot reap as gone.
@@ -200,12 +201,14 @@ def _outer(user: str, pid: int, options: int) -> subprocess.Popen[bytes]:
 @pytest.mark.parametrize(("end_mode", "how", "outer"), [
     ("process_group", "process", False), ("all", "process", False),
     ("process_group", "thread", False), ("process_group", "setuid", False),
-    ("all", "process", True),
-], ids=["process", "process-end-mode-all", "thread", "setuid-root-program", "held-in-its-exit"])
+    ("all", "process", True), ("process_group", "thread", True),
+], ids=["process", "process-end-mode-all", "thread", "setuid-root-program", "held-in-its-exit",
+        "thread-held-in-its-exit"])
 def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
         users: Users, held_script: str, end_mode: str, how: str, outer: bool) -> None:
-    """The tracer is killed, and a tracer of the tracer (another process of the account, from
-    outside the session) that keeps the killed one stopped in its exit is killed too."""
+    """The tracer is killed, and a tracer of the tracing thread (another process of the
+    account, from outside the session) that keeps the killed one stopped in its exit is killed
+    too."""
     sid = f"held-{end_mode}-{how}-{outer}"
     with running({"session": {"end_mode": end_mode, "grace_period": GRACE}}) as d:
         sess = load.start(d.client, users.bob, sid, f"exec {SYSTEM_PYTHON} -I {held_script} "
@@ -222,8 +225,9 @@ def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
             assert (traced_by == tracer) == (how != "thread")
             assert os.path.exists(f"/proc/{tracer}/task/{traced_by}")
             if outer:
-                holder = _outer(users.bob, tracer, PTRACE_O_TRACEEXIT)
-                outer_pid = _tracer_of(tracer)  # runuser's child
+                # It traces the thread that traces the shell (not the process's first thread).
+                holder = _outer(users.bob, traced_by, PTRACE_O_TRACEEXIT)
+                outer_pid = _tracer_of(traced_by)  # runuser's child
             if how == "setuid":  # running a setuid-root program, as the account and root
                 assert load.wait_until(lambda: 0 in _uids(tracer), 10)
                 assert _uids(tracer)[0] != 0

@@ -435,6 +435,65 @@ def test_no_usable_cgroup_is_said_and_sessions_still_end(hopper: tuple[str, int]
         assert _procs_of(uid) == []
 
 
+# Run as root: seizes the pid given with PTRACE_O_TRACEEXIT and never waits, so that once killed
+# it stays stopped in its exit (a member of its cgroup for good); prints "SEIZED".
+HOLD_IN_EXIT = r"""
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+assert libc.ptrace(0x4206, int(sys.argv[1]), None, 0x40) == 0, ctypes.get_errno()
+print("SEIZED", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def test_cgroups_that_cannot_be_emptied_hold_up_the_start_only_so_long(
+        hopper: tuple[str, int], no_cgroups_left: str) -> None:
+    """Session cgroups whose supervisor is gone and whose members cannot die (a tracer keeps
+    each stopped in its exit): the daemon's start-up sweep killed and waited for each in turn,
+    SETTLE_TIMEOUT apiece, before it served anyone. Now all are killed at once and waited for
+    SETTLE_TIMEOUT in all; those still held stay."""
+    uid = hopper[1]
+    mount = no_cgroups_left
+    lefts: list[str] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i in range(3):
+            gone = subprocess.Popen(["true"])
+            gone.wait()
+            left = os.path.join(mount, cgroup.ROOT_UNIT, cgroup.SESSIONS,
+                                cgroup.session_name(f"held{i}", gone.pid))
+            os.makedirs(left)
+            lefts.append(left)
+            member = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}",
+                                       "--clear-groups", "--", "sleep", "300"],
+                                      start_new_session=True)
+            procs.append(member)
+            _move(member.pid, left)
+            holder = subprocess.Popen([sys.executable, "-I", "-c", HOLD_IN_EXIT,
+                                       str(member.pid)], stdout=subprocess.PIPE)
+            procs.insert(0, holder)
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"SEIZED\n"
+        began = time.monotonic()
+        with running(_daemon_config()) as d:
+            took = time.monotonic() - began
+            assert '"swept": 0' in d.log(), d.log()
+        assert took < cgroup.SETTLE_TIMEOUT + 5, took  # not 3 x SETTLE_TIMEOUT
+        assert all(os.path.exists(left) for left in lefts)  # held: left as they are
+    finally:
+        for p in procs:  # the holders first: their members then finish exiting
+            p.kill()
+            p.wait()
+        _kill_all_of(uid)
+        for left in lefts:
+            _rmdir(left)
+        if lefts:
+            _rmdir(os.path.dirname(lefts[0]))
+            _rmdir(os.path.dirname(os.path.dirname(lefts[0])))
+
+
 def test_a_dead_supervisors_cgroup_is_swept(hopper: tuple[str, int],
                                             no_cgroups_left: str) -> None:
     """A session cgroup whose supervisor is gone (killed before it could end the session):

@@ -219,15 +219,25 @@ MUTANTS: tuple[Mutant, ...] = (
            "        pass\n",
            ("tests/integration/test_attack_tracer.py",)),
     Mutant("tracer-of-the-tracer-spared", "agent/session.py",
-           "        killed.append(tracer)\n        target = tracer\n",
-           "        killed.append(tracer)\n        break\n",
+           "        killed.append(process)\n        target = thread\n",
+           "        killed.append(process)\n        break\n",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
     Mutant("setuid-tracer-spared", "agent/session.py",
-           "or not uids or uids[0] == 0):",
-           "or not uids or 0 in uids):",
+           "or not uids or uids[0] != uid):",
+           "or not uids or 0 in uids or uids[0] != uid):",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
+    Mutant("tracer-chain-from-the-process", "agent/session.py",
+           "        killed.append(process)\n        target = thread\n",
+           "        killed.append(process)\n        target = process\n",
+           ("tests/integration/test_attack_tracer.py::"
+            "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
+    Mutant("sweep-waits-for-each", "agent/cgroup.py",
+           "            cg.end(0.0, settle=0.0)  # killed now, all waited for at once below\n",
+           "            cg.end(0.0)\n",
+           ("tests/integration/test_end_mode_all.py::"
+            "test_cgroups_that_cannot_be_emptied_hold_up_the_start_only_so_long",)),
     Mutant("killed-shell-waited-for-unbounded", "agent/session.py",
            "            if not self._wait_for(lambda: self.status is not None,\n"
            "                                  time.monotonic() + KILLED_WAIT):\n",
