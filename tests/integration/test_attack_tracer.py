@@ -9,10 +9,9 @@ group: setsid and a double fork) that never waits kept every end from completing
 counted against the session limits, and in end mode `all` the cgroup's kill, which came after
 that wait, never ran. Now the shell's tracer, when it is the account's (real uid), is killed
 (with the tracer of its tracing thread, which can keep it stopped in its exit, and so on), and
-no wait for the shell or for
-anything the session left is unbounded: a zombie that root's tracer holds ends the session with
-its status unknown, and the process walk of end mode `all` without cgroups counts a zombie it
-cannot reap as gone.
+no wait for the shell or for anything the session left is unbounded: a zombie that root's
+tracer holds ends the session with its status unknown, and the process walk of end mode `all`
+without cgroups counts a zombie it cannot reap as gone.
 """
 
 from __future__ import annotations
