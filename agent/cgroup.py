@@ -285,7 +285,7 @@ def sweep(s: Setup) -> int:
         cg = SessionCgroup(s.kind, os.path.join(sessions, name), True)
         if not _is_supervisor(pid, cg):
             left.append(cg)
-            cg.end(0.0, settle=0.0)  # killed now, all waited for at once below
+            cg.kill()  # now, all waited for at once below
     # At most SETTLE_TIMEOUT in all, however many there are: a member that cannot die (kept
     # stopped in its exit by a tracer) keeps its cgroup, not the daemon's start waiting.
     settled = time.monotonic() + SETTLE_TIMEOUT
@@ -391,17 +391,16 @@ class SessionCgroup:
             return "populated 1" in events.splitlines()
         return bool(self.members())
 
-    def end(self, grace: float, settle: float = SETTLE_TIMEOUT) -> bool:
+    def end(self, grace: float) -> bool:
         """SIGHUP and SIGCONT to every member; SIGKILL to whatever is still there after GRACE
-        seconds; True once the cgroup is empty (within SETTLE seconds of the kill: 0 kills once
-        and does not wait), False if it is not (or cannot be used: the caller falls back to
-        the process walk)."""
+        seconds; True once the cgroup is empty (within SETTLE_TIMEOUT of the kill), False if
+        it is not (or cannot be used: the caller falls back to the process walk)."""
         try:
-            return self._end(grace, settle)
+            return self._end(grace)
         except OSError:
             return False
 
-    def _end(self, grace: float, settle: float) -> bool:
+    def _end(self, grace: float) -> bool:
         if not self.populated():
             return True
         self._signal_all((signal.SIGHUP, signal.SIGCONT))
@@ -411,7 +410,7 @@ class SessionCgroup:
         if not self.populated():
             return True
         kill_file = os.path.join(self.path, "cgroup.kill")
-        settled = time.monotonic() + settle
+        settled = time.monotonic() + SETTLE_TIMEOUT
         while True:
             if self.kind == V2 and os.path.exists(kill_file):
                 _write(self.path, "cgroup.kill", "1")
@@ -422,6 +421,18 @@ class SessionCgroup:
                 time.sleep(_POLL)
             if not self.populated() or time.monotonic() >= settled:
                 return not self.populated()
+
+    def kill(self) -> None:
+        """SIGKILL every member at once, waiting for nothing: v2's cgroup.kill where there is
+        one (no freeze: a member that cannot be frozen costs no freeze timeout), else as
+        end() does. Errors are left to the next populated() to tell."""
+        try:
+            if self.kind == V2 and os.path.exists(os.path.join(self.path, "cgroup.kill")):
+                _write(self.path, "cgroup.kill", "1")
+            else:
+                self._signal_all((signal.SIGKILL,))
+        except OSError:
+            pass
 
     def _signal_all(self, signals: tuple[int, ...]) -> None:
         """Signal every member while the cgroup is frozen: no member can fork, exit or be

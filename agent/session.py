@@ -61,8 +61,10 @@ END_RECHECK_OTHER = 0.02
 # tracer of the account's that held it back was killed: a process in uninterruptible sleep, or
 # a zombie that root's tracer holds, is then recorded as ended with its status unknown.
 KILLED_WAIT = 5.0
-# How long a tracer of the killed shell has to let its exit through before it is killed.
+# How long a tracer of the killed shell has to let its exit through before it is killed, and
+# how often its tracers are looked for again until its status comes.
 TRACER_GRACE = 0.5
+TRACER_RECHECK = 0.05
 PREWARM_NAME = "runas-agent-prewarm-none"  # an account name looked up to load NSS modules
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
@@ -777,7 +779,7 @@ def _kill_tracers(pid: int, uid: int, sys_platform: str) -> list[int]:
         return []
     killed: list[int] = []
     target = pid  # the thread whose tracer goes next
-    while len(killed) < 8:
+    while True:  # each step kills a process not killed before: the chain has its end
         found = _tracer_of(target, uid)
         if found is None:
             break
@@ -1056,17 +1058,11 @@ class _Supervision:
             # from this supervisor, its parent, for good: one of the account's that has not
             # let it go within a moment is killed, with any tracer of its own (the shell is
             # then released to us); no wait here is unbounded.
+            # Looked for again and again: another process of the account may attach to the
+            # dying shell once its tracer is gone.
             if not self._wait_for(lambda: self.status is not None,
                                   time.monotonic() + TRACER_GRACE):
-                for tracer in _kill_tracers(self.st.pid, self.st.account.uid,
-                                            self.ctx.sys_platform):
-                    self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
-                                      tracer_pid=tracer)
-            if not self._wait_for(lambda: self.status is not None,
-                                  time.monotonic() + KILLED_WAIT):
-                self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
-                                  detail="the shell was killed but its exit status never "
-                                         "came; the session ends with its status unknown")
+                self._end_tracers(time.monotonic() + KILLED_WAIT)
         status = self.status
         self._end_the_rest(deadline)
         exit_status = (spawn.describe_status(status) if status is not None
@@ -1102,6 +1098,27 @@ class _Supervision:
         # end never finds the session in a list.
         self._release()
         self.conn.close()
+
+    def _end_tracers(self, deadline: float) -> None:
+        """Until the killed shell's status comes or DEADLINE: kill the account's processes
+        that trace it (agent.session._kill_tracers), every TRACER_RECHECK seconds; then, if it
+        never came, say so (the session ends with its status unknown)."""
+        logged: set[int] = set()  # a tracer killed a moment ago may not be gone yet
+        while True:
+            for tracer in _kill_tracers(self.st.pid, self.st.account.uid,
+                                        self.ctx.sys_platform):
+                if tracer not in logged:
+                    logged.add(tracer)
+                    self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
+                                      tracer_pid=tracer)
+            if self._wait_for(lambda: self.status is not None,
+                              min(deadline, time.monotonic() + TRACER_RECHECK)):
+                return
+            if time.monotonic() >= deadline:
+                self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
+                                  detail="the shell was killed but its exit status never "
+                                         "came; the session ends with its status unknown")
+                return
 
     def _wait_feeder(self, timeout: float) -> None:
         """Give the profile a head start over the client's typing (it completes at once unless

@@ -53,7 +53,9 @@ SYSTEM_PYTHON = "/usr/bin/python3"  # an interpreter the test accounts can execu
 #   (its real user id stays the account's, the others become root's) and never waits;
 # - "orphan": no tracer; the shell leaves a process orphaned to the supervisor (its
 #   subreaper), prints "ORPHAN <pid>", and lets it exit once a line comes on its input.
-# The tracer may be traced in turn by any process of the account. SIGCHLD stays blocked: a
+# A third argument "exit": the tracer seizes with PTRACE_O_TRACEEXIT (the killed shell then
+# stops in its exit until its tracer lets it go or is gone). The tracer may be traced in turn
+# by any process of the account. SIGCHLD stays blocked: a
 # traced process stops on any signal delivered, and its tracer never lets it go on.
 HELD = r"""
 import ctypes, os, signal, sys, time
@@ -95,7 +97,8 @@ if os.fork() == 0:
     libc.prctl(0x59616d61, ctypes.c_ulong(2**64 - 1), 0, 0, 0)
 
     def seize():
-        seized = libc.ptrace(0x4206, target, None, None) == 0  # PTRACE_SEIZE
+        options = 0x40 if sys.argv[3:] == ["exit"] else 0  # PTRACE_O_TRACEEXIT
+        seized = libc.ptrace(0x4206, target, None, options) == 0  # PTRACE_SEIZE
         os.write(w, str(os.getpid() if seized else -ctypes.get_errno()).encode())
         os.close(w)
         if how == "setuid":
@@ -167,6 +170,21 @@ def _logged(d: DaemonProc, event: str) -> list[dict[str, object]]:
             if r.get("event") == event]
 
 
+def _terminated(sess: Session) -> tuple[dict[str, Any], float]:
+    """SESS terminated: its exit frame (within the grace period and KILLED_WAIT, and 10 s to
+    spare) and how long it took."""
+    began = time.monotonic()
+    sess.terminate()
+    end = _ends_within(sess, GRACE + KILLED_WAIT + 10)
+    return end, time.monotonic() - began
+
+
+def _seized(proc: subprocess.Popen[bytes]) -> None:
+    """PROC, a tracer, said that it traces what it was given."""
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"SEIZED\n"
+
+
 def _ends_within(sess: Session, seconds: float) -> dict[str, Any]:
     """SESS's exit frame, which must come within SECONDS."""
     ready = select.select([sess.control_fd], [], [], seconds)[0]
@@ -192,8 +210,7 @@ def _outer(user: str, pid: int, options: int) -> subprocess.Popen[bytes]:
     """OUTER, run as USER, once it traces PID."""
     holder = subprocess.Popen(["runuser", "-u", user, "--", SYSTEM_PYTHON, "-I", "-c", OUTER,
                                str(pid), str(options)], stdout=subprocess.PIPE, cwd="/")
-    assert holder.stdout is not None
-    assert holder.stdout.readline() == b"SEIZED\n"
+    _seized(holder)
     return holder
 
 
@@ -230,10 +247,7 @@ def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
             if how == "setuid":  # running a setuid-root program, as the account and root
                 assert load.wait_until(lambda: 0 in _uids(tracer), 10)
                 assert _uids(tracer)[0] != 0
-            began = time.monotonic()
-            sess.terminate()
-            end = _ends_within(sess, GRACE + KILLED_WAIT + 10)
-            took = time.monotonic() - began
+            end, took = _terminated(sess)
         finally:
             sess.close()
             for pid in (tracer, outer_pid):
@@ -253,6 +267,77 @@ def test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending(
             assert load.wait_until(lambda: not _alive(outer_pid), 5)
         else:
             assert killed == [(shell, tracer)]
+
+
+# Run as the account, outside the session, as a process group of its own. "chain PID N": N
+# processes, each seizing the one before with PTRACE_O_TRACEEXIT (the first seizes PID), none
+# ever waiting; prints "SEIZED" once all have. "respin PID N": N processes that try to seize
+# PID (the shell) with PTRACE_O_TRACEEXIT over and over, to take it the moment its tracer is
+# gone; prints "SEIZED" once they run.
+GANG = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+how, target, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+r, w = os.pipe()
+for _ in range(n):
+    pid = os.fork()
+    if pid == 0:
+        if how == "chain":
+            ok = libc.ptrace(0x4206, target, None, 0x40) == 0
+            os.write(w, b"y" if ok else b"n")
+        else:
+            os.write(w, b"y")
+            while libc.ptrace(0x4206, target, None, 0x40) != 0:
+                if ctypes.get_errno() == 3:  # ESRCH: the shell is gone
+                    os._exit(0)
+        while True:
+            time.sleep(3600)
+    if how == "chain":
+        target = pid
+got = b""
+while len(got) < n:
+    got += os.read(r, n)
+print("SEIZED" if got == b"y" * n else f"FAILED {got!r}", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.parametrize("gang", ["chain", "respin"])
+def test_a_long_chain_of_tracers_or_one_that_takes_the_shell_again_is_killed_too(
+        users: Users, held_script: str, gang: str) -> None:
+    """"chain": ten tracers, each of the account's, each keeping the one it traces stopped in
+    its exit; a walk that stopped after eight left the session's end to the bound. "respin":
+    processes of the account that seize the dying shell again as soon as its tracer is gone;
+    the tracers are looked for until the shell's status comes."""
+    sid = f"held-{gang}"
+    with running({"session": {"grace_period": GRACE}}) as d:
+        sess = load.start(d.client, users.bob, sid, f"exec {SYSTEM_PYTHON} -I {held_script} "
+                          "process - exit", None)
+        gang_proc = None
+        try:
+            assert sess.stdout is not None
+            tracer = int(read_until(sess.stdout, b"\n").decode().split()[1])
+            assert tracer > 0
+            shell = int(sess.info["pid"])
+            target, n = (tracer, 9) if gang == "chain" else (shell, 4)
+            gang_proc = subprocess.Popen(
+                ["runuser", "-u", users.bob, "--", SYSTEM_PYTHON, "-I", "-c", GANG, gang,
+                 str(target), str(n)], stdout=subprocess.PIPE, cwd="/", start_new_session=True)
+            _seized(gang_proc)
+            end, took = _terminated(sess)
+        finally:
+            sess.close()
+            if gang_proc is not None:
+                os.killpg(gang_proc.pid, signal.SIGKILL)
+                gang_proc.wait()
+        assert (end["reason"], end["code"], end["signal"]) == ("terminated", None, 9)
+        assert took < GRACE + KILLED_WAIT
+        killed = [k["tracer_pid"] for k in _logged(d, "session.tracer_killed")]
+        assert killed[0] == tracer
+        if gang == "chain":
+            assert len(killed) == 10, killed
 
 
 def test_a_traced_zombie_left_by_the_session_does_not_stall_the_process_walk(
@@ -277,10 +362,7 @@ def test_a_traced_zombie_left_by_the_session_does_not_stall_the_process_walk(
             os.write(sess.stdin, b"exit now\n")
             assert load.wait_until(lambda: not _alive(orphan), 5)
             assert _tracer_of(orphan) > 0  # a zombie the process outside the session holds
-            began = time.monotonic()
-            sess.terminate()
-            end = _ends_within(sess, GRACE + 10)
-            took = time.monotonic() - began
+            end, took = _terminated(sess)
         finally:
             sess.close()
         assert end["reason"] == "terminated"
@@ -302,12 +384,8 @@ def test_a_root_tracer_is_left_alone_and_the_end_waits_for_it_only_so_long(
         holder = subprocess.Popen([sys.executable, "-I", "-c", ROOT_TRACER,
                                    str(sess.info["pid"])], stdout=subprocess.PIPE)
         try:
-            assert holder.stdout is not None
-            assert holder.stdout.readline() == b"SEIZED\n"
-            began = time.monotonic()
-            sess.terminate()
-            end = _ends_within(sess, GRACE + KILLED_WAIT + 10)
-            took = time.monotonic() - began
+            _seized(holder)
+            end, took = _terminated(sess)
             assert holder.poll() is None  # root's tracer is not the agent's to kill
         finally:
             sess.close()

@@ -228,22 +228,28 @@ MUTANTS: tuple[Mutant, ...] = (
            "or not uids or 0 in uids or uids[0] != uid):",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
+    Mutant("tracers-looked-for-once", "agent/session.py",
+           "            if self._wait_for(lambda: self.status is not None,\n"
+           "                              min(deadline, time.monotonic() + TRACER_RECHECK)):\n",
+           "            if self._wait_for(lambda: self.status is not None, deadline):\n",
+           ("tests/integration/test_attack_tracer.py::"
+            "test_a_long_chain_of_tracers_or_one_that_takes_the_shell_again_is_killed_too",)),
     Mutant("tracer-chain-from-the-process", "agent/session.py",
            "        killed.append(process)\n        target = thread\n",
            "        killed.append(process)\n        target = process\n",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
     Mutant("sweep-waits-for-each", "agent/cgroup.py",
-           "            cg.end(0.0, settle=0.0)  # killed now, all waited for at once below\n",
+           "            cg.kill()  # now, all waited for at once below\n",
            "            cg.end(0.0)\n",
            ("tests/integration/test_end_mode_all.py::"
             "test_cgroups_that_cannot_be_emptied_hold_up_the_start_only_so_long",)),
     Mutant("killed-shell-waited-for-unbounded", "agent/session.py",
            "            if not self._wait_for(lambda: self.status is not None,\n"
-           "                                  time.monotonic() + KILLED_WAIT):\n",
+           "                                  time.monotonic() + TRACER_GRACE):\n",
            "            self.status = os.waitpid(self.st.pid, 0)[1]\n"
            "            if not self._wait_for(lambda: self.status is not None,\n"
-           "                                  time.monotonic() + KILLED_WAIT):\n",
+           "                                  time.monotonic() + TRACER_GRACE):\n",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_root_tracer_is_left_alone_and_the_end_waits_for_it_only_so_long",)),
     Mutant("pty-unguarded-not-logged", "agent/server.py",
