@@ -65,6 +65,7 @@ KILLED_WAIT = 5.0
 # how often its tracers are looked for again until its status comes.
 TRACER_GRACE = 0.5
 TRACER_RECHECK = 0.05
+TRACERS_LOGGED = 16  # tracers killed at one end that are logged one by one
 PREWARM_NAME = "runas-agent-prewarm-none"  # an account name looked up to load NSS modules
 PROFILE_ENV = "RUNAS_AGENT_SHELL_PROFILE"
 # A command session runs the shell profile from the environment (readable by the account only),
@@ -769,17 +770,17 @@ def _killpg(pgid: int, signum: int) -> bool:
     return True
 
 
-def _kill_tracers(pid: int, uid: int, sys_platform: str) -> list[int]:
+def _kill_tracers(pid: int, uid: int, sys_platform: str, deadline: float) -> list[int]:
     """Kill the process that traces PID (the session's shell), then the one that traces that
     process's tracing thread (a tracer stopped in its exit by its own tracer, with
     PTRACE_O_TRACEEXIT, still holds its tracee), and so on, each only if its real uid is UID
-    (the account's: whatever it runs, setuid programs included); the pids killed. Linux only
-    (none elsewhere)."""
+    (the account's: whatever it runs, setuid programs included), until DEADLINE (the chain is
+    as long as the account makes it); the pids killed. Linux only (none elsewhere)."""
     if sys_platform != "linux" or not hasattr(os, "pidfd_open"):
         return []
     killed: list[int] = []
     target = pid  # the thread whose tracer goes next
-    while True:  # each step kills a process not killed before: the chain has its end
+    while time.monotonic() < deadline:  # each step kills a process not killed before
         found = _tracer_of(target, uid)
         if found is None:
             break
@@ -1106,19 +1107,23 @@ class _Supervision:
         logged: set[int] = set()  # a tracer killed a moment ago may not be gone yet
         while True:
             for tracer in _kill_tracers(self.st.pid, self.st.account.uid,
-                                        self.ctx.sys_platform):
+                                        self.ctx.sys_platform, deadline):
                 if tracer not in logged:
                     logged.add(tracer)
-                    self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
-                                      tracer_pid=tracer)
-            if self._wait_for(lambda: self.status is not None,
-                              min(deadline, time.monotonic() + TRACER_RECHECK)):
-                return
-            if time.monotonic() >= deadline:
-                self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
-                                  detail="the shell was killed but its exit status never "
-                                         "came; the session ends with its status unknown")
-                return
+                    if len(logged) <= TRACERS_LOGGED:  # the rest are counted, not listed
+                        self._log_warning("session.tracer_killed", shell_pid=self.st.pid,
+                                          tracer_pid=tracer)
+            reaped = self._wait_for(lambda: self.status is not None,
+                                    min(deadline, time.monotonic() + TRACER_RECHECK))
+            if reaped or time.monotonic() >= deadline:
+                break
+        if len(logged) > TRACERS_LOGGED:
+            self._log_warning("session.tracers_killed", shell_pid=self.st.pid,
+                              count=len(logged))
+        if not reaped:
+            self._log_warning("session.shell_not_reaped", shell_pid=self.st.pid,
+                              detail="the shell was killed but its exit status never came; "
+                                     "the session ends with its status unknown")
 
     def _wait_feeder(self, timeout: float) -> None:
         """Give the profile a head start over the client's typing (it completes at once unless

@@ -398,3 +398,25 @@ def test_a_root_tracer_is_left_alone_and_the_end_waits_for_it_only_so_long(
         assert "held-by-root" not in [s["session_id"] for s in d.client.sessions()]
         assert _logged(d, "session.tracer_killed") == []
         assert len(_logged(d, "session.shell_not_reaped")) == 1
+
+
+def test_the_walk_of_tracers_stops_at_its_deadline() -> None:
+    """A chain of tracers is as long as the account makes it (thousands of processes made one
+    session's end take 10 s): the walk stops at its deadline, and the end then goes on, bounded.
+    Here with a tracer of root's (uid 0 given as the account's), walked by the function itself."""
+    from agent.session import _kill_tracers
+
+    traced = subprocess.Popen(["sleep", "60"])
+    holder = subprocess.Popen([sys.executable, "-I", "-c", ROOT_TRACER, str(traced.pid)],
+                              stdout=subprocess.PIPE)
+    try:
+        _seized(holder)
+        assert _kill_tracers(traced.pid, 0, "linux", time.monotonic() - 1) == []
+        assert holder.poll() is None
+        assert _kill_tracers(traced.pid, 1, "linux", time.monotonic() + 5) == []  # not uid 1's
+        assert _kill_tracers(traced.pid, 0, "linux", time.monotonic() + 5) == [holder.pid]
+        assert holder.wait(5) == -signal.SIGKILL
+    finally:
+        for p in (holder, traced):
+            p.kill()
+            p.wait()

@@ -229,9 +229,8 @@ MUTANTS: tuple[Mutant, ...] = (
            ("tests/integration/test_attack_tracer.py::"
             "test_a_tracer_that_never_waits_cannot_keep_its_session_from_ending",)),
     Mutant("tracers-looked-for-once", "agent/session.py",
-           "            if self._wait_for(lambda: self.status is not None,\n"
-           "                              min(deadline, time.monotonic() + TRACER_RECHECK)):\n",
-           "            if self._wait_for(lambda: self.status is not None, deadline):\n",
+           "min(deadline, time.monotonic() + TRACER_RECHECK))\n",
+           "deadline)\n",
            ("tests/integration/test_attack_tracer.py::"
             "test_a_long_chain_of_tracers_or_one_that_takes_the_shell_again_is_killed_too",)),
     Mutant("tracer-chain-from-the-process", "agent/session.py",
