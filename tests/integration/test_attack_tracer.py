@@ -119,18 +119,6 @@ while True:
     time.sleep(3600)
 """
 
-# Run as root: seizes the pid given and never waits; prints "SEIZED" once it traces it.
-ROOT_TRACER = r"""
-import ctypes, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-assert libc.ptrace(0x4206, int(sys.argv[1]), None, None) == 0, ctypes.get_errno()
-print("SEIZED", flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
 @pytest.fixture
 def held_script() -> Iterator[str]:
     """HELD, where the test accounts can read it, next to a setuid-root copy of sleep (on the
@@ -192,8 +180,8 @@ def _ends_within(sess: Session, seconds: float) -> dict[str, Any]:
     return sess.wait()
 
 
-# Run as the account, outside the session: seizes the pid given (the session's tracer) with
-# the ptrace options given (PTRACE_O_TRACEEXIT: once killed, it stops in its exit, still
+# Run as the account outside the session, or as root: seizes the pid given with the ptrace
+# options given (PTRACE_O_TRACEEXIT: once killed, it stops in its exit, still
 # holding its own tracee), and never waits; prints "SEIZED".
 OUTER = r"""
 import ctypes, sys, time
@@ -381,8 +369,8 @@ def test_a_root_tracer_is_left_alone_and_the_end_waits_for_it_only_so_long(
         users: Users) -> None:
     with running({"session": {"grace_period": GRACE}}) as d:
         sess = load.start(d.client, users.bob, "held-by-root", "exec sleep 600", None)
-        holder = subprocess.Popen([sys.executable, "-I", "-c", ROOT_TRACER,
-                                   str(sess.info["pid"])], stdout=subprocess.PIPE)
+        holder = subprocess.Popen([sys.executable, "-I", "-c", OUTER, str(sess.info["pid"]),
+                                   "0"], stdout=subprocess.PIPE)
         try:
             _seized(holder)
             end, took = _terminated(sess)
@@ -407,7 +395,7 @@ def test_the_walk_of_tracers_stops_at_its_deadline() -> None:
     from agent.session import _kill_tracers
 
     traced = subprocess.Popen(["sleep", "60"])
-    holder = subprocess.Popen([sys.executable, "-I", "-c", ROOT_TRACER, str(traced.pid)],
+    holder = subprocess.Popen([sys.executable, "-I", "-c", OUTER, str(traced.pid), "0"],
                               stdout=subprocess.PIPE)
     try:
         _seized(holder)

@@ -21,6 +21,7 @@ import pytest
 
 from agent import cgroup
 from tests.conftest import REPO, Users, run_cli, sh, write_config
+from tests.integration.test_attack_tracer import OUTER, PTRACE_O_TRACEEXIT
 from tests.support.daemon import DaemonProc, make_daemon, running
 from tests.support.isolation import live_processes
 
@@ -435,19 +436,6 @@ def test_no_usable_cgroup_is_said_and_sessions_still_end(hopper: tuple[str, int]
         assert _procs_of(uid) == []
 
 
-# Run as root: seizes the pid given with PTRACE_O_TRACEEXIT and never waits, so that once killed
-# it stays stopped in its exit (a member of its cgroup for good); prints "SEIZED".
-HOLD_IN_EXIT = r"""
-import ctypes, sys, time
-libc = ctypes.CDLL(None, use_errno=True)
-libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
-assert libc.ptrace(0x4206, int(sys.argv[1]), None, 0x40) == 0, ctypes.get_errno()
-print("SEIZED", flush=True)
-while True:
-    time.sleep(3600)
-"""
-
-
 def test_cgroups_that_cannot_be_emptied_hold_up_the_start_only_so_long(
         hopper: tuple[str, int], no_cgroups_left: str) -> None:
     """Session cgroups whose supervisor is gone and whose members cannot die (a tracer keeps
@@ -471,8 +459,9 @@ def test_cgroups_that_cannot_be_emptied_hold_up_the_start_only_so_long(
                                       start_new_session=True)
             procs.append(member)
             _move(member.pid, left)
-            holder = subprocess.Popen([sys.executable, "-I", "-c", HOLD_IN_EXIT,
-                                       str(member.pid)], stdout=subprocess.PIPE)
+            # Held in its exit, once killed, for as long as HOLDER lives.
+            holder = subprocess.Popen([sys.executable, "-I", "-c", OUTER, str(member.pid),
+                                       str(PTRACE_O_TRACEEXIT)], stdout=subprocess.PIPE)
             procs.insert(0, holder)
             assert holder.stdout is not None
             assert holder.stdout.readline() == b"SEIZED\n"
